@@ -1,0 +1,74 @@
+"""The ``smoothguard`` command line: one module per sub-command.
+
+Each module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+import smoothguard
+
+# (name, module): the order is the order of ``smoothguard --help``.
+COMMANDS = [
+    # ("demo", "smoothguard.cli.demo"),
+    ("train", "smoothguard.cli.train"),
+    # ("certify", "smoothguard.cli.certify"),
+    # ("predict", "smoothguard.cli.predict"),
+    # ("analyze", "smoothguard.cli.analyze"),
+    ("info", "smoothguard.cli.info"),
+]
+
+
+class CLIError(Exception):
+    """A user error: printed as ``smoothguard: error: ...`` with exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from smoothguard.cli.common import common_parent
+
+    parser = argparse.ArgumentParser(
+        prog="smoothguard",
+        description="Adversarial robustness for PyTorch: attack, train and certify models "
+        "(randomized smoothing). All eps/sigma/radius values are in [0,1] pixel units.",
+    )
+    parser.add_argument("--version", action="version", version=f"smoothguard {smoothguard.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parent = common_parent()
+    for name, modname in COMMANDS:
+        mod = importlib.import_module(modname)
+        p = sub.add_parser(
+            name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP), parents=[parent],
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from smoothguard.cli.common import apply_common
+    from smoothguard.data import DataError
+    from smoothguard.models import CheckpointError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        apply_common(args)
+        return int(args._run(args) or 0)
+    except (CLIError, DataError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        print(f"smoothguard {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"smoothguard {args.command}: interrupted (results written so far are kept; rerun to resume)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

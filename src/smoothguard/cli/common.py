@@ -1,0 +1,77 @@
+"""Options and helpers shared by the sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import torch
+
+from smoothguard.data import DATASETS, Dataset, load_dataset
+
+
+def common_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("common options")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (CUDA when available)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (noise, shuffling, attacks)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; set it when running processes side by side)")
+    return p
+
+
+def apply_common(args: argparse.Namespace) -> None:
+    from smoothguard.utils import resolve_device
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    args.device = resolve_device(args.device)
+
+
+def add_data_arguments(p: argparse.ArgumentParser, default: str = "demo", split: str = "test",
+                       selection: bool = True) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=default, choices=DATASETS, help="dataset name")
+    g.add_argument("--root", default=None,
+                   help="folder with the dataset files (Fashion-MNIST default: /usr/share/datasets/fashion-mnist)")
+    g.add_argument("--split", default=split, choices=["train", "test"], help="dataset split")
+    g.add_argument("--image-size", type=int, default=32, help="imagefolder only: images are resized to this size")
+    g.add_argument("--channels", type=int, default=3, choices=[1, 3], help="imagefolder only: 1 (gray) or 3 (RGB)")
+    if selection:
+        g.add_argument("--skip", type=int, default=1, help="use every SKIP-th example (index 0, SKIP, 2*SKIP, ...)")
+        g.add_argument("--max", type=int, default=-1, help="use at most MAX examples (-1: all selected)")
+
+
+def load_data(args: argparse.Namespace, split: str | None = None, select: bool = True) -> Dataset:
+    ds = load_dataset(args.data, split or args.split, args.root, image_size=args.image_size, channels=args.channels)
+    if select and hasattr(args, "skip"):
+        ds = ds.subset(skip=args.skip, max_count=args.max)
+    return ds
+
+
+def load_model_arg(path: str | None, device: torch.device):
+    """Load ``--model`` (default: the embedded model)."""
+    from smoothguard.models import load_checkpoint, load_default_model
+
+    if path is None:
+        return load_default_model(device)
+    return load_checkpoint(path, device)
+
+
+def parse_floats(text: str, name: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise ValueError(f"{name} must be comma-separated numbers, got {text!r}") from exc
+
+
+def progress(iterable=None, **kwargs: Any):
+    """A tqdm progress bar on stderr (disabled when SMOOTHGUARD_NO_PROGRESS is set)."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("disable", bool(os.environ.get("SMOOTHGUARD_NO_PROGRESS")))
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, **kwargs)

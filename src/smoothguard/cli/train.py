@@ -1,0 +1,93 @@
+"""``smoothguard train``: train a model with one of the objectives."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from smoothguard.cli.common import add_data_arguments, load_data, progress
+from smoothguard.models import MODELS, get_model
+from smoothguard.training import OBJECTIVES, TrainConfig, Trainer, get_objective
+from smoothguard.training.trainer import CHECKPOINT_NAME, MODEL_NAME, LOG_NAME
+
+HELP = "train a model (objectives: " + ", ".join(OBJECTIVES) + ")"
+DESCRIPTION = (
+    "Train a model on [0,1] images with one of the objectives. Writes OUT/log.tsv (one row per "
+    "epoch), OUT/checkpoint.pt (every epoch; --resume continues from it) and OUT/model.pt."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_data_arguments(p, default="fashion-mnist", split="train", selection=False)
+    p.add_argument("--arch", default="lenet", choices=MODELS, help="architecture")
+    p.add_argument("--objective", default="gaussian", choices=list(OBJECTIVES), help="training objective")
+    p.add_argument("--noise-sd", type=float, default=0.25,
+                   help="Gaussian noise sd in pixel units (gaussian objective; = the certification sigma)")
+    p.add_argument("--epochs", type=int, default=10, help="number of epochs")
+    p.add_argument("--batch", type=int, default=128, help="minibatch size")
+    p.add_argument("--lr", type=float, default=0.01, help="initial learning rate")
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="optimizer (sgd uses momentum)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
+    p.add_argument("--schedule", default="step", choices=["constant", "step", "cosine"], help="learning-rate schedule")
+    p.add_argument("--lr-step", type=int, default=10, help="step schedule: multiply lr by --gamma every LR_STEP epochs")
+    p.add_argument("--gamma", type=float, default=0.1, help="step schedule factor")
+    p.add_argument("--max-train", type=int, default=-1, help="use only the first MAX_TRAIN training images (-1: all)")
+    p.add_argument("--max-test", type=int, default=-1, help="evaluate on only the first MAX_TEST test images (-1: all)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+
+
+class _Bar:
+    def __init__(self) -> None:
+        self.bar = None
+
+    def on_epoch_start(self, epoch: int, steps: int) -> None:
+        self.bar = progress(total=steps, desc=f"epoch {epoch + 1}", unit="batch", leave=False)
+
+    def on_step(self, epoch: int, step: int, loss: float, acc: float) -> None:
+        self.bar.update(1)
+        if step % 20 == 0:
+            self.bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
+
+    def on_epoch_end(self, epoch: int, row: dict) -> None:
+        self.bar.close()
+        keys = ["train_loss", "train_acc", "test_acc", "noisy_test_acc", "seconds"]
+        print(f"epoch {row['epoch']}: lr {row['lr']:.4g} " + " ".join(
+            f"{k} {row[k]:.4f}" for k in keys if k in row), flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    train = load_data(args, split="train", select=False)
+    test = load_data(args, split="test", select=False)
+    if args.max_train != -1:
+        train = train.subset(max_count=args.max_train)
+    if args.max_test != -1:
+        test = test.subset(max_count=args.max_test)
+    info = train.info
+    model = get_model(args.arch, info.num_classes, info.input_shape, info.mean, info.std).to(args.device)
+    obj_kwargs = {"noise_sd": args.noise_sd} if args.objective == "gaussian" else {}
+    objective = get_objective(args.objective, **obj_kwargs)
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
+        weight_decay=args.weight_decay, schedule=args.schedule, lr_step=args.lr_step, gamma=args.gamma,
+        seed=args.seed,
+    )
+    meta = {
+        "arch": args.arch, "num_classes": info.num_classes, "in_shape": list(info.input_shape),
+        "mean": list(info.mean), "std": list(info.std), "dataset": info.name,
+        "class_names": list(info.class_names), "train_size": len(train),
+        "command": "smoothguard " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    }
+    trainer = Trainer(model, objective, config, meta=meta, callback=_Bar())
+    out = Path(args.out)
+    if args.resume:
+        trainer.resume_from(out / CHECKPOINT_NAME)
+        print(f"resuming from {out / CHECKPOINT_NAME} after epoch {trainer.start_epoch}")
+    elif (out / CHECKPOINT_NAME).exists():
+        raise ValueError(f"{out / CHECKPOINT_NAME} exists: pass --resume to continue it, or choose another --out")
+    trainer.fit(train, test, out)
+    print(f"wrote {out / MODEL_NAME} and {out / LOG_NAME}")
+    return 0

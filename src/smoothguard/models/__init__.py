@@ -1,0 +1,26 @@
+"""Architectures that map [0, 1] images to logits, and safe checkpoints.
+
+Every model built by :func:`get_model` is ``Sequential(Normalize(mean, std), net)``, so
+attacks and smoothing work in pixel units and never see normalized inputs.
+"""
+
+from smoothguard.models.layers import Normalize
+from smoothguard.models.registry import MODELS, get_model
+from smoothguard.models.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    default_model_path,
+    load_default_model,
+)
+
+__all__ = [
+    "Normalize",
+    "MODELS",
+    "get_model",
+    "CheckpointError",
+    "load_checkpoint",
+    "save_checkpoint",
+    "default_model_path",
+    "load_default_model",
+]

@@ -1,0 +1,278 @@
+"""The one training loop of smoothguard.
+
+Reproducible and resumable by construction: the shuffling order and the noise of epoch
+e come from generators seeded with (seed, e), and every epoch ends with an atomic
+checkpoint holding the model, optimizer, scheduler and history. Resuming from epoch e
+therefore continues exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from smoothguard.data import Dataset
+from smoothguard.models.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from smoothguard.training.objectives import Objective, StepContext
+from smoothguard.utils import derive_seed, make_generator, model_device
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "step", "cosine")
+LOG_NAME = "log.tsv"
+CHECKPOINT_NAME = "checkpoint.pt"
+MODEL_NAME = "model.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Optimization settings. Defaults suit LeNet on (Fashion-)MNIST."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.01
+    optimizer: str = "sgd"  # sgd (momentum) or adam
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "step"  # constant, step (x gamma every lr_step epochs), cosine
+    lr_step: int = 10
+    gamma: float = 0.1
+    seed: int = 0
+    eval_noise_sd: float | None = None  # None: the objective's noise_sd, or 0.25 when it has none
+    eval_batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        if self.lr_step < 1:
+            raise ValueError(f"lr_step must be >= 1 epoch, got {self.lr_step}")
+        if self.eval_noise_sd is not None and self.eval_noise_sd < 0:
+            raise ValueError(f"eval_noise_sd must be >= 0, got {self.eval_noise_sd}")
+
+
+class TrainCallback(Protocol):
+    """Progress hooks (the CLI plugs a progress bar in here; the core prints nothing)."""
+
+    def on_epoch_start(self, epoch: int, steps: int) -> None: ...
+    def on_step(self, epoch: int, step: int, loss: float, acc: float) -> None: ...
+    def on_epoch_end(self, epoch: int, row: dict[str, Any]) -> None: ...
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.gamma)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+@torch.no_grad()
+def evaluate_accuracy(
+    model: nn.Module,
+    data: Dataset,
+    noise_sd: float = 0.0,
+    batch_size: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of the base model on clean (noise_sd=0) or noisy images."""
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    gen = make_generator(seed, device)
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(data), batch_size):
+        x = data.images[start:start + batch_size].to(device)
+        y = data.labels[start:start + batch_size].to(device)
+        if noise_sd > 0:
+            x = x + noise_sd * torch.randn(x.shape, generator=gen, device=device)
+        logits = model(x)
+        total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    model.train(was_training)
+    n = max(len(data), 1)
+    return total_loss / n, correct / n
+
+
+class Trainer:
+    """Trains ``model`` with ``objective``; writes ``log.tsv``, ``checkpoint.pt`` (every
+    epoch, resumable) and ``model.pt`` (final weights and metadata) into ``out_dir``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        config: TrainConfig,
+        meta: dict[str, Any] | None = None,
+        callback: TrainCallback | None = None,
+    ) -> None:
+        self.model = model
+        self.objective = objective
+        self.config = config
+        self.meta = dict(meta or {})
+        self.callback = callback
+        self.optimizer = _make_optimizer(model, config)
+        self.scheduler = _make_scheduler(self.optimizer, config)
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        self.elapsed = 0.0
+
+    # -- checkpoint/resume ---------------------------------------------------------------
+    def _full_meta(self) -> dict[str, Any]:
+        meta = dict(self.meta)
+        meta["training"] = {**asdict(self.config), **self.objective.settings()}
+        meta["objective"] = self.objective.name
+        meta["noise_sd"] = self.objective.noise_sd
+        meta["seed"] = self.config.seed
+        if self.history:
+            last = self.history[-1]
+            meta["metrics"] = {k: v for k, v in last.items() if k != "epoch"}
+            meta["epochs_trained"] = last["epoch"]
+        meta["train_seconds"] = round(self.elapsed, 3)
+        return meta
+
+    def _train_state(self) -> dict[str, Any]:
+        return {
+            "epoch": len(self.history),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history_json": json.dumps(self.history),
+            "config_json": json.dumps({**asdict(self.config), **self.objective.settings()}, sort_keys=True),
+            "elapsed": self.elapsed,
+        }
+
+    def resume_from(self, path: str | Path) -> None:
+        """Load model, optimizer, scheduler and history from a checkpoint with train state.
+
+        Refuses when the checkpoint was made with other training settings (other than
+        ``epochs``, which may be raised to train longer).
+        """
+        payload = read_checkpoint(path)
+        state = payload.get("train_state")
+        if state is None:
+            raise CheckpointError(f"{path} has no training state to resume from")
+        saved = json.loads(state["config_json"])
+        now = {**asdict(self.config), **self.objective.settings()}
+        diff = {k: (saved.get(k), now.get(k)) for k in set(saved) | set(now)
+                if k != "epochs" and saved.get(k) != now.get(k)}
+        if diff:
+            detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
+            raise CheckpointError(f"cannot resume from {path}: settings differ ({detail})")
+        self.model.load_state_dict(payload["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history = json.loads(state["history_json"])
+        self.start_epoch = int(state["epoch"])
+        self.elapsed = float(state.get("elapsed", 0.0))
+
+    # -- the loop --------------------------------------------------------------------------
+    def _write_log(self, out_dir: Path) -> None:
+        if not self.history:
+            return
+        keys = list(self.history[0].keys())
+        for row in self.history[1:]:
+            keys += [k for k in row if k not in keys]
+        lines = ["\t".join(keys)]
+        for row in self.history:
+            lines.append("\t".join(_fmt(row.get(k, "")) for k in keys))
+        tmp = out_dir / (LOG_NAME + ".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(out_dir / LOG_NAME)
+
+    def fit(self, train: Dataset, test: Dataset | None = None, out_dir: str | Path | None = None) -> list[dict[str, Any]]:
+        """Train for ``config.epochs`` epochs (from ``start_epoch`` when resumed)."""
+        cfg = self.config
+        out = Path(out_dir) if out_dir is not None else None
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+        device = model_device(self.model)
+        n = len(train)
+        steps = math.ceil(n / cfg.batch_size)
+        eval_sd = cfg.eval_noise_sd if cfg.eval_noise_sd is not None else (self.objective.noise_sd or 0.25)
+        for epoch in range(self.start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            self.model.train()
+            order_gen = make_generator(derive_seed(cfg.seed, "order", epoch))
+            order = torch.randperm(n, generator=order_gen)
+            noise_gen = make_generator(derive_seed(cfg.seed, "noise", epoch), device)
+            lr = self.optimizer.param_groups[0]["lr"]
+            sums: dict[str, float] = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+            extra: dict[str, float] = {}
+            if self.callback:
+                self.callback.on_epoch_start(epoch, steps)
+            for step in range(steps):
+                idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                x = train.images[idx].to(device, non_blocking=True)
+                y = train.labels[idx].to(device, non_blocking=True)
+                ctx = StepContext(epoch, cfg.epochs, step, steps, noise_gen)
+                out_step = self.objective(self.model, x, y, ctx)
+                self.optimizer.zero_grad(set_to_none=True)
+                out_step.loss.backward()
+                self.optimizer.step()
+                bs = len(y)
+                loss_v = float(out_step.loss.detach())
+                sums["loss"] += loss_v * bs
+                sums["count"] += bs
+                acc_v = float("nan")
+                if out_step.logits is not None:
+                    corr = float((out_step.logits.detach().argmax(1) == y).sum())
+                    sums["correct"] += corr
+                    acc_v = corr / bs
+                for k, v in out_step.stats.items():
+                    extra[k] = extra.get(k, 0.0) + float(v) * bs
+                if self.callback:
+                    self.callback.on_step(epoch, step, loss_v, acc_v)
+            self.scheduler.step()
+            row: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "train_loss": sums["loss"] / sums["count"],
+                "train_acc": sums["correct"] / sums["count"],
+            }
+            row.update({k: v / sums["count"] for k, v in extra.items()})
+            if test is not None and len(test):
+                row["test_loss"], row["test_acc"] = evaluate_accuracy(self.model, test, 0.0, cfg.eval_batch_size)
+                if eval_sd > 0:
+                    row["noise_sd"] = eval_sd
+                    row["noisy_test_loss"], row["noisy_test_acc"] = evaluate_accuracy(
+                        self.model, test, eval_sd, cfg.eval_batch_size, seed=derive_seed(cfg.seed, "eval"))
+            seconds = time.perf_counter() - t0
+            self.elapsed += seconds
+            row["seconds"] = seconds
+            self.history.append(row)
+            if out is not None:
+                save_checkpoint(out / CHECKPOINT_NAME, self.model, self._full_meta(), self._train_state())
+                self._write_log(out)
+            if self.callback:
+                self.callback.on_epoch_end(epoch, row)
+        if out is not None:
+            save_checkpoint(out / MODEL_NAME, self.model, self._full_meta())
+        self.model.eval()
+        return self.history
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)

@@ -1,0 +1,117 @@
+"""The per-image loop shared by ``certify`` and ``predict``: groups of images, rows
+flushed to a resumable result file, a progress bar with images/s and running accuracy."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from smoothguard.cli.common import add_data_arguments, load_data, load_model_arg, progress
+from smoothguard.evaluation.resultfile import ResultWriter, format_value
+from smoothguard.models.checkpoint import default_model_path
+from smoothguard.smoothing import NOISE_BLOCK, SmoothedClassifier
+
+
+def add_smoothing_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="checkpoint (default: the embedded Fashion-MNIST LeNet, sigma 0.25)")
+    add_data_arguments(p, default="demo")
+    p.add_argument("--sigma", type=float, default=0.25, help="noise sd in [0,1] pixel units")
+    p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
+    p.add_argument("--batch", type=int, default=400, help="noisy images per forward pass")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="fp32 (exact) or bf16 autocast (faster; may flip a few votes)")
+    p.add_argument("--out", default=None,
+                   help="result TSV (flushed row by row; rerun with the same --out to resume). Default: stdout")
+    p.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming it")
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_smoothed(args: argparse.Namespace) -> tuple[SmoothedClassifier, dict[str, Any], Any]:
+    model, meta = load_model_arg(args.model, args.device)
+    data = load_data(args)
+    if tuple(meta.get("in_shape", data.info.input_shape)) != tuple(data.info.input_shape):
+        raise ValueError(f"the model expects inputs of shape {tuple(meta['in_shape'])} but --data {args.data} has "
+                         f"{tuple(data.info.input_shape)}")
+    smoothed = SmoothedClassifier(model, meta["num_classes"], args.sigma, precision=args.precision)
+    model_path = Path(args.model) if args.model else default_model_path()
+    settings = {
+        "model": str(model_path.resolve()) if args.model else "embedded:" + model_path.name,
+        "model_sha256": file_sha256(model_path),
+        "model_arch": meta.get("arch"),
+        "model_noise_sd": meta.get("noise_sd"),
+        "data": args.data, "root": args.root, "split": args.split, "skip": args.skip, "max": args.max,
+        "sigma": args.sigma, "alpha": args.alpha, "seed": args.seed, "precision": args.precision,
+        "batch": args.batch, "noise_block": min(NOISE_BLOCK, args.batch), "denoiser": None,
+        "device": str(args.device),
+    }
+    return smoothed, settings, data
+
+
+KEY_SETTINGS = ["model_sha256", "data", "root", "split", "skip", "sigma", "alpha", "seed", "precision",
+                "noise_block", "denoiser"]
+
+
+def run_rows(
+    args: argparse.Namespace,
+    data,
+    columns: Sequence[str],
+    kind: str,
+    settings: dict[str, Any],
+    key_settings: Sequence[str],
+    group: int,
+    compute: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], list[list[Any]]],
+) -> list[list[str]]:
+    """Compute rows for every selected image not yet in ``--out``; returns all rows (as text)."""
+    if args.out:
+        writer = ResultWriter(args.out, columns, kind, settings, key_settings, overwrite=args.overwrite).open()
+    else:
+        writer = None
+        print("\t".join(columns), flush=True)
+    done = writer.done if writer else {}
+    todo = [i for i in range(len(data)) if int(data.indices[i]) not in done]
+    correct_col = columns.index("correct")
+    n_correct = sum(int(r[correct_col]) for r in done.values())
+    n_rows = len(done)
+    bar = progress(total=len(data), initial=len(data) - len(todo), desc=kind, unit="img")
+    t_start = time.perf_counter()
+    computed = 0
+    try:
+        for start in range(0, len(todo), group):
+            pos = torch.tensor(todo[start:start + group])
+            t0 = time.perf_counter()
+            rows = compute(data.images[pos], data.labels[pos], data.indices[pos])
+            per_image = (time.perf_counter() - t0) / len(rows)
+            for row in rows:
+                row.append(per_image)
+                if writer:
+                    writer.write(row)
+                else:
+                    print("\t".join(format_value(v) for v in row), flush=True)
+                n_correct += int(row[correct_col])
+                n_rows += 1
+            computed += len(rows)
+            bar.update(len(rows))
+            bar.set_postfix(acc=f"{n_correct / max(n_rows, 1):.3f}",
+                            img_s=f"{computed / (time.perf_counter() - t_start):.2f}")
+    finally:
+        bar.close()
+        if writer:
+            writer.close()
+    if writer:
+        print(f"{kind}: {n_rows} rows in {args.out} ({computed} computed now, {n_rows - computed} resumed); "
+              f"accuracy of the smoothed classifier {n_correct / max(n_rows, 1):.4f}", file=sys.stderr)
+        return [writer.done[k] for k in sorted(writer.done)]
+    return []

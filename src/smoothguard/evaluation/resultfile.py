@@ -1,0 +1,154 @@
+"""Result files written row by row that resume where they stopped.
+
+A result file is a tab-separated table with a header line (Cohen et al.'s format for
+certification: ``idx label predict radius correct time``) and a JSON sidecar
+``FILE.tsv.json`` holding the settings of the run. Every row is flushed as soon as it is
+computed. Reopening the same file:
+
+* keeps every complete row and cuts a trailing partial row (a killed process),
+* refuses when the settings that define the results differ from the sidecar's,
+* reports which indices are done, so the caller continues after them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import smoothguard
+
+
+class ResultFileError(ValueError):
+    """A result file cannot be resumed (other settings, unknown origin, bad header)."""
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    return Path(str(path) + ".json")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def format_value(v: Any) -> str:
+    """Full precision for floats (repr round-trips), plain str otherwise."""
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+class ResultWriter:
+    """Append-only, resumable TSV writer.
+
+    Args:
+        path: the TSV file.
+        columns: header names; ``columns[0]`` must be ``idx`` (the resume key).
+        kind: what produced the file (``certify``, ``predict``, ...), stored in the sidecar.
+        settings: everything about the run (stored in the sidecar).
+        key_settings: names in ``settings`` that define the results; resuming with a
+            different value of any of them is refused. Others (device, threads, max)
+            may change between runs.
+        overwrite: start a fresh file even if one exists.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        columns: Sequence[str],
+        kind: str,
+        settings: dict[str, Any],
+        key_settings: Iterable[str],
+        overwrite: bool = False,
+    ) -> None:
+        if not columns or columns[0] != "idx":
+            raise ValueError("the first column of a result file must be 'idx'")
+        self.path = Path(path)
+        self.columns = list(columns)
+        self.kind = kind
+        self.settings = dict(settings)
+        self.key_settings = list(key_settings)
+        self.overwrite = overwrite
+        self.done: dict[int, list[str]] = {}
+        self._fh = None
+
+    def open(self) -> "ResultWriter":
+        side = sidecar_path(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        exists = self.path.exists() and self.path.stat().st_size > 0
+        if exists and not self.overwrite:
+            self._check_resumable(side)
+            self._load_rows()
+        else:
+            self.path.write_text("\t".join(self.columns) + "\n")
+        meta = {"kind": self.kind, "columns": self.columns, "settings": self.settings,
+                "key_settings": self.key_settings, "smoothguard_version": smoothguard.__version__}
+        _atomic_write_text(side, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        self._fh = open(self.path, "a", encoding="utf-8")
+        return self
+
+    def _check_resumable(self, side: Path) -> None:
+        if not side.exists():
+            raise ResultFileError(
+                f"{self.path} exists but has no settings file {side.name}, so it cannot be resumed safely; "
+                "pass --overwrite to start it again or choose another --out")
+        try:
+            old = json.loads(side.read_text())
+        except json.JSONDecodeError as exc:
+            raise ResultFileError(f"{side}: unreadable settings file ({exc}); pass --overwrite") from exc
+        if old.get("kind") != self.kind or old.get("columns") != self.columns:
+            raise ResultFileError(
+                f"{self.path} was written by '{old.get('kind')}' with columns {old.get('columns')}; "
+                f"this run is '{self.kind}' with columns {self.columns}. Choose another --out or pass --overwrite")
+        old_settings = old.get("settings", {})
+        diff = [k for k in self.key_settings if old_settings.get(k) != self.settings.get(k)]
+        if diff:
+            detail = "; ".join(f"{k}: file {old_settings.get(k)!r}, now {self.settings.get(k)!r}" for k in diff)
+            raise ResultFileError(
+                f"refusing to resume {self.path}: settings differ ({detail}). "
+                "Use the same settings, another --out, or --overwrite")
+
+    def _load_rows(self) -> None:
+        with open(self.path, "rb") as fh:
+            data = fh.read()
+        lines = data.split(b"\n")
+        header = lines[0].decode("utf-8").split("\t")
+        if header != self.columns:
+            raise ResultFileError(f"{self.path}: header {header} differs from expected {self.columns}")
+        keep = len(lines[0]) + 1
+        # all entries but the last are newline-terminated; the last is a partial row or b""
+        for raw in lines[1:-1]:
+            fields = raw.decode("utf-8").split("\t")
+            if len(fields) != len(self.columns):
+                break
+            try:
+                self.done[int(fields[0])] = fields
+            except ValueError:
+                break
+            keep += len(raw) + 1
+        if keep < len(data):  # cut a partial or corrupt tail written by a killed run
+            with open(self.path, "r+b") as fh:
+                fh.truncate(keep)
+
+    def write(self, row: Sequence[Any]) -> None:
+        if self._fh is None:
+            raise RuntimeError("ResultWriter.open() first")
+        if len(row) != len(self.columns):
+            raise ValueError(f"row has {len(row)} fields, expected {len(self.columns)}")
+        self._fh.write("\t".join(format_value(v) for v in row) + "\n")
+        self._fh.flush()
+        self.done[int(row[0])] = [format_value(v) for v in row]
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> "ResultWriter":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,318 @@
+"""Randomized smoothing: the smoothed classifier, its PREDICT and CERTIFY.
+
+g(x) = argmax_c P[f(x + d) = c], d ~ N(0, sigma^2 I), with f the base classifier
+(Cohen, Rosenfeld and Kolter, "Certified Adversarial Robustness via Randomized
+Smoothing", ICML 2019). ``f`` is any ``nn.Module`` mapping [0, 1] images to logits, or
+any callable returning logits (N, K) or labels (N,) (a query-only classifier).
+
+One sampler serves every method. It draws the noise of each image from that image's own
+generator in fixed blocks of ``NOISE_BLOCK`` samples and packs blocks of several images
+into each forward batch, so (i) small sample counts still fill the batch, (ii) with a
+seed per image the counts of an image depend only on its seed (not on the other images
+of the call, and not on the batch size when it is a multiple of the block), and (iii)
+there is no Python loop over samples: noise is generated in place in the batch buffer,
+counts are accumulated with one ``index_add_`` per batch on the device, and the host
+reads them once per call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from smoothguard import ABSTAIN
+from smoothguard.smoothing.stats import binom_pvalue, lower_confidence_bound, radius_from_bound
+from smoothguard.utils import derive_seed, make_generator, model_device
+
+NOISE_BLOCK = 100  # noise samples per block of one image (see the module docstring)
+PRECISIONS = ("fp32", "bf16")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+
+BaseClassifier = nn.Module | Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class CertifyResult:
+    """Per-image results of :meth:`SmoothedClassifier.certify_batch`."""
+
+    prediction: torch.Tensor  # int64 (B,), ABSTAIN = -1
+    radius: torch.Tensor  # float64 (B,), 0.0 on abstention
+    p_lower: torch.Tensor  # float64 (B,), the Clopper-Pearson lower bound on p_A
+    counts_selection: torch.Tensor  # int64 (B, K)
+    counts_estimation: torch.Tensor  # int64 (B, K)
+
+
+@dataclass
+class PredictResult:
+    """Per-image results of :meth:`SmoothedClassifier.predict_batch`."""
+
+    prediction: torch.Tensor  # int64 (B,), ABSTAIN = -1
+    pvalue: torch.Tensor  # float64 (B,)
+    counts: torch.Tensor  # int64 (B, K)
+
+
+class SmoothedClassifier:
+    """The smoothed classifier g of a base classifier f under Gaussian noise sigma.
+
+    Args:
+        base_classifier: ``nn.Module`` or callable on [0, 1] images (N, C, H, W) returning
+            logits (N, K) or integer labels (N,). Noise is added in pixel space, before
+            the model's own normalization layer, and is not clipped.
+        num_classes: K.
+        sigma: noise standard deviation in [0, 1] pixel units (> 0).
+        precision: ``fp32`` (default, exact arithmetic of the model) or ``bf16``
+            (autocast; faster on CPUs and GPUs with bf16 units, may flip a few votes).
+        memory_format: ``auto`` (channels_last on CPU for modules, where it is faster),
+            ``channels_last`` or ``contiguous``. Converting a module to channels_last
+            changes only the layout of its weights, never their values.
+    """
+
+    def __init__(
+        self,
+        base_classifier: BaseClassifier,
+        num_classes: int,
+        sigma: float,
+        *,
+        precision: str = "fp32",
+        memory_format: str = "auto",
+        device: torch.device | str | None = None,
+    ) -> None:
+        if not callable(base_classifier):
+            raise TypeError("base_classifier must be an nn.Module or a callable")
+        if int(num_classes) < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if not (isinstance(sigma, (int, float)) and sigma > 0 and math.isfinite(sigma)):
+            raise ValueError(f"sigma must be a positive number in pixel units, got {sigma!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {memory_format!r}")
+        self.base_classifier = base_classifier
+        self.num_classes = int(num_classes)
+        self.sigma = float(sigma)
+        self.precision = precision
+        is_module = isinstance(base_classifier, nn.Module)
+        self.device = torch.device(device) if device is not None else (
+            model_device(base_classifier) if is_module else torch.device("cpu"))
+        if memory_format == "auto":
+            memory_format = "channels_last" if (is_module and self.device.type == "cpu") else "contiguous"
+        self.memory_format = memory_format
+        if is_module:
+            base_classifier.eval()
+            if memory_format == "channels_last":
+                base_classifier.to(memory_format=torch.channels_last)
+
+    # ------------------------------------------------------------------ sampling
+    def _classify(self, batch: torch.Tensor) -> torch.Tensor:
+        autocast = (torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+                    if self.precision == "bf16" else contextlib.nullcontext())
+        with autocast:
+            out = self.base_classifier(batch)
+        if out.dim() == 1:
+            labels = out.to(device=self.device, dtype=torch.int64)
+        elif out.dim() == 2:
+            if out.shape[1] != self.num_classes:
+                raise ValueError(f"base classifier returned {out.shape[1]} logits; expected num_classes={self.num_classes}")
+            labels = out.argmax(1)
+        else:
+            raise ValueError(f"base classifier must return logits (N, K) or labels (N,), got shape {tuple(out.shape)}")
+        if labels.shape[0] != batch.shape[0]:
+            raise ValueError(f"base classifier returned {labels.shape[0]} outputs for {batch.shape[0]} inputs")
+        return labels
+
+    def _generators(self, count: int, seeds: Sequence[int] | None, generator: torch.Generator | None):
+        if seeds is not None:
+            if len(seeds) != count:
+                raise ValueError(f"need one seed per image: {count} images, {len(seeds)} seeds")
+            return [make_generator(int(s), self.device) for s in seeds]
+        if generator is not None:
+            draws = torch.randint(0, 2**62, (count,), generator=generator, device=generator.device).tolist()
+        else:
+            draws = [None] * count
+        return [make_generator(s, self.device) for s in draws]
+
+    def sample_counts(
+        self,
+        x: torch.Tensor,
+        num: int,
+        batch_size: int = 400,
+        *,
+        generators: Sequence[torch.Generator] | None = None,
+        seeds: Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Class counts of f(x_i + d) over ``num`` noise draws per image: int64 (B, K).
+
+        ``x`` is one image (C, H, W) or a batch (B, C, H, W). Noise comes from
+        ``generators`` (one per image, advanced in place), else from ``seeds`` (one per
+        image), else from per-image seeds drawn from ``generator`` (fresh entropy when
+        None). Forward batches hold up to ``batch_size`` noisy images, possibly of
+        several input images.
+        """
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if x.dim() != 4:
+            raise ValueError(f"x must be (C, H, W) or (B, C, H, W), got shape {tuple(x.shape)}")
+        if num < 1:
+            raise ValueError(f"the number of noise samples must be >= 1, got {num}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        count = x.shape[0]
+        gens = list(generators) if generators is not None else self._generators(count, seeds, generator)
+        if len(gens) != count:
+            raise ValueError(f"need one generator per image: {count} images, {len(gens)} generators")
+        x = x.to(self.device, torch.float32)
+        mf = torch.channels_last if self.memory_format == "channels_last" else torch.contiguous_format
+        x = x.contiguous(memory_format=mf)
+        k = self.num_classes
+        block = min(NOISE_BLOCK, batch_size)
+        # blocks (image, size) in order; each image's blocks are drawn from its own generator
+        full, tail = divmod(num, block)
+        sizes = [block] * full + ([tail] if tail else [])
+        counts = torch.zeros(count * k, dtype=torch.int64, device=self.device)
+        buf = torch.empty((batch_size, *x.shape[1:]), device=self.device, dtype=torch.float32,
+                          memory_format=mf)
+        pending: list[tuple[int, int]] = []
+        filled = 0
+
+        def flush() -> None:
+            nonlocal filled
+            if not pending:
+                return
+            noisy = buf[:filled]
+            offset = 0
+            for img, size in pending:
+                seg = noisy[offset:offset + size]
+                seg.normal_(0.0, self.sigma, generator=gens[img])
+                seg.add_(x[img])
+                offset += size
+            preds = self._classify(noisy)
+            if pending[0][0] == pending[-1][0]:
+                img = pending[0][0]
+                counts[img * k:(img + 1) * k] += torch.bincount(preds, minlength=k)[:k]
+            else:
+                ids = torch.repeat_interleave(
+                    torch.tensor([p[0] for p in pending], device=self.device),
+                    torch.tensor([p[1] for p in pending], device=self.device))
+                counts.index_add_(0, ids * k + preds, torch.ones_like(preds))
+            pending.clear()
+            filled = 0
+
+        with torch.inference_mode():
+            for img in range(count):
+                for size in sizes:
+                    if filled + size > batch_size:
+                        flush()
+                    pending.append((img, size))
+                    filled += size
+            flush()
+        counts = counts.view(count, k).cpu()
+        if int(counts.sum()) != count * num:
+            raise ValueError("base classifier returned labels outside [0, num_classes)")
+        return counts
+
+    # ------------------------------------------------------------------ PREDICT
+    def predict_batch(
+        self,
+        x: torch.Tensor,
+        n: int,
+        alpha: float,
+        batch_size: int = 400,
+        *,
+        seeds: Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> PredictResult:
+        """PREDICT for each image of a batch: the probability that a returned class is not
+        g(x_i) is at most alpha for each image; abstains (-1) when undecided."""
+        _check_alpha(alpha)
+        counts = self.sample_counts(x, n, batch_size, seeds=seeds, generator=generator)
+        top2 = counts.topk(2, dim=1)
+        preds, pvals = [], []
+        for (n_a, n_b), c_a in zip(top2.values.tolist(), top2.indices[:, 0].tolist()):
+            p = binom_pvalue(n_a, n_b)
+            pvals.append(p)
+            preds.append(c_a if p <= alpha else ABSTAIN)
+        return PredictResult(torch.tensor(preds, dtype=torch.int64), torch.tensor(pvals, dtype=torch.float64), counts)
+
+    def predict(
+        self,
+        x: torch.Tensor,
+        n: int,
+        alpha: float,
+        batch_size: int = 400,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> int:
+        """Cohen's PREDICT: the class returned is g(x) with probability >= 1 - alpha
+        (otherwise ABSTAIN = -1), from a two-sided binomial test on the top two counts."""
+        res = self.predict_batch(x.unsqueeze(0) if x.dim() == 3 else x, n, alpha, batch_size,
+                                 seeds=None if seed is None else [seed], generator=generator)
+        return int(res.prediction[0])
+
+    # ------------------------------------------------------------------ CERTIFY
+    def certify_batch(
+        self,
+        x: torch.Tensor,
+        n0: int,
+        n: int,
+        alpha: float,
+        batch_size: int = 400,
+        *,
+        seeds: Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> CertifyResult:
+        """CERTIFY for each image of a batch: for each image, with probability >= 1 - alpha
+        a non-abstaining answer is g(x_i) and g is constant on the l2 ball of the radius."""
+        _check_alpha(alpha)
+        if n0 < 1 or n < 1:
+            raise ValueError(f"n0 and n must be >= 1, got n0={n0}, n={n}")
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        gens = self._generators(x.shape[0], seeds, generator)
+        # selection and estimation use separate, fresh noise from the same per-image stream
+        counts0 = self.sample_counts(x, n0, batch_size, generators=gens)
+        c_a = counts0.argmax(1)
+        counts = self.sample_counts(x, n, batch_size, generators=gens)
+        n_a = counts.gather(1, c_a[:, None]).squeeze(1)
+        p_lower = torch.as_tensor(np.atleast_1d(lower_confidence_bound(n_a.numpy(), n, alpha)), dtype=torch.float64)
+        certified = p_lower >= 0.5
+        radius = torch.where(certified, torch.as_tensor(np.atleast_1d(
+            radius_from_bound(np.clip(p_lower.numpy(), 0.5, 1.0), self.sigma)), dtype=torch.float64),
+            torch.zeros_like(p_lower))
+        prediction = torch.where(certified, c_a, torch.full_like(c_a, ABSTAIN))
+        return CertifyResult(prediction, radius, p_lower, counts0, counts)
+
+    def certify(
+        self,
+        x: torch.Tensor,
+        n0: int,
+        n: int,
+        alpha: float,
+        batch_size: int = 400,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[int, float]:
+        """Cohen's CERTIFY: with probability >= 1 - alpha, a non-abstaining class is g(x)
+        and g(x + delta) = g(x) for all ||delta||_2 < radius; returns (ABSTAIN, 0.0) when
+        the lower bound on p_A is below 1/2."""
+        res = self.certify_batch(x.unsqueeze(0) if x.dim() == 3 else x, n0, n, alpha, batch_size,
+                                 seeds=None if seed is None else [seed], generator=generator)
+        return int(res.prediction[0]), float(res.radius[0])
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The per-image noise seed used by the CLI: depends only on (seed, dataset index)."""
+    return derive_seed(seed, "image", int(index))
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")

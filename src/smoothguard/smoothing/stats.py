@@ -1,0 +1,81 @@
+"""The statistics of randomized smoothing (Cohen, Rosenfeld and Kolter, ICML 2019).
+
+Exact binomial procedures only: Clopper-Pearson bounds from the Beta distribution and
+the exact two-sided binomial test, both from SciPy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.stats import beta as _beta
+from scipy.stats import binomtest, norm
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+
+
+def lower_confidence_bound(n_a, n, alpha: float):
+    """One-sided (1 - alpha) Clopper-Pearson lower bound on p from n_a successes in n trials.
+
+    Equals ``Beta.ppf(alpha; n_a, n - n_a + 1)`` and 0 when n_a = 0. With probability at
+    least 1 - alpha over the n trials, the bound is <= the true p. Accepts scalars or
+    arrays (vectorized).
+    """
+    _check_alpha(alpha)
+    n_a = np.asarray(n_a, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    if np.any(n_a < 0) or np.any(n_a > n) or np.any(n < 1):
+        raise ValueError("need 0 <= n_a <= n and n >= 1")
+    with np.errstate(invalid="ignore"):
+        bound = _beta.ppf(alpha, np.maximum(n_a, 1.0), n - n_a + 1.0)
+    bound = np.where(n_a == 0, 0.0, bound)
+    return float(bound) if bound.ndim == 0 else bound
+
+
+def radius_from_bound(p_lower, sigma: float):
+    """Certified l2 radius sigma * PhiInv(p_lower) (the p_B = 1 - p_A form of Cohen's
+    Theorem 1); meaningful only for p_lower > 1/2, where it is positive."""
+    p = np.asarray(p_lower, dtype=np.float64)
+    r = sigma * norm.ppf(p)
+    return float(r) if np.ndim(r) == 0 else r
+
+
+def r_max(sigma: float, n: int, alpha: float) -> float:
+    """Largest radius any CERTIFY run with n estimation samples can return:
+    sigma * PhiInv(alpha ** (1 / n)) (reached when all n samples vote for one class)."""
+    _check_alpha(alpha)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return float(sigma * norm.ppf(alpha ** (1.0 / n)))
+
+
+def binom_pvalue(n_a: int, n_b: int) -> float:
+    """Two-sided exact binomial test p-value of n_a successes in n_a + n_b trials at p = 1/2
+    (the test in Cohen's PREDICT); 1.0 when there are no trials."""
+    if n_a + n_b == 0:
+        return 1.0
+    return float(binomtest(int(n_a), int(n_a + n_b), 0.5).pvalue)
+
+
+def certified_accuracy_lower_bound(y_certified: int, m: int, alpha: float, rho: float = 0.001) -> float:
+    """High-probability lower bound on certified accuracy (Cohen et al., Appendix D,
+    Theorem 6 as printed): from m test points of which y_certified are certified-correct
+    at a radius, with probability >= 1 - rho (and CERTIFY failure rate alpha),
+
+        acc >= (Y/m - alpha - sqrt(2 alpha (1 - alpha) ln(1/rho) / m) - ln(1/rho) / (3m)) / (1 - alpha).
+
+    (Cohen's analysis script drops the factor 2 and the 1/(1 - alpha); this does not.)
+    """
+    if m < 1:
+        raise ValueError(f"m must be >= 1, got {m}")
+    if not 0 <= y_certified <= m:
+        raise ValueError(f"need 0 <= y_certified <= m, got {y_certified} and {m}")
+    if not 0.0 < rho < 1.0:
+        raise ValueError(f"rho must be in (0, 1), got {rho}")
+    log_term = math.log(1.0 / rho)
+    value = y_certified / m - alpha - math.sqrt(2.0 * alpha * (1.0 - alpha) * log_term / m) - log_term / (3.0 * m)
+    return value / (1.0 - alpha)

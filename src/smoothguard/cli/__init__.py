@@ -13,11 +13,11 @@ import smoothguard
 
 # (name, module): the order is the order of ``smoothguard --help``.
 COMMANDS = [
-    # ("demo", "smoothguard.cli.demo"),
+    ("demo", "smoothguard.cli.demo"),
     ("train", "smoothguard.cli.train"),
-    # ("certify", "smoothguard.cli.certify"),
-    # ("predict", "smoothguard.cli.predict"),
-    # ("analyze", "smoothguard.cli.analyze"),
+    ("certify", "smoothguard.cli.certify"),
+    ("predict", "smoothguard.cli.predict"),
+    ("analyze", "smoothguard.cli.analyze"),
     ("info", "smoothguard.cli.info"),
 ]
 
@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     from smoothguard.models import CheckpointError
 
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # recorded in checkpoints and result files so a reader can rerun
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

@@ -39,7 +39,22 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def validate_smoothing_arguments(args: argparse.Namespace) -> None:
+    """Check the numeric options before any model or data is loaded."""
+    if not args.sigma > 0:
+        raise ValueError(f"sigma must be a positive number in pixel units, got {args.sigma}")
+    if not 0 < args.alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {args.alpha}")
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    if args.skip < 1:
+        raise ValueError(f"--skip must be >= 1, got {args.skip}")
+    if args.max < -1 or args.max == 0:
+        raise ValueError(f"--max must be a positive count or -1 (all), got {args.max}")
+
+
 def build_smoothed(args: argparse.Namespace) -> tuple[SmoothedClassifier, dict[str, Any], Any]:
+    validate_smoothing_arguments(args)
     model, meta = load_model_arg(args.model, args.device)
     data = load_data(args)
     if tuple(meta.get("in_shape", data.info.input_shape)) != tuple(data.info.input_shape):

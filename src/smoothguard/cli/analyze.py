@@ -1,0 +1,115 @@
+"""``smoothguard analyze``: summary table and certified-accuracy plot of result files."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+HELP = "summarize certify/predict result files: certified-accuracy table and plot"
+
+DESCRIPTION = """\
+Summarize certification (or prediction) result files: approximate certified accuracy at
+each radius, average certified radius (ACR), abstention rate, clean accuracy of the
+smoothed classifier, R_max of the run and mean time per image; optionally the
+high-probability lower bound on certified accuracy (Cohen et al., Appendix D, Theorem 6).
+Reads smoothguard's files (settings from FILE.tsv.json) and Cohen et al.'s original files
+(give --sigma/--n/--alpha for R_max and the lower bound). Radii are l2, in [0,1] pixel
+units. Best value per column: '*' in the terminal table, bold in Markdown/LaTeX, not
+marked in CSV. Writes a certified-accuracy plot (PNG and SVG) next to the first file
+unless --no-plot."""
+
+_SUFFIX_FORMATS = {".md": "markdown", ".markdown": "markdown", ".tex": "latex", ".csv": "csv",
+                   ".txt": "table"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE", help="certify or predict result files (.tsv)")
+    p.add_argument("--radii", default="0,0.25,0.5,0.75,1.0",
+                   help="comma-separated l2 radii (pixel units) of the certified-accuracy columns")
+    p.add_argument("--format", default=None, choices=["table", "markdown", "latex", "csv"],
+                   help="table format (default: table; with --out-table, guessed from its suffix "
+                        ".md/.tex/.csv/.txt)")
+    p.add_argument("--out-table", default=None, metavar="PATH",
+                   help="write the table in --format to PATH (the terminal table is still printed)")
+    p.add_argument("--plot", default=None, metavar="PATH_STEM",
+                   help="write the plot to PATH_STEM.png and PATH_STEM.svg (default: next to the first certify "
+                        "file, e.g. results/certify.tsv -> results/certify_certified_accuracy.png)")
+    p.add_argument("--no-plot", action="store_true", help="do not write a plot")
+    g = p.add_argument_group("settings for files without a sidecar (a sidecar's values win)")
+    g.add_argument("--sigma", type=float, default=None, help="noise level sigma of the run (pixel units)")
+    g.add_argument("--n", type=int, default=None, help="number of estimation samples n of the run")
+    g.add_argument("--alpha", type=float, default=None, help="failure probability alpha of CERTIFY")
+    p.add_argument("--rho", type=float, default=0.001,
+                   help="the lower bound holds with probability 1 - rho over the test set")
+    p.add_argument("--lower-bound", action="store_true",
+                   help="add columns with the high-probability lower bound on certified accuracy")
+
+
+def _check(args: argparse.Namespace) -> list[float]:
+    from smoothguard.cli.common import parse_floats
+
+    radii = parse_floats(args.radii, "--radii")
+    if not radii:
+        raise ValueError("--radii needs at least one radius, e.g. --radii 0,0.25,0.5")
+    bad = [r for r in radii if not math.isfinite(r) or r < 0]
+    if bad:
+        raise ValueError(f"--radii must be finite and >= 0, got {bad}")
+    if args.sigma is not None and not args.sigma > 0:
+        raise ValueError(f"--sigma must be > 0, got {args.sigma}")
+    if args.n is not None and args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.alpha is not None and not 0 < args.alpha < 1:
+        raise ValueError(f"--alpha must be in (0, 1), got {args.alpha}")
+    if not 0 < args.rho < 1:
+        raise ValueError(f"--rho must be in (0, 1), got {args.rho}")
+    return radii
+
+
+def _default_stem(path: Path) -> Path:
+    name = path.name[: -len(".tsv")] if path.name.lower().endswith(".tsv") else path.name
+    return path.with_name(name + "_certified_accuracy")
+
+
+def run(args: argparse.Namespace) -> int:
+    from smoothguard.evaluation.analysis import read_results, summary_table
+
+    radii = _check(args)
+    results = [read_results(p).with_settings(sigma=args.sigma, n=args.n, alpha=args.alpha) for p in args.files]
+    for res in results:
+        if res.skipped_partial_line is not None:
+            print(f"note: {res.path}: skipped the unfinished last line {res.skipped_partial_line} "
+                  "(file still being written?)", file=sys.stderr)
+        if len(res) == 0:
+            print(f"note: {res.path}: no result rows yet", file=sys.stderr)
+    if args.lower_bound:
+        for res in results:
+            if res.kind == "certify" and res.settings.get("alpha") is None:
+                print(f"note: {res.path}: alpha unknown (no sidecar): give --alpha for the lower bound",
+                      file=sys.stderr)
+    table = summary_table(results, radii, rho=args.rho, lower_bound=args.lower_bound)
+
+    fmt = args.format
+    if args.out_table is not None:
+        out = Path(args.out_table)
+        fmt = fmt or _SUFFIX_FORMATS.get(out.suffix.lower(), "table")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table.render(fmt), encoding="utf-8")
+        print(table.render("table"), end="")
+        print(f"wrote {out} ({fmt})", file=sys.stderr)
+    else:
+        print(table.render(fmt or "table"), end="")
+
+    if not args.no_plot:
+        certify = [r for r in results if r.kind == "certify"]
+        if not certify:
+            print("note: no certify file among the inputs: no certified-accuracy plot", file=sys.stderr)
+        else:
+            from smoothguard.evaluation.plots import plot_certified_accuracy
+
+            labels = [row.label for row, r in zip(table.rows, results) if r.kind == "certify"]
+            stem = Path(args.plot) if args.plot else _default_stem(Path(certify[0].path))
+            paths = plot_certified_accuracy(certify, labels, stem)
+            print("wrote " + " and ".join(str(p) for p in paths), file=sys.stderr)
+    return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
 
 from smoothguard.cli.common import add_data_arguments, load_data, progress
@@ -79,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         "arch": args.arch, "num_classes": info.num_classes, "in_shape": list(info.input_shape),
         "mean": list(info.mean), "std": list(info.std), "dataset": info.name,
         "class_names": list(info.class_names), "train_size": len(train),
-        "command": "smoothguard " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": "smoothguard " + " ".join(shlex.quote(a) for a in args.argv),
     }
     trainer = Trainer(model, objective, config, meta=meta, callback=_Bar())
     out = Path(args.out)

@@ -1,0 +1,82 @@
+"""Plots of certification results (matplotlib, imported only when a plot is drawn)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from smoothguard.evaluation.analysis import Results, certified_accuracy, legends, run_r_max
+
+_GRID_POINTS = 2000
+
+
+def plot_certified_accuracy(results_list: Sequence[Results], labels: Sequence[str] | None,
+                            path_stem: str | Path, radii_max: float | None = None) -> list[Path]:
+    """Plot approximate certified accuracy against l2 radius (pixel units), one curve per
+    certify file, and write ``PATH_STEM.png`` and ``PATH_STEM.svg``; returns both paths.
+
+    Each curve is evaluated on a fine radius grid (plus the file's own radii, so every
+    drop is exact) from 0 to ``radii_max`` (default: the largest R_max or certified radius
+    over the files, plus 2 %) and drawn as a step curve. A dotted vertical line marks each
+    run's R_max where its settings are known: no radius beyond it can be certified.
+    ``labels`` default to the legends built from the settings. Predict files have no
+    radii and are left out; a list with no certify file is an error.
+
+    Drawing uses matplotlib's Agg canvas on a standalone ``Figure``: no pyplot state and
+    no change to the process-wide backend (safe next to an interactive session).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    results_list = list(results_list)
+    if labels is None:
+        labels = legends(results_list)
+    labels = list(labels)
+    if len(labels) != len(results_list):
+        raise ValueError(f"got {len(labels)} labels for {len(results_list)} result files")
+    pairs = [(r, lab) for r, lab in zip(results_list, labels) if r.kind == "certify"]
+    if not pairs:
+        raise ValueError("nothing to plot: certified accuracy needs at least one certify file (with radii)")
+
+    r_maxes = [run_r_max(r) for r, _ in pairs]
+    if radii_max is None:
+        top = max([float(r.radius.max()) for r, _ in pairs if len(r)] + [m for m in r_maxes if m is not None]
+                  + [0.0])
+        radii_max = 1.02 * top if top > 0 else 1.0
+    if not radii_max > 0:
+        raise ValueError(f"radii_max must be > 0, got {radii_max}")
+
+    fig = Figure(figsize=(6.4, 4.2), dpi=150)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    base = np.linspace(0.0, radii_max, _GRID_POINTS)
+    for (res, lab), rm in zip(pairs, r_maxes):
+        own = res.radius[(res.radius > 0) & (res.radius <= radii_max)]
+        # The curve drops just after each certified radius: sample each radius and a point
+        # right after it, so the steps are exact at any zoom.
+        grid = np.unique(np.concatenate([base, own, np.nextafter(own, np.inf)]))
+        acc = certified_accuracy(res, grid) if len(res) else np.zeros_like(grid)
+        (line,) = ax.plot(grid, acc, label=lab, linewidth=1.6)
+        if rm is not None and rm <= radii_max:
+            ax.axvline(rm, color=line.get_color(), linestyle=":", linewidth=1.0)
+    ax.set_xlim(0.0, radii_max)
+    ax.set_ylim(-0.01, 1.01)  # keep curves at 0 and 1 off the frame
+    ax.set_xlabel(r"$\ell_2$ radius (pixel units, inputs in [0, 1])")
+    ax.set_ylabel("certified accuracy")
+    ax.set_title("Approximate certified accuracy (dotted: $R_{max}$ of the run)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+
+    stem = Path(path_stem)
+    if stem.suffix.lower() in (".png", ".svg"):
+        stem = stem.with_suffix("")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for ext in (".png", ".svg"):
+        target = stem.with_name(stem.name + ext)
+        fig.savefig(target, format=ext[1:], metadata={"Date": None} if ext == ".svg" else None)
+        out.append(target)
+    return out

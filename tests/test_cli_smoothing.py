@@ -1,0 +1,105 @@
+"""End-to-end tests of ``smoothguard certify`` / ``predict``: rows, resume, refusal, errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from smoothguard.cli import main
+from smoothguard.models import get_model, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model = get_model("lenet", 10, (1, 28, 28), [0.286], [0.353])
+    path = tmp_path_factory.mktemp("ckpt") / "lenet.pt"
+    save_checkpoint(path, model, {"arch": "lenet", "num_classes": 10, "in_shape": [1, 28, 28],
+                                  "mean": [0.286], "std": [0.353], "dataset": "fashion-mnist"})
+    return path
+
+
+def _rows(path):
+    lines = path.read_text().splitlines()
+    return lines[0], [l.split("\t") for l in lines[1:]]
+
+
+def _without_time(rows):
+    return [r[:-1] for r in rows]
+
+
+def test_certify_rows_are_cohen_compatible(ckpt, tmp_path):
+    out = tmp_path / "c.tsv"
+    assert main(["certify", "--model", str(ckpt), "--max", "5", "--skip", "3", "--n", "500",
+                 "--out", str(out), "--threads", "1"]) == 0
+    header, rows = _rows(out)
+    assert header == "idx\tlabel\tpredict\tradius\tcorrect\ttime"
+    assert [int(r[0]) for r in rows] == [0, 60, 120, 180, 240]  # demo indices 0, 20, 40, ... every 3rd
+    for idx, label, pred, radius, correct, t in rows:
+        assert int(correct) == int(int(pred) == int(label))
+        assert float(radius) >= 0 and (float(radius) == 0.0) == (int(pred) == -1)
+        assert float(t) > 0
+    assert (tmp_path / "c.tsv.json").exists()
+
+
+def test_resume_after_kill_gives_the_rows_of_an_uninterrupted_run(ckpt, tmp_path):
+    args = ["--model", str(ckpt), "--max", "8", "--n", "10000", "--batch", "400", "--threads", "1", "--seed", "5"]
+    full = tmp_path / "full.tsv"
+    assert main(["certify", *args, "--out", str(full)]) == 0
+
+    part = tmp_path / "part.tsv"
+    env = dict(os.environ, SMOOTHGUARD_NO_PROGRESS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "smoothguard", "certify", *args, "--out", str(part)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if part.exists() and len(part.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _, done = _rows(part)
+    assert 1 <= len(done) < 8, "the run was not interrupted mid-file"
+    with open(part, "a") as fh:  # a row cut in the middle, as a kill during a write leaves it
+        fh.write("999\t3\t3\t0.12")
+    assert main(["certify", *args, "--out", str(part)]) == 0
+    _, resumed = _rows(part)
+    _, expected = _rows(full)
+    assert _without_time(resumed) == _without_time(expected)
+    assert len({r[0] for r in resumed}) == len(resumed) == 8
+
+
+def test_resume_refuses_other_settings_and_leaves_the_file_intact(ckpt, tmp_path, capsys):
+    out = tmp_path / "c.tsv"
+    assert main(["certify", "--model", str(ckpt), "--max", "2", "--n", "200", "--out", str(out)]) == 0
+    before = out.read_text()
+    assert main(["certify", "--model", str(ckpt), "--max", "2", "--n", "200", "--sigma", "0.5",
+                 "--out", str(out)]) == 2
+    assert "sigma: file 0.25, now 0.5" in capsys.readouterr().err
+    assert out.read_text() == before
+
+
+def test_predict_rows(ckpt, tmp_path):
+    out = tmp_path / "p.tsv"
+    assert main(["predict", "--model", str(ckpt), "--max", "3", "--n", "300", "--out", str(out)]) == 0
+    header, rows = _rows(out)
+    assert header == "idx\tlabel\tpredict\tcorrect\ttime" and len(rows) == 3
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["certify", "--n", "0", "--max", "1"], "--n0 and --n must be >= 1"),
+    (["certify", "--alpha", "2", "--max", "1", "--n", "10"], "alpha must be in (0, 1)"),
+    (["certify", "--model", "/nonexistent.pt"], "does not exist"),
+    (["certify", "--data", "fashion-mnist", "--root", "/nonexistent", "--max", "1"], "t10k-images-idx3-ubyte"),
+    (["certify", "--max", "0"], "--max must be a positive count or -1"),
+    (["predict", "--sigma", "-1", "--max", "1"], "sigma must be a positive"),
+])
+def test_bad_input_gives_a_clear_error_and_exit_code_2(argv, message, tmp_path, capsys):
+    out = tmp_path / "never.tsv"
+    assert main([*argv, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -238,3 +238,25 @@ def test_argument_validation_names_the_problem(lenet):
     bad = SmoothedClassifier(lambda x: torch.full((x.shape[0],), 7), 3, 0.25)
     with pytest.raises(ValueError, match="outside"):
         bad.predict(torch.rand(1, 2, 2), 10, 0.1)
+
+
+def test_jit_path_gives_the_counts_of_the_eager_model(lenet):
+    import copy
+
+    x = torch.rand(3, 1, 28, 28)
+    eager = SmoothedClassifier(copy.deepcopy(lenet), 10, 0.25).sample_counts(x, 500, seeds=[1, 2, 3])
+    traced = SmoothedClassifier(copy.deepcopy(lenet), 10, 0.25, jit=True).sample_counts(x, 500, seeds=[1, 2, 3])
+    assert torch.equal(eager, traced)
+
+
+def test_jit_falls_back_to_eager_with_a_warning_when_tracing_is_wrong():
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):  # control flow on values: a trace would bake in one branch
+            if float(x.mean()) > 0.5:
+                return torch.stack([x.flatten(1).sum(1), torch.zeros(x.shape[0])], 1)
+            return torch.stack([torch.zeros(x.shape[0]), x.flatten(1).sum(1)], 1)
+
+    g = SmoothedClassifier(DataDependent(), 2, 0.01, jit=True)
+    with pytest.warns(RuntimeWarning):
+        counts = g.sample_counts(torch.full((1, 1, 2, 2), 0.2), 200, seeds=[0])
+    assert counts[0, 1] == 200

@@ -26,6 +26,9 @@ def add_smoothing_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=400, help="noisy images per forward pass")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="fp32 (exact) or bf16 autocast (faster; may flip a few votes)")
+    p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the model TorchScript-frozen (conv+ReLU fusion; checked against the eager model, "
+                        "falls back to it with a warning)")
     p.add_argument("--out", default=None,
                    help="result TSV (flushed row by row; rerun with the same --out to resume). Default: stdout")
     p.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming it")
@@ -60,7 +63,8 @@ def build_smoothed(args: argparse.Namespace) -> tuple[SmoothedClassifier, dict[s
     if tuple(meta.get("in_shape", data.info.input_shape)) != tuple(data.info.input_shape):
         raise ValueError(f"the model expects inputs of shape {tuple(meta['in_shape'])} but --data {args.data} has "
                          f"{tuple(data.info.input_shape)}")
-    smoothed = SmoothedClassifier(model, meta["num_classes"], args.sigma, precision=args.precision)
+    smoothed = SmoothedClassifier(model, meta["num_classes"], args.sigma, precision=args.precision,
+                                  jit=getattr(args, "jit", False))
     model_path = Path(args.model) if args.model else default_model_path()
     settings = {
         "model": str(model_path.resolve()) if args.model else "embedded:" + model_path.name,

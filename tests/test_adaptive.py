@@ -1,0 +1,91 @@
+"""Adaptive certification on a radius grid: validity by simulation, never looser than fixed n."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from smoothguard.smoothing import ABSTAIN, SmoothedClassifier, lower_confidence_bound
+from smoothguard.smoothing.adaptive import certify_adaptive, default_schedule, grid_level, upper_confidence_bound
+
+SIGMA = 0.25
+GRID = [0.25, 0.5, 0.75]
+
+
+class KnownPA:
+    """Synthetic base classifier: class 0 with probability p_A (per image), else class 1."""
+
+    def __init__(self, p_a, seed=0):
+        self.p_a = torch.as_tensor(p_a, dtype=torch.float64)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, x):
+        # the image's index is encoded in its pixel at spacing 10, far above the noise sd 0.25
+        ids = torch.round(x[:, 0, 0, 0] / 10).long().clamp(0, len(self.p_a) - 1)
+        u = torch.rand(x.shape[0], generator=self.gen, dtype=torch.float64)
+        return (u >= self.p_a[ids]).long()
+
+
+def _run(p_values, reps, alpha, n_max, seed):
+    p_a = np.repeat(p_values, reps)
+    model = KnownPA(p_a, seed)
+    x = torch.zeros(len(p_a), 1, 1, 1)
+    x[:, 0, 0, 0] = torch.arange(len(p_a)) * 10.0
+    g = SmoothedClassifier(model, 2, SIGMA)
+    res = certify_adaptive(g, x, GRID, n0=100, n_max=n_max, alpha=alpha, batch_size=100_000,
+                           seeds=list(range(seed * 10**6, seed * 10**6 + len(p_a))))
+    return p_a, res
+
+
+def test_wrong_certificates_happen_at_most_alpha_of_the_time_even_at_the_thresholds():
+    alpha, reps = 0.05, 400
+    # p_A just below each grid threshold: certifying that grid radius would be wrong
+    p_values = [norm.cdf(r / SIGMA) - 1e-3 for r in GRID] + [0.5 - 1e-3, 0.7, 0.999]
+    p_a, res = _run(p_values, reps, alpha, n_max=5000, seed=1)
+    true_class = np.where(p_a > 0.5, 0, 1)
+    true_radius = SIGMA * norm.ppf(np.maximum(p_a, 1 - p_a))
+    pred, radius = res.prediction.numpy(), res.radius.numpy()
+    # a wrong certificate: a non-abstaining answer that is not g(x), or a grid radius above the true one
+    wrong = (pred != ABSTAIN) & ((pred != true_class) | (radius > true_radius))
+    for k, p in enumerate(p_values):
+        rate = wrong[k * reps:(k + 1) * reps].mean()
+        assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / reps), (p, rate)
+    assert (res.prediction[-reps:] == 0).all()  # p_A = 0.999 is certified ...
+    assert (res.radius[-reps:] >= 0.5).double().mean() > 0.95  # ... at 0.5 (0.75 needs more than n_max = 5000 here)
+
+
+def test_decisions_are_never_looser_than_the_fixed_n_test_on_the_same_counts():
+    alpha = 0.01
+    thresholds = norm.cdf(np.array([0.0, *GRID]) / SIGMA)
+    thresholds[0] = 0.5
+    n = np.arange(1, 3000, 7)
+    for frac in (0.5, 0.8, 0.97, 0.999, 1.0):
+        n_a = np.floor(frac * n)
+        for looks in (5, 17):
+            adaptive = grid_level(lower_confidence_bound(n_a, n, alpha / looks), thresholds)
+            fixed = grid_level(lower_confidence_bound(n_a, n, alpha), thresholds)
+            assert (adaptive <= fixed).all()
+    assert (upper_confidence_bound(n_a, n, 0.01) >= n_a / n).all()
+
+
+def test_stops_early_when_the_answer_is_clear_and_records_samples():
+    p_a, res = _run([0.99999, 0.3, 0.9], reps=20, alpha=0.001, n_max=100_000, seed=2)
+    used = res.n_used.numpy()
+    assert (used[:20] < 15_000).all()  # far above the top threshold: certified at 0.75 quickly
+    assert (res.radius[:20] == 0.75).all()
+    # p_A = 0.3 for class 0: g(x) = class 1 with probability 0.7 < Phi(1): radius level 0, decided fast
+    assert (used[20:40] <= 1500).all() and (res.prediction[20:40] == 1).all() and (res.radius[20:40] == 0).all()
+    assert (res.radius[40:] == 0.25).all()  # p_A = 0.9 lies between Phi(1) and Phi(2)
+    assert (used[40:] < 100_000).all()
+
+
+def test_schedule_and_validation():
+    s = default_schedule(100_000)
+    assert s[-1] == 100_000 and all(b > a for a, b in zip(s, s[1:])) and all(v % 100 == 0 for v in s)
+    g = SmoothedClassifier(lambda x: torch.zeros(x.shape[0], dtype=torch.long), 2, 0.25)
+    with pytest.raises(ValueError, match="radii must be finite and >= 0"):
+        certify_adaptive(g, torch.zeros(1, 1, 1), [-0.1])
+    with pytest.raises(ValueError, match="must end at n_max"):
+        certify_adaptive(g, torch.zeros(1, 1, 1), [0.25], n_max=1000, schedule=[100, 500])

@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"smoothguard {args.command}: interrupted (results written so far are kept; rerun to resume)",
               file=sys.stderr)
         return 130
+    finally:
+        from smoothguard.distributed import shutdown
+
+        shutdown()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from smoothguard.cli.common import add_data_arguments, load_data, load_model_arg, progress
-from smoothguard.evaluation.resultfile import ResultWriter, format_value
+from smoothguard.distributed import World, barrier
+from smoothguard.evaluation.resultfile import ResultWriter, format_value, merge_parts
 from smoothguard.models.checkpoint import default_model_path
 from smoothguard.smoothing import NOISE_BLOCK, SmoothedClassifier
 
@@ -92,19 +93,34 @@ def run_rows(
     key_settings: Sequence[str],
     group: int,
     compute: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], list[list[Any]]],
-) -> list[list[str]]:
-    """Compute rows for every selected image not yet in ``--out``; returns all rows (as text)."""
-    if args.out:
-        writer = ResultWriter(args.out, columns, kind, settings, key_settings, overwrite=args.overwrite).open()
+) -> None:
+    """Compute rows for every selected image not yet in ``--out``.
+
+    Under torchrun (WORLD_SIZE > 1) rank r takes the selected images r, r + K, ..., writes
+    and resumes its own part file ``OUT.partR-of-K``, and rank 0 merges the parts into
+    ``OUT`` in index order once all are complete. Per-image seeds make every row the
+    same as in a single-process run.
+    """
+    world = getattr(args, "world", None) or World()
+    if world.distributed and not args.out:
+        raise ValueError("under torchrun, --out is required (each rank writes its own part file)")
+    positions = list(range(len(data)))
+    out = args.out
+    if world.distributed:
+        positions = positions[world.rank::world.size]
+        out = f"{args.out}.part{world.rank}-of-{world.size}"
+    if out:
+        writer = ResultWriter(out, columns, kind, settings, key_settings, overwrite=args.overwrite).open()
     else:
         writer = None
         print("\t".join(columns), flush=True)
     done = writer.done if writer else {}
-    todo = [i for i in range(len(data)) if int(data.indices[i]) not in done]
+    todo = [i for i in positions if int(data.indices[i]) not in done]
     correct_col = columns.index("correct")
     n_correct = sum(int(r[correct_col]) for r in done.values())
     n_rows = len(done)
-    bar = progress(total=len(data), initial=len(data) - len(todo), desc=kind, unit="img")
+    bar = progress(total=len(positions), initial=len(positions) - len(todo), desc=kind, unit="img",
+                   **({"disable": True} if world.rank != 0 else {}))
     t_start = time.perf_counter()
     computed = 0
     try:
@@ -129,8 +145,15 @@ def run_rows(
         bar.close()
         if writer:
             writer.close()
-    if writer:
-        print(f"{kind}: {n_rows} rows in {args.out} ({computed} computed now, {n_rows - computed} resumed); "
+    if world.distributed:
+        barrier()
+        if world.rank == 0:
+            parts = [f"{args.out}.part{r}-of-{world.size}" for r in range(world.size)]
+            expected = [int(i) for i in data.indices.tolist()]
+            if not merge_parts(args.out, parts, columns, kind, settings, key_settings, expected):
+                raise ValueError(f"some rows are missing from the parts of {args.out}; rerun to complete them")
+            print(f"{kind}: merged {world.size} parts into {args.out} ({len(expected)} rows)", file=sys.stderr)
+        barrier()
+    elif writer:
+        print(f"{kind}: {n_rows} rows in {out} ({computed} computed now, {n_rows - computed} resumed); "
               f"accuracy of the smoothed classifier {n_correct / max(n_rows, 1):.4f}", file=sys.stderr)
-        return [writer.done[k] for k in sorted(writer.done)]
-    return []

@@ -20,7 +20,7 @@ COLUMNS = ["idx", "label", "predict", "radius", "correct", "time"]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_smoothing_arguments(p)
     p.add_argument("--n0", type=int, default=100, help="noise samples to select the top class")
-    p.add_argument("--n", type=int, default=100_000, help="noise samples to estimate its probability")
+    p.add_argument("--n", "--n-samples", dest="n", type=int, default=100_000, help="noise samples to estimate its probability (under torchrun write --n-samples)")
     g = p.add_argument_group("adaptive certification at table radii (fewer samples, same guarantee)")
     g.add_argument("--radii", default=None,
                    help="comma-separated l2 radii, e.g. 0.25,0.5,0.75: certify the largest of them per image with "

@@ -29,6 +29,9 @@ def apply_common(args: argparse.Namespace) -> None:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     args.device = resolve_device(args.device)
+    from smoothguard.distributed import init_distributed
+
+    args.world, args.device = init_distributed(args.device)
 
 
 def add_data_arguments(p: argparse.ArgumentParser, default: str = "demo", split: str = "test",
@@ -42,7 +45,9 @@ def add_data_arguments(p: argparse.ArgumentParser, default: str = "demo", split:
     g.add_argument("--channels", type=int, default=3, choices=[1, 3], help="imagefolder only: 1 (gray) or 3 (RGB)")
     if selection:
         g.add_argument("--skip", type=int, default=1, help="use every SKIP-th example (index 0, SKIP, 2*SKIP, ...)")
-        g.add_argument("--max", type=int, default=-1, help="use at most MAX examples (-1: all selected)")
+        g.add_argument("--max", "--max-images", dest="max", type=int, default=-1,
+                       help="use at most MAX examples (-1: all selected); under torchrun write --max-images "
+                            "(torchrun's own parser mistakes --max for its --max-restarts)")
 
 
 def load_data(args: argparse.Namespace, split: str | None = None, select: bool = True) -> Dataset:

@@ -16,7 +16,7 @@ COLUMNS = ["idx", "label", "predict", "correct", "time"]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_smoothing_arguments(p)
-    p.add_argument("--n", type=int, default=100_000, help="noise samples per image")
+    p.add_argument("--n", "--n-samples", dest="n", type=int, default=100_000, help="noise samples per image (under torchrun write --n-samples)")
 
 
 def run(args: argparse.Namespace) -> int:

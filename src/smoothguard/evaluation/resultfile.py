@@ -41,6 +41,64 @@ def format_value(v: Any) -> str:
     return str(v)
 
 
+def read_complete_rows(path: str | os.PathLike, columns: Sequence[str]) -> tuple[dict[int, list[str]], int, int]:
+    """The complete rows of a result file by idx, the byte length they span (header
+    included) and the file size. A trailing partial row (no newline, wrong field count)
+    ends the scan."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    lines = data.split(b"\n")
+    header = lines[0].decode("utf-8").split("\t")
+    if header != list(columns):
+        raise ResultFileError(f"{path}: header {header} differs from expected {list(columns)}")
+    rows: dict[int, list[str]] = {}
+    keep = len(lines[0]) + 1
+    # all entries but the last are newline-terminated; the last is a partial row or b""
+    for raw in lines[1:-1]:
+        fields = raw.decode("utf-8").split("\t")
+        if len(fields) != len(columns):
+            break
+        try:
+            rows[int(fields[0])] = fields
+        except ValueError:
+            break
+        keep += len(raw) + 1
+    return rows, keep, len(data)
+
+
+def write_sidecar(path: str | os.PathLike, kind: str, columns: Sequence[str], settings: dict[str, Any],
+                  key_settings: Sequence[str]) -> None:
+    meta = {"kind": kind, "columns": list(columns), "settings": settings, "key_settings": list(key_settings),
+            "smoothguard_version": smoothguard.__version__}
+    _atomic_write_text(sidecar_path(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def merge_parts(
+    out: str | os.PathLike,
+    parts: Sequence[str | os.PathLike],
+    columns: Sequence[str],
+    kind: str,
+    settings: dict[str, Any],
+    key_settings: Sequence[str],
+    expected: Sequence[int],
+) -> bool:
+    """Merge the part files of a sharded run into ``out`` in index order, atomically.
+
+    Returns False (and writes nothing) while some expected index is missing from the parts.
+    """
+    rows: dict[int, list[str]] = {}
+    for part in parts:
+        if Path(part).exists():
+            rows.update(read_complete_rows(part, columns)[0])
+    if any(int(i) not in rows for i in expected):
+        return False
+    out = Path(out)
+    text = "\t".join(columns) + "\n" + "".join("\t".join(rows[int(i)]) + "\n" for i in sorted(int(i) for i in expected))
+    write_sidecar(out, kind, columns, settings, key_settings)
+    _atomic_write_text(out, text)
+    return True
+
+
 class ResultWriter:
     """Append-only, resumable TSV writer.
 
@@ -84,9 +142,7 @@ class ResultWriter:
             self._load_rows()
         else:
             self.path.write_text("\t".join(self.columns) + "\n")
-        meta = {"kind": self.kind, "columns": self.columns, "settings": self.settings,
-                "key_settings": self.key_settings, "smoothguard_version": smoothguard.__version__}
-        _atomic_write_text(side, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_sidecar(self.path, self.kind, self.columns, self.settings, self.key_settings)
         self._fh = open(self.path, "a", encoding="utf-8")
         return self
 
@@ -112,24 +168,8 @@ class ResultWriter:
                 "Use the same settings, another --out, or --overwrite")
 
     def _load_rows(self) -> None:
-        with open(self.path, "rb") as fh:
-            data = fh.read()
-        lines = data.split(b"\n")
-        header = lines[0].decode("utf-8").split("\t")
-        if header != self.columns:
-            raise ResultFileError(f"{self.path}: header {header} differs from expected {self.columns}")
-        keep = len(lines[0]) + 1
-        # all entries but the last are newline-terminated; the last is a partial row or b""
-        for raw in lines[1:-1]:
-            fields = raw.decode("utf-8").split("\t")
-            if len(fields) != len(self.columns):
-                break
-            try:
-                self.done[int(fields[0])] = fields
-            except ValueError:
-                break
-            keep += len(raw) + 1
-        if keep < len(data):  # cut a partial or corrupt tail written by a killed run
+        self.done, keep, size = read_complete_rows(self.path, self.columns)
+        if keep < size:  # cut a partial or corrupt tail written by a killed run
             with open(self.path, "r+b") as fh:
                 fh.truncate(keep)
 

@@ -1,0 +1,60 @@
+"""torch.distributed wiring for ``torchrun --nproc-per-node K -m smoothguard ...``.
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous address; we start the
+process group from them (gloo on CPU, nccl on CUDA) and pin each rank to its local GPU.
+A plain ``smoothguard`` run sees WORLD_SIZE unset and stays single-process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def world_from_env() -> World:
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    return World(int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_distributed(device: torch.device) -> tuple[World, torch.device]:
+    """Start the process group when launched by torchrun; returns the world and the rank's device."""
+    import torch.distributed as dist
+
+    world = world_from_env()
+    if not world.distributed:
+        return world, device
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return world, device
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

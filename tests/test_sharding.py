@@ -1,0 +1,80 @@
+"""torchrun sharding of certify: the rows of a single-process run, resumable per rank."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from smoothguard.cli import main
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(args, out):
+    env = dict(os.environ, SMOOTHGUARD_NO_PROGRESS="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), "-m", "smoothguard", "certify", *args, "--out", str(out)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _rows(path):
+    return [line.split("\t")[:-1] for line in path.read_text().splitlines()[1:]]  # without time
+
+
+ARGS = ["--max-images", "10", "--skip", "7", "--n-samples", "3000", "--seed", "11", "--threads", "1", "--batch", "400"]
+
+
+def test_torchrun_two_ranks_give_the_rows_of_one_process(tmp_path):
+    single = tmp_path / "single.tsv"
+    assert main(["certify", *ARGS, "--out", str(single)]) == 0
+    out = tmp_path / "sharded.tsv"
+    proc = _torchrun(ARGS, out)
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, log
+    assert _rows(out) == _rows(single)
+    assert [int(r[0]) for r in _rows(out)] == sorted(int(r[0]) for r in _rows(out))
+    assert (tmp_path / "sharded.tsv.part0-of-2").exists() and (tmp_path / "sharded.tsv.part1-of-2").exists()
+
+
+def test_killing_a_rank_and_rerunning_resumes_without_duplicates(tmp_path):
+    args = [*ARGS[:4], "--n-samples", "20000", *ARGS[6:]]
+    single = tmp_path / "single.tsv"
+    assert main(["certify", *args, "--out", str(single)]) == 0
+    out = tmp_path / "sharded.tsv"
+    proc = _torchrun(args, out)
+    part1 = tmp_path / "sharded.tsv.part1-of-2"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (part1.exists() and len(part1.read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert workers, "no worker processes found"
+    os.kill(int(workers[-1]), signal.SIGKILL)  # one rank dies; torchrun stops the other
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert not out.exists() or len(_rows(out)) < len(_rows(single))
+    proc = _torchrun(args, out)
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, log
+    rows = _rows(out)
+    assert rows == _rows(single)
+    assert len({r[0] for r in rows}) == len(rows)
+
+
+def test_sharded_run_without_out_is_refused():
+    import argparse
+
+    from smoothguard.cli._smoothing_run import run_rows
+    from smoothguard.distributed import World
+
+    ns = argparse.Namespace(world=World(0, 2, 0), out=None, overwrite=False)
+    with pytest.raises(ValueError, match="--out is required"):
+        run_rows(ns, None, ["idx", "correct"], "certify", {}, [], 1, None)

@@ -9,6 +9,8 @@ For each model (the embedded LeNet; a Madry CNN trained briefly with Gaussian no
     batch 400, torch.no_grad) -- CERTIFY with n0 = 100, n = N;
   * ours fp32: SmoothedClassifier (channels_last, inference_mode, several images per batch);
   * ours fp32 + jit: the same with jit=True (TorchScript freeze: conv+ReLU fusion);
+  * ours fp32 + jit + 2 workers: forward passes in 2 threads of 1 intra-op thread each while
+    the main thread draws the next noise (identical counts);
   * ours bf16: precision="bf16" (autocast + channels_last), on the first --bf16-images images
     (on CPUs without native bf16 it is far slower, so it is timed on fewer images).
 The variants are interleaved image by image so machine noise hits all of them alike.
@@ -86,6 +88,7 @@ def bench(name, model, images, n, ours_batch, bf16_images):
     variants = {
         "ours fp32": SmoothedClassifier(copy.deepcopy(model), 10, SIGMA),
         "ours fp32 + jit": SmoothedClassifier(copy.deepcopy(model), 10, SIGMA, jit=True),
+        "ours fp32 + jit + 2 workers": SmoothedClassifier(copy.deepcopy(model), 10, SIGMA, jit=True, workers=2),
         "ours bf16": SmoothedClassifier(copy.deepcopy(model), 10, SIGMA, precision="bf16"),
     }
     fwd = bare_forward(base, images.shape[1:])
@@ -99,9 +102,13 @@ def bench(name, model, images, n, ours_batch, bf16_images):
         for k, g in variants.items():
             if k == "ours bf16" and i >= bf16_images:
                 continue
+            threads = torch.get_num_threads()
+            if g.workers > 1:  # the workers share the cores instead of each op using all of them
+                torch.set_num_threads(max(1, threads // g.workers))
             t0 = time.perf_counter()
             r = g.certify_batch(x[None], N0, n, ALPHA, ours_batch, seeds=[i])
             times[k].append(time.perf_counter() - t0)
+            torch.set_num_threads(threads)
             out[k].append((int(r.prediction[0]), float(r.radius[0])))
     rows = [f"| {name} | bare forward (batch 400, fp32 NCHW) | - | - | {fwd:,.0f} | - | - |"]
     ref = out["straightforward"]

@@ -260,3 +260,15 @@ def test_jit_falls_back_to_eager_with_a_warning_when_tracing_is_wrong():
     with pytest.warns(RuntimeWarning):
         counts = g.sample_counts(torch.full((1, 1, 2, 2), 0.2), 200, seeds=[0])
     assert counts[0, 1] == 200
+
+
+def test_concurrent_workers_give_the_counts_of_one_worker(lenet):
+    import copy
+
+    x = torch.rand(3, 1, 28, 28)
+    one = SmoothedClassifier(copy.deepcopy(lenet), 10, 0.25).sample_counts(x, 700, batch_size=200, seeds=[4, 5, 6])
+    for jit in (False, True):
+        two = SmoothedClassifier(copy.deepcopy(lenet), 10, 0.25, jit=jit, workers=2)
+        assert torch.equal(two.sample_counts(x, 700, batch_size=200, seeds=[4, 5, 6]), one)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        SmoothedClassifier(lenet, 10, 0.25, workers=0)

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     ns = argparse.Namespace(
         model=None, data="demo", root=None, split="test", image_size=32, channels=1, skip=skip, max=args.count,
         sigma=0.25, alpha=0.001, n0=100, n=args.n, batch=args.batch, precision=args.precision,
-        out=str(tsv), overwrite=False, jit=True, device=args.device, seed=args.seed,
+        out=str(tsv), overwrite=False, jit=True, workers=1, threads=args.threads, device=args.device, seed=args.seed,
     )
     print(f"Certifying {args.count} bundled Fashion-MNIST test images with the embedded LeNet "
           f"(sigma 0.25, n {args.n}, alpha 0.001) ...", file=sys.stderr)

@@ -77,6 +77,10 @@ class SmoothedClassifier:
             (and a smaller one); when tracing fails, warns that the trace may depend on
             the data, or outputs differ beyond float rounding, a warning is raised and
             the eager model is used.
+        workers: forward passes run concurrently in this many threads while the main
+            thread draws the next batch's noise (results are identical to workers=1).
+            On a CPU, workers=2 with ``torch.set_num_threads(1)`` uses two cores better
+            than one forward pass on two intra-op threads for small models.
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class SmoothedClassifier:
         precision: str = "fp32",
         memory_format: str = "auto",
         jit: bool = False,
+        workers: int = 1,
         device: torch.device | str | None = None,
     ) -> None:
         if not callable(base_classifier):
@@ -110,6 +115,9 @@ class SmoothedClassifier:
         if memory_format == "auto":
             memory_format = "channels_last" if (is_module and self.device.type == "cpu") else "contiguous"
         self.memory_format = memory_format
+        if int(workers) < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = int(workers)
         self.jit = bool(jit) and is_module
         self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None if self.jit else base_classifier
         if is_module:
@@ -210,42 +218,70 @@ class SmoothedClassifier:
         full, tail = divmod(num, block)
         sizes = [block] * full + ([tail] if tail else [])
         counts = torch.zeros(count * k, dtype=torch.int64, device=self.device)
-        buf = torch.empty((batch_size, *x.shape[1:]), device=self.device, dtype=torch.float32,
-                          memory_format=mf)
-        pending: list[tuple[int, int]] = []
-        filled = 0
 
-        def flush() -> None:
-            nonlocal filled
-            if not pending:
-                return
-            noisy = buf[:filled]
-            offset = 0
-            for img, size in pending:
-                seg = noisy[offset:offset + size]
-                seg.normal_(0.0, self.sigma, generator=gens[img])
-                seg.add_(x[img])
-                offset += size
-            preds = self._classify(noisy)
-            if pending[0][0] == pending[-1][0]:
-                img = pending[0][0]
-                counts[img * k:(img + 1) * k] += torch.bincount(preds, minlength=k)[:k]
-            else:
-                ids = torch.repeat_interleave(
-                    torch.tensor([p[0] for p in pending], device=self.device),
-                    torch.tensor([p[1] for p in pending], device=self.device))
-                counts.index_add_(0, ids * k + preds, torch.ones_like(preds))
-            pending.clear()
-            filled = 0
-
-        with torch.inference_mode():
+        def plans():
+            plan, filled = [], 0
             for img in range(count):
                 for size in sizes:
                     if filled + size > batch_size:
-                        flush()
-                    pending.append((img, size))
+                        yield plan
+                        plan, filled = [], 0
+                    plan.append((img, size))
                     filled += size
-            flush()
+            if plan:
+                yield plan
+
+        def fill(buf: torch.Tensor, plan: list[tuple[int, int]]) -> torch.Tensor:
+            # noise is always drawn here, in order, so each image's stream is the same
+            # however the forward passes are scheduled
+            offset = 0
+            for img, size in plan:
+                seg = buf[offset:offset + size]
+                seg.normal_(0.0, self.sigma, generator=gens[img])
+                seg.add_(x[img])
+                offset += size
+            return buf[:offset]
+
+        def forward(noisy: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return self._classify(noisy)
+
+        def accumulate(preds: torch.Tensor, plan: list[tuple[int, int]]) -> None:
+            if plan[0][0] == plan[-1][0]:
+                img = plan[0][0]
+                counts[img * k:(img + 1) * k] += torch.bincount(preds, minlength=k)[:k]
+            else:
+                ids = torch.repeat_interleave(torch.tensor([p[0] for p in plan], device=self.device),
+                                              torch.tensor([p[1] for p in plan], device=self.device))
+                counts.index_add_(0, ids * k + preds, torch.ones_like(preds))
+
+        workers = self.workers
+        bufs = [torch.empty((batch_size, *x.shape[1:]), device=self.device, dtype=torch.float32, memory_format=mf)
+                for _ in range(workers + 1 if workers > 1 else 1)]
+        with torch.inference_mode():
+            if workers == 1:
+                for plan in plans():
+                    accumulate(forward(fill(bufs[0], plan)), plan)
+            else:
+                # a pipeline: the main thread draws the noise of batch i + 1 while up to
+                # `workers` threads run forward passes (torch releases the GIL in its kernels)
+                from collections import deque
+                from concurrent.futures import ThreadPoolExecutor
+
+                in_flight: deque = deque()
+                with ThreadPoolExecutor(workers, thread_name_prefix="smoothguard-forward") as pool:
+                    for i, plan in enumerate(plans()):
+                        while len(in_flight) >= workers:
+                            fut, done_plan = in_flight.popleft()
+                            accumulate(fut.result(), done_plan)
+                        noisy = fill(bufs[i % len(bufs)], plan)
+                        if self._forward is None:  # trace once, before forwards run concurrently
+                            accumulate(forward(noisy), plan)
+                            continue
+                        in_flight.append((pool.submit(forward, noisy), plan))
+                    while in_flight:
+                        fut, done_plan = in_flight.popleft()
+                        accumulate(fut.result(), done_plan)
         counts = counts.view(count, k).cpu()
         if int(counts.sum()) != count * num:
             raise ValueError("base classifier returned labels outside [0, num_classes)")

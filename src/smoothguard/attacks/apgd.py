@@ -79,7 +79,7 @@ class APGD(GradientAttack):
         loss0, _, scores0 = self._loss_grad(objective, x, all_idx, need_grad=False)
         success = is_adversarial(scores0.argmax(1), y, targets)
         best_adv, best_loss = x.clone(), loss0.clone()
-        losses = torch.full((n, self.restarts), float("nan"), device=x.device)
+        losses = torch.full((n, self.restarts), float("nan"), device=x.device, dtype=loss0.dtype)
         for r in range(self.restarts):
             idx = (~success).nonzero().squeeze(1)
             if idx.numel() == 0:

@@ -133,7 +133,16 @@ def project_exact(x_adv: torch.Tensor, x: torch.Tensor, eps: float | None, norm:
             bad = (out - x).abs().double() > eps  # compare in float64: eps is a Python float
             if not bool(bad.any()):
                 break
-            out = torch.where(bad, torch.nextafter(out, x), out)
+            if k == 0:
+                # One ulp of ``out`` can be far smaller than one ulp of ``out - x`` (out
+                # near 0, |x - out| near eps), so stepping ulp by ulp may never get below
+                # eps: first snap in float64 to a box shrunk by a few float32 ulps.
+                inner = eps * (1 - 4 * ulp)
+                x64 = x.double()
+                snapped = (x64 + (out.double() - x64).clamp(-inner, inner)).clamp(0.0, 1.0).to(out.dtype)
+                out = torch.where(bad, snapped, out)
+            else:
+                out = torch.where(bad, torch.nextafter(out, x), out)
         else:
             n = lp_norms(out - x, "l2").double()
             bad = n > eps

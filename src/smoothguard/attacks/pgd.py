@@ -107,7 +107,7 @@ class PGD(GradientAttack):
         success = is_adversarial(scores0.argmax(1), y, targets)
         if not stop:
             success = torch.zeros_like(success)
-        restart_losses = torch.full((n, self.restarts), float("nan"), device=x.device)
+        restart_losses = torch.full((n, self.restarts), float("nan"), device=x.device, dtype=loss0.dtype)
 
         for r in range(self.restarts):
             idx = (~success).nonzero().squeeze(1)

@@ -17,6 +17,8 @@ COMMANDS = [
     ("train", "smoothguard.cli.train"),
     ("certify", "smoothguard.cli.certify"),
     ("predict", "smoothguard.cli.predict"),
+    ("attack", "smoothguard.cli.attack"),
+    ("evaluate", "smoothguard.cli.evaluate"),
     ("analyze", "smoothguard.cli.analyze"),
     ("info", "smoothguard.cli.info"),
 ]

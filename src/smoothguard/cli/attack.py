@@ -1,0 +1,268 @@
+"""``smoothguard attack``: run one attack on every selected image, one row per image."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from smoothguard.cli.common import add_data_arguments, load_data, load_model_arg, progress
+
+HELP = "attack a model (PGD, APGD, C&W, Square, ...): per-image adversarial rows and robust accuracy"
+DESCRIPTION = (
+    "Runs one attack against the model on every selected image within the threat model "
+    "||delta||_p <= eps (pixel units, images in [0,1]). Rows: idx label clean_pred adv_pred norm success time "
+    "(success: the adversarial point is misclassified; a clean misclassification counts as a success). "
+    "With --target-model the attack is crafted on --model and evaluated on the target (transfer). "
+    "Rows are flushed one group at a time; rerunning with the same --out resumes."
+)
+COLUMNS = ["idx", "label", "clean_pred", "adv_pred", "norm", "success", "time"]
+ATTACK_NAMES = ("pgd", "fgsm", "fgm", "apgd", "cw", "ddn", "square", "nattack")
+# norms each attack supports
+ATTACK_NORMS = {"pgd": ("linf", "l2"), "apgd": ("linf", "l2"), "square": ("linf", "l2"), "nattack": ("linf", "l2"),
+                "fgsm": ("linf",), "fgm": ("l2",), "cw": ("l2",), "ddn": ("l2",)}
+LOSS_ATTACKS = ("pgd", "apgd", "fgsm", "fgm", "ddn")
+QUERY_ATTACKS = ("square", "nattack")
+KEY_SETTINGS = ["model_sha256", "target_sha256", "data", "root", "split", "skip", "attack", "norm", "eps",
+                "steps", "restarts", "step_size", "loss", "queries", "eot", "seed"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="checkpoint to attack (default: the embedded Fashion-MNIST LeNet)")
+    add_data_arguments(p, default="demo")
+    g = p.add_argument_group("attack")
+    g.add_argument("--attack", default="pgd", help=f"one of: {', '.join(ATTACK_NAMES)}")
+    g.add_argument("--norm", default="linf", help="threat model: linf or l2 (fgsm: linf; fgm, cw, ddn: l2)")
+    g.add_argument("--eps", default="0.1",
+                   help="radius in [0,1] pixel units; cw and ddn also accept 'none' (minimal perturbation)")
+    g.add_argument("--steps", type=int, default=None,
+                   help="iterations (default: pgd 40, apgd 100, ddn 100, cw 1000; not used by fgsm/fgm/square/nattack)")
+    g.add_argument("--restarts", type=int, default=1, help="random restarts (pgd, apgd)")
+    g.add_argument("--step-size", type=float, default=None, help="pgd step in pixel units (default 2.5*eps/steps)")
+    g.add_argument("--loss", default="ce", help="ce, cw (C&W margin) or dlr (pgd, apgd, fgsm, fgm, ddn)")
+    g.add_argument("--queries", type=int, default=None,
+                   help="query budget per image for square / nattack (default 10000)")
+    g.add_argument("--eot", type=int, default=1, help="gradient samples per step (stochastic models)")
+    g.add_argument("--target-model", default=None,
+                   help="transfer: craft the examples on --model and evaluate them on this checkpoint")
+    g.add_argument("--batch", type=int, default=250, help="images per attack call")
+    g.add_argument("--out", default=None,
+                   help="result TSV (flushed per group; rerun with the same --out to resume). Default: stdout")
+    g.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming it")
+
+
+def parse_eps(text: str, attack: str) -> float | None:
+    if str(text).lower() == "none":
+        if attack not in ("cw", "ddn"):
+            raise ValueError(f"--eps none (minimal perturbation) is only allowed for --attack cw or ddn, not {attack}")
+        return None
+    try:
+        eps = float(text)
+    except ValueError:
+        raise ValueError(f"--eps must be a positive number in [0,1] pixel units (or 'none' for cw/ddn); "
+                         f"got {text!r}") from None
+    if not eps > 0 or math.isinf(eps):
+        raise ValueError(f"--eps must be a positive finite number in [0,1] pixel units; got {text!r}")
+    return eps
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Check every option before any model or data is loaded (errors name the option)."""
+    if args.attack not in ATTACK_NAMES:
+        raise ValueError(f"--attack must be one of {', '.join(ATTACK_NAMES)}; got {args.attack!r}")
+    if args.norm not in ("linf", "l2"):
+        raise ValueError(f"--norm must be one of linf, l2; got {args.norm!r}")
+    if args.norm not in ATTACK_NORMS[args.attack]:
+        raise ValueError(f"--norm {args.norm} is not supported by --attack {args.attack}; "
+                         f"allowed: {', '.join(ATTACK_NORMS[args.attack])}")
+    args.eps_value = parse_eps(args.eps, args.attack)
+    if args.norm == "linf" and args.eps_value is not None and args.eps_value > 1:
+        raise ValueError(f"--eps {args.eps_value} > 1 covers the whole [0,1] box for linf; eps is in pixel units "
+                         "(did you mean eps/255?)")
+    if args.loss not in ("ce", "cw", "dlr"):
+        raise ValueError(f"--loss must be one of ce, cw, dlr; got {args.loss!r}")
+    if args.loss != "ce" and args.attack not in LOSS_ATTACKS:
+        raise ValueError(f"--loss applies to --attack {', '.join(LOSS_ATTACKS)}; {args.attack} has its own loss")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be an integer >= 1; got {args.steps}")
+    if args.restarts < 1:
+        raise ValueError(f"--restarts must be an integer >= 1; got {args.restarts}")
+    if args.restarts > 1 and args.attack not in ("pgd", "apgd"):
+        raise ValueError(f"--restarts applies to --attack pgd, apgd; got --attack {args.attack}")
+    if args.step_size is not None and not args.step_size > 0:
+        raise ValueError(f"--step-size must be a positive number in pixel units; got {args.step_size}")
+    if args.queries is not None:
+        if args.attack not in QUERY_ATTACKS:
+            raise ValueError(f"--queries applies to --attack square, nattack; got --attack {args.attack}")
+        if args.queries < 2:
+            raise ValueError(f"--queries must be an integer >= 2; got {args.queries}")
+    if args.eot < 1:
+        raise ValueError(f"--eot must be an integer >= 1; got {args.eot}")
+    if args.batch < 1:
+        raise ValueError(f"--batch must be an integer >= 1; got {args.batch}")
+    if args.skip < 1:
+        raise ValueError(f"--skip must be an integer >= 1; got {args.skip}")
+    if args.max < -1 or args.max == 0:
+        raise ValueError(f"--max must be a positive count or -1 (all); got {args.max}")
+
+
+def build_attack(name: str, model, norm: str, eps: float | None, *, steps: int | None, restarts: int,
+                 step_size: float | None, loss: str, queries: int | None, eot: int, seed: int):
+    """The library attack for the command-line options."""
+    from smoothguard import attacks as A
+
+    if name == "pgd":
+        return A.PGD(model, norm=norm, eps=eps, steps=steps or 40, step_size=step_size, restarts=restarts,
+                     loss=loss, eot=eot, seed=seed)
+    if name == "apgd":
+        return A.APGD(model, norm=norm, eps=eps, steps=steps or 100, restarts=restarts, loss=loss, eot=eot,
+                      seed=seed)
+    if name == "fgsm":
+        return A.FGSM(model, eps=eps, loss=loss, eot=eot, seed=seed)
+    if name == "fgm":
+        return A.FGM(model, eps=eps, loss=loss, eot=eot, seed=seed)
+    if name == "cw":
+        return A.CW(model, eps=eps, steps=steps or 1000, seed=seed)
+    if name == "ddn":
+        return A.DDN(model, eps=eps, steps=steps or 100, loss=loss, eot=eot, seed=seed)
+    if name == "square":
+        return A.Square(model, norm=norm, eps=eps, max_queries=queries or 10_000, seed=seed)
+    if name == "nattack":
+        return A.NAttack(model, norm=norm, eps=eps, max_queries=queries or 10_000, seed=seed)
+    raise ValueError(f"--attack must be one of {', '.join(ATTACK_NAMES)}; got {name!r}")
+
+
+def model_settings(path: str | None) -> tuple[str, str]:
+    from smoothguard.cli._smoothing_run import file_sha256
+    from smoothguard.models.checkpoint import default_model_path
+
+    p = Path(path) if path else default_model_path()
+    return (str(p.resolve()) if path else "embedded:" + p.name), file_sha256(p)
+
+
+def check_shape(meta: dict, data, option: str) -> None:
+    if tuple(meta.get("in_shape", data.info.input_shape)) != tuple(data.info.input_shape):
+        raise ValueError(f"{option} expects inputs of shape {tuple(meta['in_shape'])} but --data has "
+                         f"{tuple(data.info.input_shape)}")
+
+
+def summarize(rows: list[list[str]], eps: float | None) -> dict:
+    """Clean / robust accuracy and perturbation norms over the rows of a result file."""
+    n = len(rows)
+    labels = [int(r[1]) for r in rows]
+    clean = [int(r[2]) for r in rows]
+    adv = [int(r[3]) for r in rows]
+    norms = [float(r[4]) for r in rows]
+    correct = [c == lab for c, lab in zip(clean, labels)]
+    fooled = [ok and a != lab for ok, a, lab in zip(correct, adv, labels)]
+    fooled_norms = [v for v, f in zip(norms, fooled) if f]
+    n_correct = sum(correct)
+    return {
+        "n": n,
+        "clean_accuracy": sum(correct) / n if n else float("nan"),
+        "robust_accuracy": sum(a == lab for a, lab in zip(adv, labels)) / n if n else float("nan"),
+        "success_rate_on_correct": sum(fooled) / n_correct if n_correct else float("nan"),
+        "mean_norm_successful": sum(fooled_norms) / len(fooled_norms) if fooled_norms else float("nan"),
+        "median_norm_successful": sorted(fooled_norms)[len(fooled_norms) // 2] if fooled_norms else float("nan"),
+        "mean_norm": sum(norms) / n if n else float("nan"),
+        "max_norm": max(norms) if norms else float("nan"),
+        "eps": eps,
+        "total_seconds": sum(float(r[6]) for r in rows),
+    }
+
+
+def _write_summary(out: str, summary: dict) -> None:
+    from smoothguard.evaluation.resultfile import sidecar_path
+
+    side = sidecar_path(out)
+    meta = json.loads(side.read_text())
+    meta["summary"] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
+    tmp = side.with_name(side.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, side)
+
+
+def run(args: argparse.Namespace) -> int:
+    from smoothguard.attacks import TransferAttack
+    from smoothguard.evaluation.resultfile import ResultWriter, format_value
+
+    validate(args)
+    model, meta = load_model_arg(args.model, args.device)
+    data = load_data(args)
+    check_shape(meta, data, "--model")
+    target = None
+    if args.target_model:
+        target, tmeta = load_model_arg(args.target_model, args.device)
+        check_shape(tmeta, data, "--target-model")
+    atk = build_attack(args.attack, model, args.norm, args.eps_value, steps=args.steps, restarts=args.restarts,
+                       step_size=args.step_size, loss=args.loss, queries=args.queries, eot=args.eot, seed=args.seed)
+    if target is not None:
+        atk = TransferAttack(atk, target)
+
+    model_name, model_sha = model_settings(args.model)
+    target_name, target_sha = model_settings(args.target_model) if args.target_model else (None, None)
+    settings = {
+        "command": "smoothguard " + " ".join(getattr(args, "argv", [])),
+        "model": model_name, "model_sha256": model_sha, "target_model": target_name, "target_sha256": target_sha,
+        "data": args.data, "root": args.root, "split": args.split, "skip": args.skip, "max": args.max,
+        "attack": args.attack, "norm": args.norm, "eps": args.eps_value, "steps": args.steps,
+        "restarts": args.restarts, "step_size": args.step_size, "loss": args.loss, "queries": args.queries,
+        "eot": args.eot, "seed": args.seed, "batch": args.batch, "device": str(args.device),
+        "attack_repr": repr(atk.source_attack if target is not None else atk),
+    }
+    writer = None
+    if args.out:
+        writer = ResultWriter(args.out, COLUMNS, "attack", settings, KEY_SETTINGS, overwrite=args.overwrite).open()
+        done = writer.done
+    else:
+        done = {}
+        print("\t".join(COLUMNS), flush=True)
+    rows_out: list[list[str]] = []
+    todo = [i for i in range(len(data)) if int(data.indices[i]) not in done]
+    bar = progress(total=len(data), initial=len(data) - len(todo), desc=f"attack {args.attack}", unit="img")
+    computed = 0
+    try:
+        for start in range(0, len(todo), args.batch):
+            pos = torch.tensor(todo[start:start + args.batch])
+            x, y, idx = data.images[pos], data.labels[pos], data.indices[pos]
+            t0 = time.perf_counter()
+            res = atk.run(x, y)
+            per_image = (time.perf_counter() - t0) / len(pos)
+            succ = res.adv_pred.cpu() != y  # untargeted; a clean misclassification counts
+            for i, lab, cp, ap, nv, s in zip(idx.tolist(), y.tolist(), res.clean_pred.tolist(),
+                                             res.adv_pred.tolist(), res.norms.tolist(), succ.tolist()):
+                row = [int(i), int(lab), int(cp), int(ap), float(nv), int(s), per_image]
+                if writer:
+                    writer.write(row)
+                else:
+                    text = [format_value(v) for v in row]
+                    rows_out.append(text)
+                    print("\t".join(text), flush=True)
+            computed += len(pos)
+            bar.update(len(pos))
+    finally:
+        bar.close()
+        if writer:
+            writer.close()
+    all_rows = [writer.done[k] for k in sorted(writer.done)] if writer else rows_out
+    summary = summarize(all_rows, args.eps_value)
+    eps_txt = "none (minimal)" if args.eps_value is None else f"{args.eps_value:g}"
+    where = f" on target {args.target_model}" if args.target_model else ""
+    print(f"attack {args.attack} ({args.norm}, eps {eps_txt}){where}: {summary['n']} images "
+          f"({computed} computed now, {summary['n'] - computed} resumed)\n"
+          f"  clean accuracy  {summary['clean_accuracy']:.4f}\n"
+          f"  robust accuracy {summary['robust_accuracy']:.4f}\n"
+          f"  success rate on correctly classified {summary['success_rate_on_correct']:.4f}\n"
+          f"  mean {args.norm} norm of successful perturbations {summary['mean_norm_successful']:.4f} "
+          f"(median {summary['median_norm_successful']:.4f}; max over all rows {summary['max_norm']:.4f})",
+          file=sys.stderr if not args.out else sys.stdout)
+    if writer:
+        _write_summary(args.out, summary)
+    return 0

@@ -1,0 +1,280 @@
+"""``smoothguard evaluate``: a Madry et al. (Table 1) style robustness table from a
+cascade of attacks, with accuracy-vs-eps curves, restart-loss histograms and an image
+grid."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from smoothguard.cli.common import add_data_arguments, load_data, load_model_arg, parse_floats, progress
+
+HELP = "evaluate robustness: a cascade of attacks (FGSM, PGD, APGD, Square, transfer) -> worst-case table + plots"
+DESCRIPTION = (
+    "Runs FGSM, PGD (k steps, r restarts, CE), PGD with the C&W loss, APGD-CE, APGD-DLR, Square and transfer "
+    "attacks as a cascade: each attack only on the points still robust, so each row is the running worst case "
+    "and the last row the worst case per example. Writes table.md/.csv/.json, per_example.tsv, "
+    "accuracy-vs-eps curves for linf and l2, a histogram of PGD losses over random restarts (Madry et al. "
+    "Figure 2) and a clean/perturbation/adversarial image grid into --out-dir. eps in [0,1] pixel units."
+)
+
+DEFAULT_EPS = {"linf": 0.1, "l2": 1.0}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from smoothguard.evaluation.robustness import CASCADE_ATTACKS, DEFAULT_CASCADE
+
+    p.add_argument("--model", default=None, help="checkpoint (default: the embedded Fashion-MNIST LeNet)")
+    add_data_arguments(p, default="demo")
+    g = p.add_argument_group("threat model and attacks")
+    g.add_argument("--norm", default="linf", help="linf or l2")
+    g.add_argument("--eps", type=float, default=None, help="radius in [0,1] pixel units (default: linf 0.1, l2 1.0)")
+    g.add_argument("--attacks", default=",".join(DEFAULT_CASCADE),
+                   help=f"comma-separated rows, in cascade order; allowed: {', '.join(CASCADE_ATTACKS)}")
+    g.add_argument("--steps", type=int, default=40, help="PGD steps (PGD, CW-loss PGD and transfer rows)")
+    g.add_argument("--restarts", type=int, default=10, help="PGD random restarts")
+    g.add_argument("--step-size", type=float, default=None, help="PGD step in pixel units (default 2.5*eps/steps)")
+    g.add_argument("--apgd-steps", type=int, default=100, help="APGD iterations (paper: 100)")
+    g.add_argument("--apgd-targets", type=int, default=9, help="target classes of the apgd-t row")
+    g.add_argument("--queries", type=int, default=5000, help="Square query budget per point")
+    g.add_argument("--transfer-from", default=None,
+                   help="comma-separated surrogate checkpoints: PGD crafted on each, evaluated on --model")
+    g.add_argument("--eot", type=int, default=1, help="gradient samples per step (stochastic models)")
+    g.add_argument("--independent", action="store_true",
+                   help="run every attack on every clean-correct point (each row's own accuracy; slower)")
+    g.add_argument("--masking-tolerance", type=float, default=0.005,
+                   help="fraction of points black-box/transfer rows may fool beyond the white-box rows "
+                        "before the gradient-masking warning")
+    g.add_argument("--batch", type=int, default=500, help="images per attack call")
+    c = p.add_argument_group("curves and figures")
+    c.add_argument("--eps-grid", default=None, help="eps values for the --norm curve (comma-separated)")
+    c.add_argument("--eps-grid-linf", default=None, help="eps values of the linf curve (default 0,.02,.05,.075,.1,.15,.2,.3)")
+    c.add_argument("--eps-grid-l2", default=None, help="eps values of the l2 curve (default 0,.25,.5,1,1.5,2,3)")
+    c.add_argument("--curve-steps", type=int, default=20,
+                   help="steps of the curve attacks (PGD-CE then APGD-DLR at each eps)")
+    c.add_argument("--no-curves", action="store_true", help="skip the accuracy-vs-eps curves")
+    c.add_argument("--loss-restarts", type=int, default=50,
+                   help="random restarts for the loss histogram (0: skip it)")
+    c.add_argument("--loss-examples", type=int, default=5, help="examples in the loss histogram")
+    c.add_argument("--grid-examples", type=int, default=8, help="examples in the image grid (0: skip it)")
+    c.add_argument("--no-plots", action="store_true", help="write the tables only")
+    p.add_argument("--out-dir", required=True, help="folder for the tables and figures (files are replaced)")
+
+
+def _positive_int(name: str, v: int, minimum: int = 1) -> None:
+    if v < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {v}")
+
+
+def validate(args: argparse.Namespace) -> None:
+    from smoothguard.evaluation.robustness import CASCADE_ATTACKS
+
+    if args.norm not in ("linf", "l2"):
+        raise ValueError(f"--norm must be one of linf, l2; got {args.norm!r}")
+    if args.eps is None:
+        args.eps = DEFAULT_EPS[args.norm]
+    if not args.eps > 0 or args.eps == float("inf"):
+        raise ValueError(f"--eps must be a positive number in [0,1] pixel units; got {args.eps}")
+    if args.norm == "linf" and args.eps > 1:
+        raise ValueError(f"--eps {args.eps} > 1 covers the whole [0,1] box for linf (did you mean eps/255?)")
+    args.attack_list = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    bad = [a for a in args.attack_list if a not in CASCADE_ATTACKS + ("fgm",)]
+    if bad or (not args.attack_list and not args.transfer_from):
+        raise ValueError(f"--attacks must be a comma-separated subset of {', '.join(CASCADE_ATTACKS)}; "
+                         f"got {bad[0] if bad else args.attacks!r}")
+    for name, v, lo in (("--steps", args.steps, 1), ("--restarts", args.restarts, 1),
+                        ("--apgd-steps", args.apgd_steps, 1), ("--apgd-targets", args.apgd_targets, 1),
+                        ("--queries", args.queries, 2), ("--eot", args.eot, 1), ("--batch", args.batch, 1),
+                        ("--curve-steps", args.curve_steps, 1), ("--loss-restarts", args.loss_restarts, 0),
+                        ("--loss-examples", args.loss_examples, 1), ("--grid-examples", args.grid_examples, 0),
+                        ("--skip", args.skip, 1)):
+        _positive_int(name, v, lo)
+    if args.max < -1 or args.max == 0:
+        raise ValueError(f"--max must be a positive count or -1 (all); got {args.max}")
+    if args.step_size is not None and not args.step_size > 0:
+        raise ValueError(f"--step-size must be a positive number in pixel units; got {args.step_size}")
+    if not 0 <= args.masking_tolerance < 1:
+        raise ValueError(f"--masking-tolerance must lie in [0, 1); got {args.masking_tolerance}")
+    from smoothguard.evaluation.robustness import DEFAULT_EPS_GRID
+
+    grids = {}
+    for norm in ("linf", "l2"):
+        text = getattr(args, f"eps_grid_{norm}")
+        if text is None and args.eps_grid is not None and norm == args.norm:
+            text = args.eps_grid
+        opt = f"--eps-grid-{norm}" if getattr(args, f"eps_grid_{norm}") is not None or norm != args.norm \
+            else "--eps-grid"
+        grid = list(DEFAULT_EPS_GRID[norm]) if text is None else parse_floats(text, opt)
+        if not grid or any(e < 0 for e in grid) or (norm == "linf" and any(e > 1 for e in grid)):
+            raise ValueError(f"{opt} must be comma-separated eps values >= 0"
+                             + (" and <= 1" if norm == "linf" else "") + f"; got {text!r}")
+        grids[norm] = grid
+    args.grids = grids
+    args.sources = [s.strip() for s in args.transfer_from.split(",") if s.strip()] if args.transfer_from else []
+    for s in args.sources:
+        if not Path(s).exists():
+            raise FileNotFoundError(f"--transfer-from: no such checkpoint {s!r}")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _per_example_tsv(ev, indices: torch.Tensor) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    w.writerow(["idx", "label", "clean_pred", "adv_pred", "norm", "fooled_by", "robust"])
+    for i in range(ev.n):
+        w.writerow([int(indices[i]), int(ev.y[i]), int(ev.clean_pred[i]), int(ev.adv_pred[i]),
+                    repr(float(ev.norms[i])), ev.fooled_by_name(i) or "-", int(ev.robust[i])])
+    return buf.getvalue()
+
+
+class _Bar:
+    """Adapts the library's ``progress(label, n)`` callback to one tqdm bar per row."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.label = None
+
+    def __call__(self, label: str, n: int) -> None:
+        if label != self.label or self.bar is None:
+            self.close()
+            self.label = label
+            self.bar = progress(desc=label, unit="img", leave=False)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def run(args: argparse.Namespace) -> int:
+    from smoothguard.cli.attack import check_shape, model_settings
+    from smoothguard.evaluation.robustness import (
+        accuracy_vs_eps,
+        build_cascade,
+        evaluate_robustness,
+        json_safe,
+        restart_loss_distribution,
+        select_grid_examples,
+    )
+
+    validate(args)
+    t_all = time.perf_counter()
+    model, meta = load_model_arg(args.model, args.device)
+    data = load_data(args)
+    check_shape(meta, data, "--model")
+    sources = []
+    for s in args.sources:
+        sm, smeta = load_model_arg(s, args.device)
+        check_shape(smeta, data, "--transfer-from")
+        sources.append((Path(s).name, sm))
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_name, model_sha = model_settings(args.model)
+
+    rows = build_cascade(model, args.norm, args.eps, attacks=args.attack_list, steps=args.steps,
+                         restarts=args.restarts, step_size=args.step_size, apgd_steps=args.apgd_steps,
+                         apgd_targets=args.apgd_targets, square_queries=args.queries, sources=sources,
+                         eot=args.eot, seed=args.seed)
+    x, y = data.images, data.labels
+    bar = _Bar()
+    print(f"evaluate: {len(y)} images of {args.data}, {args.norm} eps {args.eps:g}, "
+          f"{'independent' if args.independent else 'cascade'} of {len(rows)} attacks", file=sys.stderr)
+    with warnings.catch_warnings():
+        # the library records its RobustnessWarnings in the result; we print them once below
+        from smoothguard.attacks import RobustnessWarning
+
+        warnings.simplefilter("ignore", RobustnessWarning)
+        try:
+            ev = evaluate_robustness(model, x, y, rows, batch_size=args.batch, independent=args.independent,
+                                     masking_tolerance=args.masking_tolerance, progress=bar)
+        finally:
+            bar.close()
+
+    settings = {
+        "command": "smoothguard " + " ".join(getattr(args, "argv", [])),
+        "model": model_name, "model_sha256": model_sha, "model_arch": meta.get("arch"),
+        "model_noise_sd": meta.get("noise_sd"), "model_objective": meta.get("objective"),
+        "data": args.data, "root": args.root, "split": args.split, "skip": args.skip, "max": args.max,
+        "norm": args.norm, "eps": args.eps, "attacks": args.attack_list, "steps": args.steps,
+        "restarts": args.restarts, "step_size": args.step_size, "apgd_steps": args.apgd_steps,
+        "queries": args.queries, "transfer_from": args.sources, "eot": args.eot, "seed": args.seed,
+        "independent": args.independent, "device": str(args.device), "threads": torch.get_num_threads(),
+    }
+    title = (f"{model_name} on {len(y)} {args.data} images, {args.norm} eps = {args.eps:g}")
+    md = ev.to_markdown(title)
+    print(md)
+    for w in ev.warnings:
+        print(f"smoothguard evaluate: warning: {w}", file=sys.stderr)
+
+    result = {"settings": settings, "evaluation": ev.to_dict()}
+    figures: list[str] = []
+    if not args.no_curves:
+        curves = []
+        for norm in ("linf", "l2"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                curve = accuracy_vs_eps(model, x, y, norm, args.grids[norm], steps=args.curve_steps,
+                                        seed=args.seed, batch_size=args.batch, progress=bar)
+            bar.close()
+            curves.append(curve)
+            print(f"accuracy vs eps ({norm}, {' + '.join(curve.attacks)}): "
+                  + ", ".join(f"{e:g}: {100 * a:.1f}%" for e, a in zip(curve.eps, curve.accuracy)),
+                  file=sys.stderr)
+        result["curves"] = [c.to_dict() for c in curves]
+        if not args.no_plots:
+            from smoothguard.evaluation.attack_plots import plot_accuracy_vs_eps
+
+            figures += [str(p) for p in plot_accuracy_vs_eps(
+                curves, out_dir / "accuracy_vs_eps",
+                marks=[(args.norm, args.eps, ev.robust_accuracy, "full evaluation (worst case)")])]
+    if args.loss_restarts > 0:
+        correct = (ev.clean_pred == ev.y).nonzero().squeeze(1).cpu()
+        pick = correct[:args.loss_examples]
+        losses = None
+        if pick.numel():
+            losses = restart_loss_distribution(model, x[pick], y[pick], args.norm, args.eps, steps=args.steps,
+                                               restarts=args.loss_restarts, step_size=args.step_size,
+                                               seed=args.seed)
+            result["restart_losses"] = {"idx": [int(data.indices[i]) for i in pick],
+                                        "losses": losses.tolist(), "steps": args.steps}
+        if losses is not None and not args.no_plots:
+            from smoothguard.evaluation.attack_plots import plot_restart_losses
+
+            pooled = ev.losses.get("pgd")
+            figures += [str(p) for p in plot_restart_losses(
+                losses, out_dir / "restart_losses",
+                labels=[f"idx {int(data.indices[i])} ({args.norm} eps {args.eps:g})" for i in pick],
+                pooled=pooled)]
+    if args.grid_examples > 0 and not args.no_plots:
+        from smoothguard.evaluation.attack_plots import plot_adversarial_grid
+
+        pick = select_grid_examples(ev, args.grid_examples)
+        figures += [str(p) for p in plot_adversarial_grid(ev, x, pick.tolist(), out_dir / "examples",
+                                                          class_names=data.info.class_names)]
+    result["figures"] = figures
+    result["seconds_total"] = time.perf_counter() - t_all
+
+    _atomic_write(out_dir / "table.md", md)
+    _atomic_write(out_dir / "table.csv", ev.to_csv())
+    _atomic_write(out_dir / "per_example.tsv", _per_example_tsv(ev, data.indices))
+    _atomic_write(out_dir / "table.json", json.dumps(json_safe(result), indent=2, allow_nan=False) + "\n")
+    print(f"evaluate: worst-case robust accuracy {100 * ev.robust_accuracy:.2f}% (clean "
+          f"{100 * ev.clean_accuracy:.2f}%), attacks {ev.seconds:.1f} s, total {result['seconds_total']:.1f} s; "
+          f"wrote {out_dir}/table.md, table.csv, table.json, per_example.tsv"
+          + (f" and {len(figures)} figures" if figures else ""), file=sys.stderr)
+    return 0

@@ -338,6 +338,21 @@ class Attack:
             queries=out.queries,
         )
 
+    def perturb(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The inner maximization alone, for adversarial training (Madry et al. 2018).
+
+        ``x`` (images in [0, 1], already on the model's device) and ``y`` are trusted: no
+        input validation, no sanity checks, no clean/adversarial decisions (the trainer
+        needs none, and each would cost a forward pass or a host sync per batch). The
+        model is in eval mode during the attack (every module's flag is restored after);
+        all randomness comes from ``generator`` (the trainer's, seeded per epoch).
+        Returns the detached adversarial batch inside the eps-ball and [0, 1].
+        """
+        with eval_mode(self.model) if isinstance(self.model, nn.Module) else _null():
+            with torch.enable_grad():
+                out = self._attack(x.detach(), y, None, generator)
+        return project(out.x_adv.detach(), x.detach(), self.eps, self.norm)
+
     def __repr__(self) -> str:
         keys = [k for k in vars(self) if k not in ("model",) and not k.startswith("_")]
         return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)!r}' for k in keys)})"

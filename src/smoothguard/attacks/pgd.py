@@ -56,6 +56,11 @@ class PGD(GradientAttack):
     # noisy classifiers turn this off: there, one lucky success under a few noise draws
     # is weak evidence, so they keep ascending and return the highest-loss iterate.
     stop_on_success = True
+    # Adversarial training (Madry et al.; Wong et al.'s FGSM-RS; Salman et al.) trains on
+    # the *last* iterate of one restart: set ``return_last = True`` on an instance to run
+    # just the steps, without the loss evaluations that worst-case tracking needs (two
+    # forward passes per batch fewer).
+    return_last = False
 
     def __init__(
         self,
@@ -89,8 +94,19 @@ class PGD(GradientAttack):
 
     def _attack(self, x, y, targets, gen) -> AttackOutput:
         objective = self._objective(x, y, targets, gen)
+        if self.return_last:
+            return AttackOutput(self._last_iterate(x, gen, objective))
         x_adv, losses = self._pgd_loop(x, y, targets, gen, objective)
         return AttackOutput(x_adv, losses=losses)
+
+    def _last_iterate(self, x: torch.Tensor, gen: torch.Generator, objective) -> torch.Tensor:
+        """``steps`` steps from one start, no worst-case tracking (``return_last``)."""
+        idx = torch.arange(x.shape[0], device=x.device)
+        xa = self._start(x, gen)
+        for _ in range(self.steps):
+            _, grad, _ = self._loss_grad(objective, xa, idx)
+            xa = self._step(xa, grad, x, self.alpha)
+        return xa
 
     def _start(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return random_start(x, self.eps, self.norm, gen) if self.random_start else x.clone()

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from smoothguard.models.noise import add_noise_injection
+
 
 def _flat_size(features: nn.Module, in_shape: tuple[int, int, int]) -> int:
     with torch.no_grad():
@@ -16,9 +18,11 @@ class LeNet(nn.Module):
     """conv5(20) - maxpool2 - conv5(50) - maxpool2 - fc(500) - fc(K), ReLU activations.
 
     The LeNet of the MNIST randomized-smoothing experiments (Salman et al. 2019).
+    ``noise_injection``: None or a kind of :data:`smoothguard.models.noise.NOISE_INJECTIONS`
+    (learned noise on every conv/linear layer: PNI or CNI).
     """
 
-    def __init__(self, num_classes: int, in_shape: tuple[int, int, int]) -> None:
+    def __init__(self, num_classes: int, in_shape: tuple[int, int, int], noise_injection: str | None = None) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(in_shape[0], 20, 5), nn.ReLU(), nn.MaxPool2d(2),
@@ -26,6 +30,8 @@ class LeNet(nn.Module):
         )
         self.fc1 = nn.Linear(_flat_size(self.features, in_shape), 500)
         self.fc2 = nn.Linear(500, num_classes)
+        if noise_injection is not None:
+            add_noise_injection(self, noise_injection)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x).flatten(1)
@@ -35,10 +41,10 @@ class LeNet(nn.Module):
 class MadryCNN(nn.Module):
     """conv5(32, same) - maxpool2 - conv5(64, same) - maxpool2 - fc(1024) - fc(K).
 
-    The MNIST network of Madry et al. (ICLR 2018).
+    The MNIST network of Madry et al. (ICLR 2018). ``noise_injection``: as :class:`LeNet`.
     """
 
-    def __init__(self, num_classes: int, in_shape: tuple[int, int, int]) -> None:
+    def __init__(self, num_classes: int, in_shape: tuple[int, int, int], noise_injection: str | None = None) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(in_shape[0], 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
@@ -46,6 +52,8 @@ class MadryCNN(nn.Module):
         )
         self.fc1 = nn.Linear(_flat_size(self.features, in_shape), 1024)
         self.fc2 = nn.Linear(1024, num_classes)
+        if noise_injection is not None:
+            add_noise_injection(self, noise_injection)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x).flatten(1)

@@ -34,8 +34,8 @@ def get_model(
         in_shape: (C, H, W) of the inputs.
         mean, std: per-channel statistics for the normalization layer (default: 0 and 1,
             that is, no normalization).
-        **options: architecture options (none yet for the built-in models; later
-            options such as noise injection are named by the architecture).
+        **options: architecture options: ``noise_injection`` (lenet, madry_cnn) in
+            ``pni-w``, ``pni-a``, ``pni-wa``, ``cni`` (see :mod:`smoothguard.models.noise`).
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")

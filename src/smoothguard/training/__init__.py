@@ -7,5 +7,18 @@
 
 from smoothguard.training.objectives import OBJECTIVES, Objective, StepContext, get_objective
 from smoothguard.training.trainer import TrainConfig, Trainer, TrainCallback
+from smoothguard.training.adversarial import PGDAT, TRADES, FastAT
+from smoothguard.training.smoothing_objectives import Consistency, SmoothAdv, Stability
 
-__all__ = ["OBJECTIVES", "Objective", "StepContext", "get_objective", "TrainConfig", "Trainer", "TrainCallback"]
+# robust-training objectives (issue 5): registered here so that every import of the
+# package sees them in OBJECTIVES / get_objective
+OBJECTIVES.update({
+    "pgd_at": PGDAT,
+    "trades": TRADES,
+    "fast_at": FastAT,
+    "smoothadv": SmoothAdv,
+    "stability": Stability,
+    "consistency": Consistency,
+})
+
+__all__ = ["PGDAT", "TRADES", "FastAT", "SmoothAdv", "Stability", "Consistency", "OBJECTIVES", "Objective", "StepContext", "get_objective", "TrainConfig", "Trainer", "TrainCallback"]

@@ -6,12 +6,18 @@ import argparse
 import shlex
 from pathlib import Path
 
+import torch
+
+from smoothguard.cli._objective_args import add_objective_arguments, objective_kwargs
 from smoothguard.cli.common import add_data_arguments, load_data, progress
 from smoothguard.models import MODELS, get_model
 from smoothguard.training import OBJECTIVES, TrainConfig, Trainer, get_objective
+from smoothguard.training.objectives import DENOISER_OBJECTIVES
 from smoothguard.training.trainer import CHECKPOINT_NAME, MODEL_NAME, LOG_NAME
+from smoothguard.utils import derive_seed
 
-HELP = "train a model (objectives: " + ", ".join(OBJECTIVES) + ")"
+CLASSIFIER_OBJECTIVES = [o for o in OBJECTIVES if o not in DENOISER_OBJECTIVES]  # denoisers: train-denoiser
+HELP = "train a model (objectives: " + ", ".join(CLASSIFIER_OBJECTIVES) + ")"
 DESCRIPTION = (
     "Train a model on [0,1] images with one of the objectives. Writes OUT/log.tsv (one row per "
     "epoch), OUT/checkpoint.pt (every epoch; --resume continues from it) and OUT/model.pt."
@@ -21,17 +27,26 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_arguments(p, default="fashion-mnist", split="train", selection=False)
     p.add_argument("--arch", default="lenet", choices=MODELS, help="architecture")
-    p.add_argument("--objective", default="gaussian", choices=list(OBJECTIVES), help="training objective")
-    p.add_argument("--noise-sd", type=float, default=0.25,
-                   help="Gaussian noise sd in pixel units (gaussian objective; = the certification sigma)")
+    p.add_argument("--objective", default="gaussian", choices=CLASSIFIER_OBJECTIVES, help="training objective")
+    p.add_argument("--noise-sd", type=float, default=None,
+                   help="Gaussian noise sd in pixel units, = the certification sigma (gaussian, smoothadv, "
+                        "stability, consistency; default 0.25)")
+    add_objective_arguments(p)
+    add_loop_arguments(p)
+
+
+def add_loop_arguments(p: argparse.ArgumentParser, *, lr: float = 0.01, lr_help: str = "initial learning rate",
+                       optimizer: str = "sgd", weight_decay: float = 5e-4, lr_step: int = 10) -> None:
+    """The trainer's options (shared by train and train-denoiser, which differ in defaults)."""
     p.add_argument("--epochs", type=int, default=10, help="number of epochs")
     p.add_argument("--batch", type=int, default=128, help="minibatch size")
-    p.add_argument("--lr", type=float, default=0.01, help="initial learning rate")
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="optimizer (sgd uses momentum)")
+    p.add_argument("--lr", type=float, default=lr, help=lr_help)
+    p.add_argument("--optimizer", default=optimizer, choices=["sgd", "adam"], help="optimizer (sgd uses momentum)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
+    p.add_argument("--weight-decay", type=float, default=weight_decay, help="L2 weight decay")
     p.add_argument("--schedule", default="step", choices=["constant", "step", "cosine"], help="learning-rate schedule")
-    p.add_argument("--lr-step", type=int, default=10, help="step schedule: multiply lr by --gamma every LR_STEP epochs")
+    p.add_argument("--lr-step", type=int, default=lr_step,
+                   help="step schedule: multiply lr by --gamma every LR_STEP epochs")
     p.add_argument("--gamma", type=float, default=0.1, help="step schedule factor")
     p.add_argument("--max-train", type=int, default=-1, help="use only the first MAX_TRAIN training images (-1: all)")
     p.add_argument("--max-test", type=int, default=-1, help="evaluate on only the first MAX_TEST test images (-1: all)")
@@ -59,16 +74,13 @@ class _Bar:
 
 
 def run(args: argparse.Namespace) -> int:
-    train = load_data(args, split="train", select=False)
-    test = load_data(args, split="test", select=False)
-    if args.max_train != -1:
-        train = train.subset(max_count=args.max_train)
-    if args.max_test != -1:
-        test = test.subset(max_count=args.max_test)
+    objective = get_objective(args.objective, **objective_kwargs(args))  # bad flags fail before any loading
+    train, test = load_train_test(args)
     info = train.info
-    model = get_model(args.arch, info.num_classes, info.input_shape, info.mean, info.std).to(args.device)
-    obj_kwargs = {"noise_sd": args.noise_sd} if args.objective == "gaussian" else {}
-    objective = get_objective(args.objective, **obj_kwargs)
+    model_options = {"noise_injection": args.noise_injection} if args.noise_injection else {}
+    torch.manual_seed(derive_seed(args.seed, "init"))  # the initial weights follow --seed too
+    model = get_model(args.arch, info.num_classes, info.input_shape, info.mean, info.std,
+                      **model_options).to(args.device)
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
         weight_decay=args.weight_decay, schedule=args.schedule, lr_step=args.lr_step, gamma=args.gamma,
@@ -77,16 +89,37 @@ def run(args: argparse.Namespace) -> int:
     meta = {
         "arch": args.arch, "num_classes": info.num_classes, "in_shape": list(info.input_shape),
         "mean": list(info.mean), "std": list(info.std), "dataset": info.name,
-        "class_names": list(info.class_names), "train_size": len(train),
+        "class_names": list(info.class_names), "train_size": len(train), "model_options": model_options,
         "command": "smoothguard " + " ".join(shlex.quote(a) for a in args.argv),
     }
-    trainer = Trainer(model, objective, config, meta=meta, callback=_Bar())
+    world = getattr(args, "world", None)  # torchrun: the minibatches are split across the ranks
+    rank0 = world is None or world.rank == 0
+    trainer = Trainer(model, objective, config, meta=meta, callback=_Bar() if rank0 else None, world=world)
+    fit_in_out_dir(trainer, train, test, args)
+    if rank0:
+        print(f"wrote {Path(args.out) / MODEL_NAME} and {Path(args.out) / LOG_NAME}")
+    return 0
+
+
+def load_train_test(args: argparse.Namespace):
+    """The train and test splits of ``--data``, cut to ``--max-train`` / ``--max-test``."""
+    train = load_data(args, split="train", select=False)
+    test = load_data(args, split="test", select=False)
+    if args.max_train != -1:
+        train = train.subset(max_count=args.max_train)
+    if args.max_test != -1:
+        test = test.subset(max_count=args.max_test)
+    return train, test
+
+
+def fit_in_out_dir(trainer: Trainer, train, test, args: argparse.Namespace) -> None:
+    """``trainer.fit`` into ``--out``, resuming from its checkpoint with ``--resume`` and
+    refusing to start over an existing run without it (shared by train and train-denoiser)."""
     out = Path(args.out)
     if args.resume:
         trainer.resume_from(out / CHECKPOINT_NAME)
-        print(f"resuming from {out / CHECKPOINT_NAME} after epoch {trainer.start_epoch}")
+        if trainer.world.rank == 0:
+            print(f"resuming from {out / CHECKPOINT_NAME} after epoch {trainer.start_epoch}")
     elif (out / CHECKPOINT_NAME).exists():
         raise ValueError(f"{out / CHECKPOINT_NAME} exists: pass --resume to continue it, or choose another --out")
     trainer.fit(train, test, out)
-    print(f"wrote {out / MODEL_NAME} and {out / LOG_NAME}")
-    return 0

@@ -424,6 +424,11 @@ _GENERIC_STEMS = {"model", "checkpoint", "ckpt", "best", "last", "final", "weigh
 
 def _short_name(value: Any) -> str:
     s = str(value)
+    if s.startswith("api:"):  # a query-only classifier (certify --api URL): name it by its host
+        from urllib.parse import urlsplit
+
+        rest = s[4:]
+        return "api:" + (urlsplit(rest).netloc if "//" in rest else _short_name(rest))
     if "/" in s or "\\" in s or s.endswith((".pt", ".pth", ".ckpt", ".pth.tar")):
         p = Path(s.replace("\\", "/"))
         stem = p.name.split(".")[0] or p.name

@@ -13,6 +13,8 @@ from smoothguard.models.checkpoint import (
     default_model_path,
     load_default_model,
 )
+from smoothguard.models.denoiser import DENOISERS, DenoisedClassifier, DnCNN, get_denoiser
+from smoothguard.models.noise import NOISE_INJECTIONS, CNI, PNI, noise_generator, set_noise_injection
 
 __all__ = [
     "Normalize",
@@ -23,4 +25,13 @@ __all__ = [
     "save_checkpoint",
     "default_model_path",
     "load_default_model",
+    "DENOISERS",
+    "DenoisedClassifier",
+    "DnCNN",
+    "get_denoiser",
+    "NOISE_INJECTIONS",
+    "CNI",
+    "PNI",
+    "noise_generator",
+    "set_noise_injection",
 ]

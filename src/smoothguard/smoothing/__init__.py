@@ -13,6 +13,7 @@ from smoothguard.smoothing.core import (
     SmoothedClassifier,
     image_seed,
 )
+from smoothguard.smoothing.inference import VOTE_METHODS, SmoothedModel, smoothed_scores, vote_scores
 from smoothguard.smoothing.stats import (
     binom_pvalue,
     certified_accuracy_lower_bound,
@@ -27,6 +28,10 @@ __all__ = [
     "CertifyResult",
     "PredictResult",
     "SmoothedClassifier",
+    "SmoothedModel",
+    "VOTE_METHODS",
+    "smoothed_scores",
+    "vote_scores",
     "image_seed",
     "binom_pvalue",
     "certified_accuracy_lower_bound",

@@ -156,8 +156,13 @@ class SmoothedClassifier:
             self._forward = self._trace(batch)
         with self._autocast():
             out = self._forward(batch)
-        if out.dim() == 1:
+        if out.dim() == 1:  # a label function (query-only classifier): check before counting
+            if out.dtype.is_floating_point or out.dtype.is_complex or out.dtype == torch.bool:
+                raise ValueError(f"base classifier returned labels of dtype {out.dtype}; expected integers")
             labels = out.to(device=self.device, dtype=torch.int64)
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+                raise ValueError(f"base classifier returned a label outside [0, {self.num_classes}) "
+                                 f"(min {int(labels.min())}, max {int(labels.max())})")
         elif out.dim() == 2:
             if out.shape[1] != self.num_classes:
                 raise ValueError(f"base classifier returned {out.shape[1]} logits; expected num_classes={self.num_classes}")
@@ -376,6 +381,26 @@ class SmoothedClassifier:
         res = self.certify_batch(x.unsqueeze(0) if x.dim() == 3 else x, n0, n, alpha, batch_size,
                                  seeds=None if seed is None else [seed], generator=generator)
         return int(res.prediction[0]), float(res.radius[0])
+
+    # ------------------------------------------------------------------ smoothed inference
+    def vote(
+        self,
+        x: torch.Tensor,
+        m: int,
+        method: str = "hard",
+        batch_size: int = 400,
+        *,
+        seeds: Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Smoothed inference (Nemcovsky et al.): the class of each image chosen from ``m``
+        noisy forward passes by ``method`` (``hard`` majority of argmaxes, ``soft`` mean
+        probabilities, ``soft_logits`` mean logits as in the paper's code, ``weighted``
+        2^-rank votes); int64 (B,), ties to the lowest class. No guarantee: an empirical
+        defense. Noise as in :meth:`sample_counts`; see :mod:`smoothguard.smoothing.inference`."""
+        from smoothguard.smoothing.inference import smoothed_scores
+
+        return smoothed_scores(self, x, m, method, batch_size, seeds=seeds, generator=generator).argmax(1)
 
 
 def image_seed(seed: int, index: int) -> int:

@@ -1,0 +1,107 @@
+"""CLI helpers for denoised smoothing (``--denoiser``) and query-only classifiers (``--api``)
+shared by ``certify``, ``predict`` and ``serve``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+
+def add_query_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("denoised smoothing and query-only classifiers")
+    g.add_argument("--denoiser", default=None,
+                   help="denoiser checkpoint (smoothguard train-denoiser): smooth x -> f(D(x)); the noise is added "
+                        "before D")
+    g.add_argument("--api", default=None, metavar="URL",
+                   help="use the label-only classifier served at URL (smoothguard serve; protocol "
+                        "smoothguard-labels/1) instead of --model")
+    g.add_argument("--num-classes", type=int, default=None,
+                   help="--api: number of classes (default: the server's GET /info, else the dataset's)")
+    g.add_argument("--in-shape", default=None, metavar="C,H,W",
+                   help="--api: input shape the endpoint expects (default: the dataset's; checked against it)")
+    g.add_argument("--api-timeout", type=float, default=30.0, help="--api: seconds per request before retrying")
+    g.add_argument("--api-retries", type=int, default=4,
+                   help="--api: retries after connection errors, timeouts and HTTP 5xx (exponential backoff)")
+    g.add_argument("--api-max-request-mb", type=float, default=4.0,
+                   help="--api: largest request body in MiB; bigger batches are split")
+
+
+def load_denoiser(path: str, in_shape: Sequence[int], device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a denoiser checkpoint for images of ``in_shape``; returns (denoiser, settings
+    recorded in result sidecars)."""
+    from smoothguard.cli._smoothing_run import file_sha256
+    from smoothguard.models import load_checkpoint
+
+    den, meta = load_checkpoint(path, device)
+    if meta.get("kind", "classifier") != "denoiser":
+        raise ValueError(f"--denoiser {path} is a {meta.get('kind', 'classifier')!r} checkpoint, not a denoiser "
+                         "(train one with smoothguard train-denoiser)")
+    if tuple(meta["in_shape"]) != tuple(int(v) for v in in_shape):
+        raise ValueError(f"--denoiser {path} denoises {tuple(meta['in_shape'])} images; the classifier takes "
+                         f"{tuple(in_shape)}")
+    settings = {"denoiser": str(Path(path).resolve()), "denoiser_sha256": file_sha256(path),
+                "denoiser_arch": meta.get("arch"), "denoiser_objective": meta.get("objective"),
+                "denoiser_noise_sd": meta.get("noise_sd"), "denoiser_black_box": meta.get("black_box")}
+    return den, settings
+
+
+def load_denoiser_arg(path: str, classifier: nn.Module, in_shape: Sequence[int],
+                      device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """``DenoisedClassifier(classifier, denoiser)`` and the denoiser's settings."""
+    from smoothguard.models import DenoisedClassifier
+
+    den, settings = load_denoiser(path, in_shape, device)
+    return DenoisedClassifier(classifier, den).eval(), settings
+
+
+def denoised_labels(denoiser: nn.Module, label_fn: Callable[[torch.Tensor], torch.Tensor]):
+    """The label function x -> label_fn(D(x)) (D runs locally, only D(x) is sent)."""
+
+    def labels(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return label_fn(denoiser(x))
+
+    return labels
+
+
+def api_classifier(args: argparse.Namespace, info) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The ``--api`` base classifier: (HTTPClassifier, meta with num_classes/in_shape,
+    settings recorded in the sidecar)."""
+    from smoothguard.models.remote import APIError, HTTPClassifier
+
+    if args.model is not None:
+        raise ValueError("give --model or --api, not both")
+    if args.api_retries < 0 or not args.api_timeout > 0 or not args.api_max_request_mb > 0:
+        raise ValueError("--api-retries must be >= 0, --api-timeout and --api-max-request-mb > 0; got "
+                         f"{args.api_retries}, {args.api_timeout}, {args.api_max_request_mb}")
+    clf = HTTPClassifier(args.api, args.num_classes, timeout=args.api_timeout, retries=args.api_retries,
+                         max_request_bytes=int(args.api_max_request_mb * (1 << 20)))
+    try:
+        server = clf.info()
+    except APIError as exc:  # a label-only endpoint need not describe itself
+        server = {"info_error": str(exc)}
+    num_classes = args.num_classes or server.get("num_classes") or info.num_classes
+    clf.num_classes = int(num_classes)
+    in_shape = tuple(info.input_shape)
+    if args.in_shape:
+        try:
+            given = tuple(int(v) for v in args.in_shape.split(","))
+        except ValueError as exc:
+            raise ValueError(f"--in-shape must be C,H,W integers, e.g. 1,28,28; got {args.in_shape!r}") from exc
+        if given != in_shape:
+            raise ValueError(f"--in-shape {given} differs from the shape of --data {args.data}: {in_shape}")
+    if server.get("in_shape") is not None and tuple(server["in_shape"]) != in_shape:
+        raise ValueError(f"the endpoint expects inputs {tuple(server['in_shape'])}; --data {args.data} has {in_shape}")
+    if server.get("num_classes") is not None and int(server["num_classes"]) != clf.num_classes:
+        raise ValueError(f"--num-classes {clf.num_classes} but the endpoint reports {server['num_classes']} classes")
+    settings = {"model": "api:" + args.api,
+                "model_sha256": server.get("model_sha256") or "api:" + args.api,
+                "model_arch": server.get("arch"), "api": args.api,
+                "api_info": {k: v for k, v in server.items() if k not in ("protocol",)}}
+    if server.get("denoiser"):
+        settings.update(denoiser="api:" + str(server["denoiser"]), denoiser_sha256=server.get("denoiser_sha256"))
+    return clf, {"num_classes": clf.num_classes, "in_shape": list(in_shape)}, settings

@@ -1,0 +1,334 @@
+"""``smoothguard smooth-eval``: smoothed inference as an empirical defense (Nemcovsky,
+Zheltonozhskii, Baskin et al.), clean and attacked accuracy over a grid of sigma, m and
+vote methods, with attacks crafted the paper's way (PGD through one noise draw per step)
+and the honest way (EPGD, m draws per step), transfer from the base model and NAttack."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from smoothguard.cli.common import add_data_arguments, load_data, load_model_arg, parse_floats
+
+HELP = "smoothed inference as a defense: accuracy vs sigma, m and vote method under PGD, EPGD, transfer, NAttack"
+DESCRIPTION = (
+    "For every combination of --sigmas (noise sd, pixel units; 0 = the base model), --m (noise draws per "
+    "prediction) and --methods (hard: majority of argmaxes, soft: mean probabilities, soft_logits: mean logits "
+    "as in the paper's code, weighted: 2^-rank votes), the smoothed classifier's accuracy on clean images and "
+    "under each of --attacks: pgd (PGD on the smoothed model with ONE noise draw per step, the paper's "
+    "evaluation, which overstates robustness), epgd (EPGD: CE averaged over m draws per step, the honest "
+    "white-box attack), transfer (PGD crafted on the base model without noise) and nattack (score-based, on "
+    "the smoothed probabilities). Attacked points are classified with the same per-image noise as the clean "
+    "ones. Per-image predictions go row by row into a resumable TSV (rerun to resume; changed settings are "
+    "refused); the table (terminal/Markdown/CSV/JSON) and plots of accuracy vs m and vs sigma go to --out-dir. "
+    "Shards images across ranks under torchrun (write --max-images)."
+)
+
+DEFAULTS = {"sigmas": "0,0.1,0.25", "m": "1,8,32", "methods": "hard,soft,weighted", "attacks": "pgd,epgd,transfer"}
+KEY_SETTINGS = ["model_sha256", "data", "root", "split", "skip", "sigmas", "m", "methods", "attacks", "norm", "eps",
+                "steps", "step_size", "queries", "population", "seed", "noise_block", "pgd_variant"]
+# how the 'pgd' attack on a noisy model is run; recorded so that files of another variant are not resumed
+PGD_VARIANT = "one draw per step, highest-loss iterate (no stop at a first success)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from smoothguard.evaluation.smoothed_inference import SMOOTH_ATTACKS, TABLE_FORMATS
+    from smoothguard.smoothing.inference import VOTE_METHODS
+
+    p.add_argument("--model", default=None, help="checkpoint (default: the embedded Fashion-MNIST LeNet, sigma 0.25)")
+    add_data_arguments(p, default="demo")
+    g = p.add_argument_group("grid")
+    g.add_argument("--sigmas", default=DEFAULTS["sigmas"],
+                   help="comma-separated noise sds in [0,1] pixel units (0: no noise, the base model)")
+    g.add_argument("--m", "--draws", dest="m", default=DEFAULTS["m"],
+                   help="comma-separated noise draws per prediction (integers >= 1); under torchrun write --draws "
+                        "(torchrun's own parser takes --m for one of its options)")
+    g.add_argument("--methods", default=DEFAULTS["methods"], help=f"vote methods, subset of {', '.join(VOTE_METHODS)}")
+    a = p.add_argument_group("attacks")
+    a.add_argument("--attacks", default=DEFAULTS["attacks"],
+                   help=f"subset of {', '.join(SMOOTH_ATTACKS)} (or 'none': clean accuracy only)")
+    a.add_argument("--norm", default="linf", help="threat model: linf or l2")
+    a.add_argument("--eps", type=float, default=0.1, help="radius in [0,1] pixel units")
+    a.add_argument("--steps", type=int, default=20, help="steps of pgd, epgd and transfer (PGD)")
+    a.add_argument("--step-size", type=float, default=None, help="step in pixel units (default 2.5*eps/steps)")
+    a.add_argument("--queries", type=int, default=2000, help="nattack: query budget per image (each query m passes)")
+    a.add_argument("--population", type=int, default=100, help="nattack: candidates per iteration (paper: 300)")
+    r = p.add_argument_group("run")
+    r.add_argument("--batch", type=int, default=1000, help="noisy images per forward pass (votes, smoothed model)")
+    r.add_argument("--attack-batch", type=int, default=4096,
+                   help="most noisy images per attack step (epgd runs on ~attack-batch/m images at a time)")
+    r.add_argument("--group", type=int, default=50, help="images per group (rows are written per group)")
+    r.add_argument("--out-dir", default="smoothguard-smooth-eval", help="folder for the table and the plots")
+    r.add_argument("--out", default=None, help="per-image result TSV (default OUT_DIR/smooth_eval.tsv); resumable")
+    r.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming it")
+    r.add_argument("--format", default="table", choices=TABLE_FORMATS, help="format of the table printed")
+    r.add_argument("--no-plots", action="store_true", help="write the tables only")
+
+
+def _names(text: str, option: str, allowed: tuple[str, ...], allow_none: bool = False) -> tuple[str, ...]:
+    items = [v.strip() for v in str(text).split(",") if v.strip()]
+    if allow_none and items == ["none"]:
+        return ()
+    bad = [v for v in items if v not in allowed]
+    if bad or (not items and not allow_none):
+        raise ValueError(f"{option} must be a comma-separated subset of {', '.join(allowed)}; got "
+                         f"{bad[0] if bad else text!r}")
+    if len(set(items)) != len(items):
+        raise ValueError(f"{option} lists a value twice: {text!r}")
+    return tuple(items)
+
+
+def validate(args: argparse.Namespace):
+    """Check every option before any model or data is loaded; returns the grid."""
+    from smoothguard.evaluation.smoothed_inference import SMOOTH_ATTACKS, SmoothEvalGrid
+    from smoothguard.smoothing.inference import VOTE_METHODS
+
+    sigmas = parse_floats(args.sigmas, "--sigmas")
+    if not sigmas or any(not math.isfinite(s) or s < 0 for s in sigmas):
+        raise ValueError(f"--sigmas must be comma-separated noise sds >= 0 in pixel units, e.g. 0,0.1,0.25; "
+                         f"got {args.sigmas!r}")
+    try:
+        ms = [int(v) for v in args.m.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--m must be comma-separated integers >= 1, e.g. 1,8,32; got {args.m!r}") from None
+    if not ms or any(v < 1 for v in ms):
+        raise ValueError(f"--m must be comma-separated integers >= 1, e.g. 1,8,32; got {args.m!r}")
+    for name, vals in (("--sigmas", sigmas), ("--m", ms)):
+        if len(set(vals)) != len(vals):
+            raise ValueError(f"{name} lists a value twice: {vals}")
+    methods = _names(args.methods, "--methods", VOTE_METHODS)
+    attacks = _names(args.attacks, "--attacks", SMOOTH_ATTACKS, allow_none=True)
+    if args.norm not in ("linf", "l2"):
+        raise ValueError(f"--norm must be one of linf, l2; got {args.norm!r}")
+    if not args.eps > 0 or math.isinf(args.eps):
+        raise ValueError(f"--eps must be a positive number in [0,1] pixel units; got {args.eps}")
+    if args.norm == "linf" and args.eps > 1:
+        raise ValueError(f"--eps {args.eps} > 1 covers the whole [0,1] box for linf (did you mean eps/255?)")
+    if args.step_size is not None and not args.step_size > 0:
+        raise ValueError(f"--step-size must be a positive number in pixel units; got {args.step_size}")
+    for name, v, lo in (("--steps", args.steps, 1), ("--population", args.population, 2),
+                        ("--batch", args.batch, 1), ("--attack-batch", args.attack_batch, 1),
+                        ("--group", args.group, 1), ("--skip", args.skip, 1)):
+        if v < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}; got {v}")
+    if "nattack" in attacks and args.queries < args.population + 1:
+        raise ValueError(f"--queries must be >= --population + 1 = {args.population + 1} (one clean query and "
+                         f"one full population); got {args.queries}")
+    if args.max < -1 or args.max == 0:
+        raise ValueError(f"--max must be a positive count or -1 (all); got {args.max}")
+    return SmoothEvalGrid(tuple(sigmas), tuple(ms), methods, attacks)
+
+
+def _chunked(attack, x: torch.Tensor, y: torch.Tensor, chunk: int) -> torch.Tensor:
+    return torch.cat([attack.run(x[i:i + chunk], y[i:i + chunk]).x_adv for i in range(0, x.shape[0], chunk)])
+
+
+def make_compute(args: argparse.Namespace, grid, base: torch.nn.Module, num_classes: int, caught: dict):
+    """The per-group function of the run: (images, labels, dataset indices) -> rows of
+    predictions in the order of ``grid.columns()`` (without the time column).
+
+    Vote noise comes from the per-image seed ``image_seed(--seed, idx)``, the same for the
+    clean image, every attacked point, every m and every method (common random numbers:
+    an attack that returns x changes nothing). Attack randomness is seeded per group.
+    """
+    from smoothguard import attacks as A
+    from smoothguard.models.noise import set_noise_injection
+    from smoothguard.smoothing import SmoothedClassifier, SmoothedModel, image_seed, vote_scores
+    from smoothguard.utils import derive_seed
+
+    device = args.device
+    smoothed = {s: SmoothedClassifier(base, num_classes, s, memory_format="contiguous") for s in grid.sigmas if s > 0}
+    pgd_kw = dict(norm=args.norm, eps=args.eps, steps=args.steps, step_size=args.step_size)
+    stochastic: list[bool] = []  # is the base model itself noisy (PNI / CNI)? decided on the first group
+
+    def compute(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> list[list]:
+        x, y = x.to(device), y.to(device)
+        first = int(idx[0])
+        seeds = [image_seed(args.seed, int(i)) for i in idx.tolist()]
+
+        def aseed(*parts) -> int:
+            return derive_seed(args.seed, "smooth-eval", *parts, first) & ((1 << 62) - 1)
+
+        if not stochastic:
+            with torch.no_grad():
+                stochastic.append(not torch.equal(base(x[:8]), base(x[:8])))
+        noisy_base = stochastic[0]
+        base_pred: dict[str, torch.Tensor] = {}
+
+        def predict(s: float, xx: torch.Tensor, m: int, method: str, key: str) -> torch.Tensor:
+            if s == 0 and noisy_base:  # the model's own noise only: m separate forward passes
+                with torch.no_grad():
+                    return vote_scores(torch.stack([base(xx) for _ in range(m)]), method).argmax(1).cpu()
+            if s == 0:  # a deterministic model: every m and method is its argmax (``key`` names xx)
+                if key not in base_pred:
+                    with torch.no_grad():
+                        base_pred[key] = torch.cat([base(c).argmax(1) for c in xx.split(args.batch)]).cpu()
+                return base_pred[key]
+            return smoothed[s].vote(xx, m, method, args.batch, seeds=seeds)
+
+        preds: dict[tuple, torch.Tensor] = {}
+        with warnings.catch_warnings(record=True) as wlist:
+            warnings.simplefilter("always", A.RobustnessWarning)
+            x_tr = None
+            if grid.attacks:
+                # PGD on the base model without noise (noise-injection layers switched off while it
+                # runs): the transfer attack, and for a deterministic model at sigma 0 also pgd and epgd
+                switched = set_noise_injection(base, False) if noisy_base else 0
+                try:
+                    x_tr = _chunked(A.PGD(base, **pgd_kw, seed=aseed("transfer")), x, y, len(x))
+                finally:
+                    if switched:
+                        set_noise_injection(base, True)
+            for s in grid.sigmas:
+                x_pgd = None
+                if "pgd" in grid.attacks:
+                    # one noise draw per step (the paper's evaluation); no stop at a first success,
+                    # which under noise is often a lucky draw (the paper's loop runs all its steps)
+                    if s > 0 or noisy_base:  # at sigma 0: a draw of the model's own noise per step
+                        target = base if s == 0 else SmoothedModel(base, s, 1, "soft", batch_size=args.batch,
+                                                                   seed=aseed("pgd-noise", s))
+                        pgd = A.PGD(target, **pgd_kw, seed=aseed("pgd", s))
+                        pgd.stop_on_success = False
+                        x_pgd = _chunked(pgd, x, y, len(x))
+                    else:
+                        x_pgd = x_tr
+                na_cache: dict[tuple, torch.Tensor] = {}
+                for m in grid.ms:
+                    x_ep = None
+                    if "epgd" in grid.attacks:
+                        if s == 0:  # EOT over the model's own noise, or plain PGD on a deterministic model
+                            x_ep = _chunked(A.PGD(base, **pgd_kw, eot=m, seed=aseed("epgd", s, m)), x, y,
+                                            max(1, args.attack_batch // m)) if noisy_base and m > 1 else x_tr
+                        else:
+                            epgd = A.EPGD(base, **pgd_kw, sigma=s, num_noise=m, seed=aseed("epgd", s, m))
+                            x_ep = _chunked(epgd, x, y, max(1, args.attack_batch // m))
+                    for meth in grid.methods:
+                        adv = {"pgd": x_pgd, "epgd": x_ep, "transfer": x_tr}
+                        if "nattack" in grid.attacks:
+                            key = (meth,) if s == 0 else (meth, m)
+                            if key not in na_cache:
+                                m_eff = 1 if s == 0 else m
+                                target = SmoothedModel(base, s, m_eff, meth, batch_size=args.batch,
+                                                       seed=aseed("nattack-noise", s, m, meth))
+                                atk = A.NAttack(target, norm=args.norm, eps=args.eps, max_queries=args.queries,
+                                                population=args.population,
+                                                batch_size=args.population * max(1, args.attack_batch
+                                                                                 // (args.population * m_eff)),
+                                                seed=aseed("nattack", s, m, meth))
+                                na_cache[key] = atk.run(x, y).x_adv
+                            adv["nattack"] = na_cache[key]
+                        preds[(s, m, meth, "clean")] = predict(s, x, m, meth, "clean")
+                        for a in grid.attacks:
+                            # names the tensor for the sigma-0 cache of a deterministic model
+                            key = f"nattack:{meth}" if a == "nattack" else a if a != "epgd" else f"epgd:{m}"
+                            preds[(s, m, meth, a)] = predict(s, adv[a], m, meth, key)
+        for w in wlist:
+            msg = str(w.message)
+            caught[msg] = caught.get(msg, 0) + 1
+        rows = []
+        for j, (i, lab) in enumerate(zip(idx.tolist(), y.tolist())):
+            row = [int(i), int(lab)]
+            for s, m, meth in grid.combinations():
+                row += [int(preds[(s, m, meth, a)][j]) for a in grid.evaluations]
+            rows.append(row)
+        return rows
+
+    return compute
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from smoothguard.cli._smoothing_run import run_rows
+    from smoothguard.cli.attack import check_shape, model_settings
+    from smoothguard.evaluation.resultfile import read_complete_rows
+    from smoothguard.evaluation.robustness import json_safe
+    from smoothguard.evaluation.smoothed_inference import (
+        ATTACK_DESCRIPTIONS,
+        plot_accuracy_vs,
+        render_table,
+        summarize,
+    )
+    from smoothguard.smoothing import NOISE_BLOCK
+
+    grid = validate(args)
+    t_all = time.perf_counter()
+    torch.manual_seed(args.seed)  # the global generator feeds noise-injection layers (PNI / CNI)
+    base, meta = load_model_arg(args.model, args.device)
+    base.eval()
+    data = load_data(args)
+    check_shape(meta, data, "--model")
+    out_dir = Path(args.out_dir)
+    args.out = args.out or str(out_dir / "smooth_eval.tsv")
+    model_name, model_sha = model_settings(args.model)
+    settings = {
+        "command": "smoothguard " + " ".join(getattr(args, "argv", [])),
+        "model": model_name, "model_sha256": model_sha, "model_arch": meta.get("arch"),
+        "model_noise_sd": meta.get("noise_sd"), "model_objective": meta.get("objective"),
+        "data": args.data, "root": args.root, "split": args.split, "skip": args.skip, "max": args.max,
+        "sigmas": list(grid.sigmas), "m": list(grid.ms), "methods": list(grid.methods), "attacks": list(grid.attacks),
+        "norm": args.norm, "eps": args.eps, "steps": args.steps, "step_size": args.step_size,
+        "queries": args.queries if "nattack" in grid.attacks else None,
+        "population": args.population if "nattack" in grid.attacks else None,
+        "seed": args.seed, "noise_block": min(NOISE_BLOCK, args.batch), "pgd_variant": PGD_VARIANT, "batch": args.batch,
+        "attack_batch": args.attack_batch, "group": args.group, "device": str(args.device),
+        "threads": torch.get_num_threads(),
+    }
+    caught: dict[str, int] = {}
+    compute = make_compute(args, grid, base, int(meta["num_classes"]), caught)
+    n_comb = len(grid.combinations())
+    print(f"smooth-eval: {len(data)} images of {args.data}, {n_comb} combinations (sigma x m x method) x "
+          f"{1 + len(grid.attacks)} evaluations, {args.norm} eps {args.eps:g}", file=sys.stderr)
+    run_rows(args, data, grid.columns(), "smooth-eval", settings, KEY_SETTINGS, args.group, compute)
+    world = getattr(args, "world", None)
+    for msg, count in caught.items():
+        expected = " (expected for 'pgd': the paper's single-draw attack; compare epgd)" \
+            if "stochastic" in msg else ""
+        print(f"smoothguard smooth-eval: warning ({count}x){expected}: {msg}", file=sys.stderr)
+    if world is not None and world.rank != 0:
+        return 0
+
+    done, _, _ = read_complete_rows(args.out, grid.columns())
+    wanted = [int(i) for i in data.indices.tolist()]
+    rows = [done[i] for i in wanted if i in done]
+    table = summarize(rows, grid)
+    title = (f"Smoothed inference: {model_name} on {len(rows)} {args.data} images, {args.norm} eps = {args.eps:g}, "
+             f"{args.steps} attack steps")
+    notes = [f"{a}: {ATTACK_DESCRIPTIONS[a]}" for a in grid.attacks]
+    if grid.attacks and 0 in grid.sigmas:
+        notes.append("sigma 0 is the base model: pgd = PGD on it (one draw of its own noise per step if it has "
+                     "noise-injection layers), epgd = PGD with EOT over m of its passes for such a noisy model, "
+                     "transfer = PGD with its noise switched off; for a deterministic model the three coincide")
+    print(render_table(table, args.format, title, notes), end="")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seconds_rows = sum(float(r[-1]) for r in rows)
+    result = {"settings": settings, "grid": {"sigmas": list(grid.sigmas), "m": list(grid.ms),
+                                              "methods": list(grid.methods), "attacks": list(grid.attacks)},
+              "rows": [r.to_dict() for r in table], "notes": notes, "warnings": caught,
+              "seconds_this_run": time.perf_counter() - t_all, "seconds_rows_total": seconds_rows,
+              "result_file": str(args.out)}
+    figures: list[str] = []
+    if not args.no_plots and rows:
+        for xname in ("m", "sigma"):
+            figures += [str(p) for p in plot_accuracy_vs(table, grid, xname, out_dir / f"accuracy_vs_{xname}",
+                                                         title=title)]
+    result["figures"] = figures
+    _atomic_write(out_dir / "table.md", render_table(table, "markdown", title, notes))
+    _atomic_write(out_dir / "table.csv", render_table(table, "csv"))
+    _atomic_write(out_dir / "table.json", json.dumps(json_safe(result), indent=2, allow_nan=False) + "\n")
+    print(f"smooth-eval: {len(rows)} images, {time.perf_counter() - t_all:.1f} s this run "
+          f"({seconds_rows:.1f} s of image rows in total); wrote {out_dir}/table.md, table.csv, table.json"
+          + (f" and {len(figures)} figures" if figures else ""), file=sys.stderr)
+    return 0

@@ -1,0 +1,139 @@
+"""``smoothguard train-denoiser``: train a DnCNN for denoised smoothing (Salman et al. 2020)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+import torch
+
+from smoothguard.cli._smoothing_run import file_sha256
+from smoothguard.cli.common import add_data_arguments
+from smoothguard.cli.train import _Bar, add_loop_arguments, fit_in_out_dir, load_train_test
+from smoothguard.models import DENOISERS, get_denoiser, load_checkpoint
+from smoothguard.models.denoiser import DEFAULT_DEPTH, DEFAULT_WIDTH
+from smoothguard.training import TrainConfig, Trainer, get_objective
+from smoothguard.training.trainer import LOG_NAME, MODEL_NAME
+from smoothguard.utils import derive_seed
+
+HELP = "train a denoiser for denoised smoothing (objectives: mse, stability, classification)"
+DESCRIPTION = (
+    "Train a denoiser D so that the off-the-shelf classifier f can be certified by smoothing f(D(x + d)) "
+    "(Salman, Sun, Yang, Kapoor, Kolter, NeurIPS 2020). Objectives: mse = E||D(x+d) - x||^2 (no classifier "
+    "needed); stability = E CE(f(D(x+d)), f(x)); classification = E CE(f(D(x+d)), y). The classifier is "
+    "frozen (no gradient, eval mode, weights checked unchanged at the end). Hybrid: train with mse, then "
+    "with stability from --init OUT_MSE/model.pt. Black box: --surrogates A.pt,B.pt computes the loss on "
+    "surrogate classifiers, one per minibatch in turn, and never loads the target. Writes OUT/log.tsv, "
+    "OUT/checkpoint.pt (every epoch; --resume) and OUT/model.pt (a 'denoiser' checkpoint for "
+    "certify --denoiser)."
+)
+OBJECTIVE_NAMES = {"mse": "denoiser_mse", "stability": "denoiser_stability",
+                   "classification": "denoiser_classification"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_data_arguments(p, default="fashion-mnist", split="train", selection=False)
+    g = p.add_argument_group("classifier (white box) or surrogates (black box)")
+    g.add_argument("--classifier", default=None,
+                   help="checkpoint of the frozen classifier f (stability/classification; for mse only used to log "
+                        "the accuracy of f(D(x)))")
+    g.add_argument("--surrogates", default=None,
+                   help="black-box mode: comma-separated surrogate classifier checkpoints, one per minibatch in turn "
+                        "(the target is never used; give no --classifier)")
+    p.add_argument("--objective", default="mse", choices=list(OBJECTIVE_NAMES), help="training objective")
+    p.add_argument("--target", default="hard", choices=["hard", "soft"],
+                   help="stability: cross-entropy against argmax f(x) (hard, the paper's code) or softmax f(x) (soft)")
+    p.add_argument("--noise-sd", type=float, default=0.25, help="Gaussian noise sd in pixel units (= the certification sigma)")
+    p.add_argument("--init", default=None,
+                   help="start from this denoiser checkpoint (hybrid: the mse denoiser, then --objective stability); "
+                        "its architecture is used")
+    p.add_argument("--arch", default="dncnn", choices=DENOISERS, help="denoiser architecture")
+    p.add_argument("--depth", type=int, default=None,
+                   help=f"dncnn convolutions (default {DEFAULT_DEPTH}; paper 17; with --init: the init's)")
+    p.add_argument("--width", type=int, default=None,
+                   help=f"dncnn hidden channels (default {DEFAULT_WIDTH}; paper 64; with --init: the init's)")
+    # the paper: Adam, lr 1e-3 from scratch (1e-5 when fine-tuning on ImageNet), no weight decay
+    add_loop_arguments(p, lr=1e-3, optimizer="adam", weight_decay=0.0, lr_step=30,
+                       lr_help="initial learning rate (paper: Adam 1e-3 from scratch; 1e-5 fine-tuning on ImageNet)")
+
+
+def _load_classifier(path: str, device, info, role: str):
+    model, meta = load_checkpoint(path, device)
+    if meta.get("kind", "classifier") != "classifier":
+        raise ValueError(f"--{role} {path} is a {meta.get('kind')!r} checkpoint; a classifier is needed")
+    if tuple(meta["in_shape"]) != tuple(info.input_shape) or int(meta["num_classes"]) != info.num_classes:
+        raise ValueError(f"--{role} {path} takes inputs {tuple(meta['in_shape'])} with {meta['num_classes']} classes; "
+                         f"--data {info.name} has {tuple(info.input_shape)} with {info.num_classes}")
+    return model, {"path": str(Path(path).resolve()), "sha256": file_sha256(path), "arch": meta.get("arch")}
+
+
+def _build_denoiser(args: argparse.Namespace, info):
+    if args.init is None:
+        options = {"depth": args.depth or DEFAULT_DEPTH, "width": args.width or DEFAULT_WIDTH}
+        torch.manual_seed(derive_seed(args.seed, "init"))  # the initial weights follow --seed too
+        return get_denoiser(args.arch, info.input_shape, **options).to(args.device), args.arch, options, None
+    den, meta = load_checkpoint(args.init, args.device)
+    if meta.get("kind") != "denoiser":
+        raise ValueError(f"--init {args.init} is a {meta.get('kind', 'classifier')!r} checkpoint; a denoiser is needed")
+    if tuple(meta["in_shape"]) != tuple(info.input_shape):
+        raise ValueError(f"--init {args.init} denoises {tuple(meta['in_shape'])} images; --data {info.name} has "
+                         f"{tuple(info.input_shape)}")
+    options = dict(meta.get("model_options", {}))
+    for name in ("depth", "width"):
+        given = getattr(args, name)
+        if given is not None and options.get(name) != given:
+            raise ValueError(f"--{name} {given} differs from the --init denoiser's {name} {options.get(name)}; "
+                             f"leave --{name} out")
+    if meta["arch"] != args.arch:
+        raise ValueError(f"--init {args.init} is a {meta['arch']!r} denoiser, not --arch {args.arch!r}")
+    init = {"path": str(Path(args.init).resolve()), "sha256": file_sha256(args.init),
+            "objective": meta.get("objective")}
+    return den.train(), meta["arch"], options, init
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.noise_sd > 0:
+        raise ValueError(f"--noise-sd must be > 0 (pixel units), got {args.noise_sd}")
+    if args.classifier and args.surrogates:
+        raise ValueError("give --classifier (white box) or --surrogates (black box), not both: black-box training "
+                         "never uses the target classifier")
+    surrogate_paths = [s for s in (args.surrogates or "").split(",") if s.strip()]
+    if args.surrogates is not None and not surrogate_paths:
+        raise ValueError(f"--surrogates needs comma-separated checkpoint paths, got {args.surrogates!r}")
+    if args.objective != "mse" and not (args.classifier or surrogate_paths):
+        raise ValueError(f"--objective {args.objective} needs --classifier CKPT or --surrogates CKPT1,CKPT2,...")
+    train, test = load_train_test(args)
+    info = train.info
+    paths = surrogate_paths or ([args.classifier] if args.classifier else [])
+    role = "surrogates" if surrogate_paths else "classifier"
+    loaded = [_load_classifier(p, args.device, info, role) for p in paths]
+    classifiers = [m for m, _ in loaded]
+    records = [r for _, r in loaded]
+    denoiser, arch, options, init = _build_denoiser(args, info)
+    obj_kwargs = {"noise_sd": args.noise_sd, "classifier_ids": [r["sha256"] for r in records]}
+    if args.objective == "stability":
+        obj_kwargs["target"] = args.target
+    objective = get_objective(OBJECTIVE_NAMES[args.objective], classifiers=classifiers, **obj_kwargs)
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
+        weight_decay=args.weight_decay, schedule=args.schedule, lr_step=args.lr_step, gamma=args.gamma,
+        seed=args.seed, eval_noise_sd=args.noise_sd,
+    )
+    meta = {
+        "kind": "denoiser", "arch": arch, "model_options": options, "in_shape": list(info.input_shape),
+        "dataset": info.name, "train_size": len(train), "black_box": bool(surrogate_paths),
+        "classifier": records[0] if (records and not surrogate_paths) else None,
+        "surrogates": records if surrogate_paths else None, "init": init,
+        "command": "smoothguard " + " ".join(shlex.quote(a) for a in args.argv),
+    }
+    world = getattr(args, "world", None)  # torchrun: the minibatches are split across the ranks
+    rank0 = world is None or world.rank == 0
+    trainer = Trainer(denoiser, objective, config, meta=meta, callback=_Bar() if rank0 else None, world=world)
+    fit_in_out_dir(trainer, train, test, args)
+    objective.assert_frozen()
+    out = Path(args.out)
+    what = f"{len(classifiers)} surrogate classifiers" if surrogate_paths else (
+        "the classifier" if classifiers else "no classifier")
+    print(f"wrote {out / MODEL_NAME} and {out / LOG_NAME} ({what}: weights verified unchanged)")
+    return 0

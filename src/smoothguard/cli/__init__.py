@@ -15,17 +15,32 @@ import smoothguard
 COMMANDS = [
     ("demo", "smoothguard.cli.demo"),
     ("train", "smoothguard.cli.train"),
+    ("train-denoiser", "smoothguard.cli.train_denoiser"),
     ("certify", "smoothguard.cli.certify"),
     ("predict", "smoothguard.cli.predict"),
     ("attack", "smoothguard.cli.attack"),
     ("evaluate", "smoothguard.cli.evaluate"),
+    ("smooth-eval", "smoothguard.cli.smooth_eval"),
     ("analyze", "smoothguard.cli.analyze"),
+    ("report", "smoothguard.cli.report"),
+    ("run", "smoothguard.cli.run"),
     ("info", "smoothguard.cli.info"),
+    ("serve", "smoothguard.cli.serve"),
 ]
 
 
 class CLIError(Exception):
     """A user error: printed as ``smoothguard: error: ...`` with exit code 2."""
+
+
+class _CommandListFormatter(argparse.HelpFormatter):
+    """Puts every command's help on the command's own line: argparse sizes the column
+    from the sub-command names without their extra indent, so the longest names
+    (train-denoiser) would otherwise wrap."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+        self._action_max_length = 20
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="smoothguard",
         description="Adversarial robustness for PyTorch: attack, train and certify models "
         "(randomized smoothing). All eps/sigma/radius values are in [0,1] pixel units.",
+        formatter_class=_CommandListFormatter,
     )
     parser.add_argument("--version", action="version", version=f"smoothguard {smoothguard.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

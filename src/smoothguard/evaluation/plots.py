@@ -13,7 +13,9 @@ _GRID_POINTS = 2000
 
 
 def plot_certified_accuracy(results_list: Sequence[Results], labels: Sequence[str] | None,
-                            path_stem: str | Path, radii_max: float | None = None) -> list[Path]:
+                            path_stem: str | Path, radii_max: float | None = None,
+                            empirical: Sequence[tuple[str, Sequence[float], Sequence[float], int | None]] = (),
+                            ) -> list[Path]:
     """Plot approximate certified accuracy against l2 radius (pixel units), one curve per
     certify file, and write ``PATH_STEM.png`` and ``PATH_STEM.svg``; returns both paths.
 
@@ -23,6 +25,11 @@ def plot_certified_accuracy(results_list: Sequence[Results], labels: Sequence[st
     run's R_max where its settings are known: no radius beyond it can be certified.
     ``labels`` default to the legends built from the settings. Predict files have no
     radii and are left out; a list with no certify file is an error.
+
+    ``empirical``: (label, l2 eps values, accuracies, curve index or None) drawn as dashed
+    lines with markers on the same axes: the empirical robust accuracy of the smoothed
+    classifier under attack (an upper bound on what could be certified; Salman et al.
+    2019, Figure 1 style); the index picks the colour of the certified curve it belongs to.
 
     Drawing uses matplotlib's Agg canvas on a standalone ``Figure``: no pyplot state and
     no change to the process-wide backend (safe next to an interactive session).
@@ -51,7 +58,11 @@ def plot_certified_accuracy(results_list: Sequence[Results], labels: Sequence[st
     fig = Figure(figsize=(6.4, 4.2), dpi=150)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
+    for _, eps, acc, _k in empirical:
+        if len(eps):
+            radii_max = max(radii_max, 1.02 * float(max(eps)))
     base = np.linspace(0.0, radii_max, _GRID_POINTS)
+    colors = []
     for (res, lab), rm in zip(pairs, r_maxes):
         own = res.radius[(res.radius > 0) & (res.radius <= radii_max)]
         # The curve drops just after each certified radius: sample each radius and a point
@@ -59,15 +70,25 @@ def plot_certified_accuracy(results_list: Sequence[Results], labels: Sequence[st
         grid = np.unique(np.concatenate([base, own, np.nextafter(own, np.inf)]))
         acc = certified_accuracy(res, grid) if len(res) else np.zeros_like(grid)
         (line,) = ax.plot(grid, acc, label=lab, linewidth=1.6)
+        colors.append(line.get_color())
         if rm is not None and rm <= radii_max:
             ax.axvline(rm, color=line.get_color(), linestyle=":", linewidth=1.0)
+    for j, (lab, eps, acc, k) in enumerate(empirical):
+        color = colors[k] if k is not None and 0 <= k < len(colors) else f"C{(len(colors) + j) % 10}"
+        order = np.argsort(np.asarray(eps, dtype=float))
+        ax.plot(np.asarray(eps, dtype=float)[order], np.asarray(acc, dtype=float)[order], linestyle="--",
+                marker="o", markersize=3, linewidth=1.3, color=color, label=lab)
     ax.set_xlim(0.0, radii_max)
     ax.set_ylim(-0.01, 1.01)  # keep curves at 0 and 1 off the frame
     ax.set_xlabel(r"$\ell_2$ radius (pixel units, inputs in [0, 1])")
     ax.set_ylabel("certified accuracy")
-    ax.set_title("Approximate certified accuracy (dotted: $R_{max}$ of the run)", fontsize=10)
+    ax.set_title("Certified (solid) and empirical (dashed, under attack) accuracy; dotted: $R_{max}$"
+                 if len(empirical) else "Approximate certified accuracy (dotted: $R_{max}$ of the run)", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    if len(empirical):  # many entries: below the axes, not over the curves
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.19), ncol=1)
+    else:
+        ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
 
     stem = Path(path_stem)
@@ -77,6 +98,7 @@ def plot_certified_accuracy(results_list: Sequence[Results], labels: Sequence[st
     out = []
     for ext in (".png", ".svg"):
         target = stem.with_name(stem.name + ext)
-        fig.savefig(target, format=ext[1:], metadata={"Date": None} if ext == ".svg" else None)
+        fig.savefig(target, format=ext[1:], metadata={"Date": None} if ext == ".svg" else None,
+                    bbox_inches="tight" if len(empirical) else None)
         out.append(target)
     return out

@@ -40,7 +40,7 @@ def straightforward_certify(model, x, n0, n, alpha, sigma, batch=400):
     """ALGORITHMS.md section 1, written the obvious way (the reference for speed)."""
 
     def sample(num):
-        counts = torch.zeros(10, dtype=torch.long)
+        counts = torch.zeros(10, dtype=torch.long, device=x.device)
         remaining = num
         with torch.no_grad():
             while remaining > 0:
@@ -57,10 +57,10 @@ def straightforward_certify(model, x, n0, n, alpha, sigma, batch=400):
     return (c_a, float(radius_from_bound(p, sigma))) if p >= 0.5 else (-1, 0.0)
 
 
-def madry_model(cache: Path):
+def madry_model(cache: Path, root=None):
     if cache.exists():
         return load_checkpoint(cache)[0]
-    train = load_dataset("fashion-mnist", "train").subset(max_count=10_000)
+    train = load_dataset("fashion-mnist", "train", root=root).subset(max_count=10_000)
     info = train.info
     torch.manual_seed(0)
     model = get_model("madry_cnn", 10, info.input_shape, info.mean, info.std)
@@ -71,19 +71,28 @@ def madry_model(cache: Path):
     return model.eval()
 
 
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def bare_forward(model, shape, batch=400, reps=20):
-    x = torch.rand(batch, *shape)
+    device = next(model.parameters()).device
+    x = torch.rand(batch, *shape, device=device)
     with torch.no_grad():
         model(x)
+        _sync(device)
         t0 = time.perf_counter()
         for _ in range(reps):
             model(x)
+        _sync(device)
     return batch * reps / (time.perf_counter() - t0)
 
 
 def bench(name, model, images, n, ours_batch, bf16_images):
     import copy
 
+    device = next(model.parameters()).device
     base = copy.deepcopy(model).eval()  # contiguous weights for the reference
     variants = {
         "ours fp32": SmoothedClassifier(copy.deepcopy(model), 10, SIGMA),
@@ -91,11 +100,13 @@ def bench(name, model, images, n, ours_batch, bf16_images):
         "ours fp32 + jit + 2 workers": SmoothedClassifier(copy.deepcopy(model), 10, SIGMA, jit=True, workers=2),
         "ours bf16": SmoothedClassifier(copy.deepcopy(model), 10, SIGMA, precision="bf16"),
     }
+    if device.type != "cpu":  # the worker pipeline overlaps CPU noise drawing with CPU forwards
+        del variants["ours fp32 + jit + 2 workers"]
     fwd = bare_forward(base, images.shape[1:])
     times = {"straightforward": [], **{k: [] for k in variants}}
     out = {k: [] for k in times}
     for i in range(len(images)):
-        x = images[i]
+        x = images[i].to(device)
         t0 = time.perf_counter()
         out["straightforward"].append(straightforward_certify(base, x, N0, n, ALPHA, SIGMA))
         times["straightforward"].append(time.perf_counter() - t0)
@@ -105,6 +116,7 @@ def bench(name, model, images, n, ours_batch, bf16_images):
             threads = torch.get_num_threads()
             if g.workers > 1:  # the workers share the cores instead of each op using all of them
                 torch.set_num_threads(max(1, threads // g.workers))
+            _sync(device)
             t0 = time.perf_counter()
             r = g.certify_batch(x[None], N0, n, ALPHA, ours_batch, seeds=[i])
             times[k].append(time.perf_counter() - t0)
@@ -128,20 +140,35 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=20)
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=400, help="forward batch of our implementation")
+    ap.add_argument("--batch", type=int, default=2000, help="forward batch of our implementation")
     ap.add_argument("--bf16-images", type=int, default=5, help="images on which bf16 is timed")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--models", default="lenet,madry_cnn",
+                    help="lenet (embedded), madry_cnn (1 epoch Gaussian), cifar_resnet20/cifar_resnet110 (random "
+                         "weights on the 1x28x28 images: for speed only)")
+    ap.add_argument("--root", default=None, help="Fashion-MNIST directory (default: the Debian package's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    data = load_dataset("fashion-mnist", "test").subset(skip=20, max_count=args.images)
-    lenet = load_default_model()[0]
-    madry = madry_model(Path("runs/bench_madry_cnn.pt"))
-    print(f"torch {torch.__version__}, {args.threads} threads, sigma {SIGMA}, n0 {N0}, n {args.n}, "
+    device = torch.device(args.device)
+    data = load_dataset("fashion-mnist", "test", root=args.root).subset(skip=20, max_count=args.images)
+    models = {}
+    for name in args.models.split(","):
+        if name == "lenet":
+            models[name] = load_default_model()[0]
+        elif name == "madry_cnn":
+            models[name] = madry_model(Path("runs/bench_madry_cnn.pt"), args.root)
+        else:
+            torch.manual_seed(0)
+            info = data.info
+            models[name + " (random weights)"] = get_model(name, 10, info.input_shape, info.mean, info.std).eval()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} threads"
+    print(f"torch {torch.__version__}, {where}, sigma {SIGMA}, n0 {N0}, n {args.n}, "
           f"{args.images} Fashion-MNIST test images (--skip 20), our batch {args.batch}\n")
     print("| model | variant | images | wall s | noisy images/s | speed-up vs straightforward (same images) "
           "| predictions changed / mean abs radius change vs straightforward (independent noise) |")
     print("|---|---|---|---|---|---|---|")
-    for name, model in (("lenet", lenet), ("madry_cnn", madry)):
-        for row in bench(name, model, data.images, args.n, args.batch, args.bf16_images):
+    for name, model in models.items():
+        for row in bench(name, model.to(device), data.images, args.n, args.batch, args.bf16_images):
             print(row, flush=True)
 
 

@@ -19,6 +19,7 @@ in at most half its time.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 import warnings
@@ -56,6 +57,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="100 images, 5 restarts, 20 AutoAttack steps")
+    p.add_argument("--no-channels-last", action="store_true",
+                   help="run our cascade on the NCHW model (the evaluate command converts CPU models to "
+                        "channels_last by default; the peers always get the model as loaded)")
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.restarts, args.aa_steps = 100, 5, 20
@@ -72,13 +76,14 @@ def main(argv=None) -> int:
 
     # ours: the evaluate cascade (once per Square budget in --queries)
     results_ours = []
+    ours_model = model if args.no_channels_last else copy.deepcopy(model).to(memory_format=torch.channels_last)
     for q in args.queries:
-        cascade = build_cascade(model, args.norm, args.eps, attacks=args.attacks.split(","), steps=args.steps,
+        cascade = build_cascade(ours_model, args.norm, args.eps, attacks=args.attacks.split(","), steps=args.steps,
                                 restarts=args.restarts, square_queries=q, seed=args.seed)
         t = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RobustnessWarning)
-            ev = evaluate_robustness(model, x, y, cascade, batch_size=500)
+            ev = evaluate_robustness(ours_model, x, y, cascade, batch_size=500)
         t_ours = time.perf_counter() - t
         results_ours.append((q, ev, t_ours))
         rows.append(("smoothguard evaluate (cascade: " + ", ".join(r.label for r in cascade) + ")",

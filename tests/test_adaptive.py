@@ -89,3 +89,26 @@ def test_schedule_and_validation():
         certify_adaptive(g, torch.zeros(1, 1, 1), [-0.1])
     with pytest.raises(ValueError, match="must end at n_max"):
         certify_adaptive(g, torch.zeros(1, 1, 1), [0.25], n_max=1000, schedule=[100, 500])
+
+
+def test_futility_alpha_only_moves_the_stopping_time():
+    """With noise-driven counts (identical per image across runs), a more cautious futility
+    level never stops earlier, and the default stops borderline images sooner."""
+    p_values = np.repeat([norm.cdf(2.0) + 0.002, norm.cdf(3.0) + 0.0004, 0.9, 0.99999], 10)
+    cut = torch.as_tensor(SIGMA * norm.ppf(p_values), dtype=torch.float32)
+
+    def noise_driven(x):  # class 0 iff the noise on the image's pixel is below its cut: P = p_A
+        ids = torch.round(x[:, 0, 0, 0] / 10).long().clamp(0, len(cut) - 1)
+        return ((x[:, 0, 0, 0] - ids * 10.0) >= cut[ids]).long()
+
+    x = torch.zeros(len(p_values), 1, 1, 1)
+    x[:, 0, 0, 0] = torch.arange(len(p_values)) * 10.0
+    g = SmoothedClassifier(noise_driven, 2, SIGMA)
+    seeds = list(range(len(p_values)))
+    runs = {fa: certify_adaptive(g, x, GRID, alpha=0.001, batch_size=100_000, seeds=seeds, futility_alpha=fa)
+            for fa in (0.05, 1e-6)}
+    fast, cautious = runs[0.05].n_used.numpy(), runs[1e-6].n_used.numpy()
+    assert (cautious >= fast).all()
+    assert fast.sum() < cautious.sum()
+    with pytest.raises(ValueError, match="futility_alpha must be in"):
+        certify_adaptive(g, x[:1], GRID, futility_alpha=0.0)

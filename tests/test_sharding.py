@@ -18,10 +18,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _torchrun(args, out):
+def _torchrun(args, out, command="certify"):
     env = dict(os.environ, SMOOTHGUARD_NO_PROGRESS="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "smoothguard", "certify", *args, "--out", str(out)]
+           "--master-port", str(_free_port()), "-m", "smoothguard", command, *args, "--out", str(out)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
@@ -67,6 +67,50 @@ def test_killing_a_rank_and_rerunning_resumes_without_duplicates(tmp_path):
     rows = _rows(out)
     assert rows == _rows(single)
     assert len({r[0] for r in rows}) == len(rows)
+
+
+def test_torchrun_attack_gives_the_rows_of_one_process_with_batch_1(tmp_path):
+    # with --batch 1 each image is attacked alone, so its random starts depend only on --seed
+    args = ["--max-images", "6", "--skip", "50", "--attack", "pgd", "--eps", "0.1", "--steps", "5", "--restarts",
+            "2", "--seed", "3", "--threads", "1", "--batch", "1"]
+    single = tmp_path / "single.tsv"
+    assert main(["attack", *args, "--out", str(single)]) == 0
+    out = tmp_path / "sharded.tsv"
+    proc = _torchrun(args, out, "attack")
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, log
+    assert _rows(out) == _rows(single) and len(_rows(out)) == 6
+    assert "robust accuracy" in log  # rank 0 prints the summary of the merged file
+
+
+def test_torchrun_training_averages_gradients_like_one_process(tmp_path):
+    # standard objective (no noise): 2 ranks x 32 images per minibatch of 64 must follow the
+    # single-process updates up to float rounding
+    args = ["--data", "fashion-mnist", "--arch", "lenet", "--objective", "standard", "--epochs", "2", "--batch", "64",
+            "--max-train", "200", "--max-test", "50", "--lr", "0.05", "--seed", "5", "--threads", "1"]
+    assert main(["train", *args, "--out", str(tmp_path / "single")]) == 0
+    env = dict(os.environ, SMOOTHGUARD_NO_PROGRESS="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), "-m", "smoothguard", "train", *args, "--out", str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import torch
+
+    from smoothguard.models import get_model, load_checkpoint
+    from smoothguard.utils import derive_seed
+
+    single, meta_s = load_checkpoint(tmp_path / "single" / "model.pt")
+    ddp, meta_d = load_checkpoint(tmp_path / "ddp" / "model.pt")
+    diffs = [float((a - b).abs().max()) for a, b in zip(single.state_dict().values(), ddp.state_dict().values())]
+    assert max(diffs) < 1e-4, diffs
+    assert meta_d["epochs_trained"] == 2 and len((tmp_path / "ddp" / "log.tsv").read_text().splitlines()) == 3
+    # the ranks saw the same number of examples as the single process
+    assert abs(meta_d["metrics"]["train_acc"] - meta_s["metrics"]["train_acc"]) < 0.02
+    assert meta_d["world_size"] == 2 and meta_s["world_size"] == 1
+    torch.manual_seed(derive_seed(5, "init"))  # the CLI's initial weights for --seed 5
+    init = get_model("lenet", 10, (1, 28, 28))
+    assert max(float((a - b).abs().max()) for a, b in zip(single.state_dict().values(),
+                                                          init.state_dict().values())) > 1e-2  # it did train
 
 
 def test_sharded_run_without_out_is_refused():

@@ -14,9 +14,10 @@ import torch
 
 from smoothguard.cli.common import add_data_arguments, load_data, load_model_arg, progress
 from smoothguard.distributed import World, barrier
-from smoothguard.evaluation.resultfile import ResultWriter, format_value, merge_parts
+from smoothguard.evaluation.resultfile import ResultWriter, format_value, merge_parts, read_complete_rows
 from smoothguard.models.checkpoint import default_model_path
 from smoothguard.smoothing import NOISE_BLOCK, SmoothedClassifier
+from smoothguard.utils import model_device
 
 
 def add_smoothing_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,18 +25,24 @@ def add_smoothing_arguments(p: argparse.ArgumentParser) -> None:
     add_data_arguments(p, default="demo")
     p.add_argument("--sigma", type=float, default=0.25, help="noise sd in [0,1] pixel units")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
-    p.add_argument("--batch", type=int, default=400, help="noisy images per forward pass")
+    p.add_argument("--batch", type=int, default=2000,
+                   help="noisy images per forward pass (results do not depend on it for batches >= 100; larger is "
+                        "faster up to memory limits)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="fp32 (exact) or bf16 autocast (faster; may flip a few votes)")
-    p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
                    help="run the model TorchScript-frozen (conv+ReLU fusion; checked against the eager model, "
-                        "falls back to it with a warning)")
+                        "falls back to it with a warning). Default: on for CPU, off on GPUs (measured slower "
+                        "there, see BENCHMARKS.md)")
     p.add_argument("--workers", type=int, default=1,
                    help="threads running forward passes concurrently (results identical); with --workers 2 and "
                         "no --threads, each forward pass gets half of torch's threads")
     p.add_argument("--out", default=None,
                    help="result TSV (flushed row by row; rerun with the same --out to resume). Default: stdout")
     p.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming it")
+    from smoothguard.cli._denoised import add_query_arguments
+
+    add_query_arguments(p)  # --denoiser, --api (denoised smoothing, query-only classifiers)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -62,22 +69,51 @@ def validate_smoothing_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
 
 
+def _use_jit(args: argparse.Namespace, model: torch.nn.Module) -> bool:
+    """--jit / --no-jit, or by default: on for CPU models only (TorchScript's frozen graph
+    fuses conv + ReLU for oneDNN; on CUDA it was 1.5-3x slower for these small models)."""
+    jit = getattr(args, "jit", None)
+    if jit is None:
+        return model_device(model).type == "cpu"
+    return bool(jit)
+
+
 def build_smoothed(args: argparse.Namespace) -> tuple[SmoothedClassifier, dict[str, Any], Any]:
     validate_smoothing_arguments(args)
-    model, meta = load_model_arg(args.model, args.device)
-    data = load_data(args)
+    if getattr(args, "api", None):  # a query-only classifier behind an HTTP endpoint
+        from smoothguard.cli._denoised import api_classifier
+
+        data = load_data(args)
+        model, meta, extra = api_classifier(args, data.info)
+    else:
+        model, meta = load_model_arg(args.model, args.device)
+        data = load_data(args)
+        extra = {}
     if tuple(meta.get("in_shape", data.info.input_shape)) != tuple(data.info.input_shape):
         raise ValueError(f"the model expects inputs of shape {tuple(meta['in_shape'])} but --data {args.data} has "
                          f"{tuple(data.info.input_shape)}")
+    if getattr(args, "denoiser", None):  # denoised smoothing: x -> f(D(x)), noise added before D
+        from smoothguard.cli._denoised import denoised_labels, load_denoiser, load_denoiser_arg
+
+        if extra.get("denoiser"):
+            raise ValueError(f"the endpoint already applies denoiser {extra['denoiser']}; drop --denoiser")
+        if isinstance(model, torch.nn.Module):
+            model, den_settings = load_denoiser_arg(args.denoiser, model, data.info.input_shape, args.device)
+        else:
+            den, den_settings = load_denoiser(args.denoiser, data.info.input_shape, args.device)
+            model = denoised_labels(den, model)
+        extra.update(den_settings)
     workers = getattr(args, "workers", 1)
     if workers > 1 and args.threads is None:
         torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+    is_module = isinstance(model, torch.nn.Module)
     smoothed = SmoothedClassifier(model, meta["num_classes"], args.sigma, precision=args.precision,
-                                  jit=getattr(args, "jit", False), workers=workers)
+                                  jit=_use_jit(args, model) if is_module else False, workers=workers,
+                                  device=None if is_module else args.device)
     model_path = Path(args.model) if args.model else default_model_path()
     settings = {
         "model": str(model_path.resolve()) if args.model else "embedded:" + model_path.name,
-        "model_sha256": file_sha256(model_path),
+        "model_sha256": None if extra.get("api") else file_sha256(model_path),
         "model_arch": meta.get("arch"),
         "model_noise_sd": meta.get("noise_sd"),
         "data": args.data, "root": args.root, "split": args.split, "skip": args.skip, "max": args.max,
@@ -85,11 +121,12 @@ def build_smoothed(args: argparse.Namespace) -> tuple[SmoothedClassifier, dict[s
         "batch": args.batch, "noise_block": min(NOISE_BLOCK, args.batch), "denoiser": None,
         "device": str(args.device),
     }
+    settings.update(extra)
     return smoothed, settings, data
 
 
 KEY_SETTINGS = ["model_sha256", "data", "root", "split", "skip", "sigma", "alpha", "seed", "precision",
-                "noise_block", "denoiser"]
+                "noise_block", "denoiser", "denoiser_sha256"]
 
 
 def run_rows(
@@ -101,8 +138,9 @@ def run_rows(
     key_settings: Sequence[str],
     group: int,
     compute: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], list[list[Any]]],
-) -> None:
-    """Compute rows for every selected image not yet in ``--out``.
+) -> list[list[str]] | None:
+    """Compute rows for every selected image not yet in ``--out``; return all rows of the
+    run (resumed and new, formatted, in index order), or None on ranks other than 0.
 
     Under torchrun (WORLD_SIZE > 1) rank r takes the selected images r, r + K, ..., writes
     and resumes its own part file ``OUT.partR-of-K``, and rank 0 merges the parts into
@@ -123,9 +161,11 @@ def run_rows(
         writer = None
         print("\t".join(columns), flush=True)
     done = writer.done if writer else {}
+    printed: dict[int, list[str]] = {}
     todo = [i for i in positions if int(data.indices[i]) not in done]
-    correct_col = columns.index("correct")
-    n_correct = sum(int(r[correct_col]) for r in done.values())
+    # a "correct" column, where there is one, drives the running accuracy shown
+    correct_col = columns.index("correct") if "correct" in columns else None
+    n_correct = sum(int(r[correct_col]) for r in done.values()) if correct_col is not None else 0
     n_rows = len(done)
     bar = progress(total=len(positions), initial=len(positions) - len(todo), desc=kind, unit="img",
                    **({"disable": True} if world.rank != 0 else {}))
@@ -142,12 +182,13 @@ def run_rows(
                 if writer:
                     writer.write(row)
                 else:
-                    print("\t".join(format_value(v) for v in row), flush=True)
-                n_correct += int(row[correct_col])
+                    printed[int(row[0])] = [format_value(v) for v in row]
+                    print("\t".join(printed[int(row[0])]), flush=True)
+                n_correct += int(row[correct_col]) if correct_col is not None else 0
                 n_rows += 1
             computed += len(rows)
             bar.update(len(rows))
-            bar.set_postfix(acc=f"{n_correct / max(n_rows, 1):.3f}",
+            bar.set_postfix(**({"acc": f"{n_correct / max(n_rows, 1):.3f}"} if correct_col is not None else {}),
                             img_s=f"{computed / (time.perf_counter() - t_start):.2f}")
     finally:
         bar.close()
@@ -162,6 +203,13 @@ def run_rows(
                 raise ValueError(f"some rows are missing from the parts of {args.out}; rerun to complete them")
             print(f"{kind}: merged {world.size} parts into {args.out} ({len(expected)} rows)", file=sys.stderr)
         barrier()
+        if world.rank != 0:
+            return None
+        merged, _, _ = read_complete_rows(args.out, columns)
+        return [merged[k] for k in sorted(merged)]
     elif writer:
-        print(f"{kind}: {n_rows} rows in {out} ({computed} computed now, {n_rows - computed} resumed); "
-              f"accuracy of the smoothed classifier {n_correct / max(n_rows, 1):.4f}", file=sys.stderr)
+        print(f"{kind}: {n_rows} rows in {out} ({computed} computed now, {n_rows - computed} resumed)"
+              + (f"; accuracy of the smoothed classifier {n_correct / max(n_rows, 1):.4f}"
+                 if correct_col is not None else ""), file=sys.stderr)
+    rows_by_idx = writer.done if writer else printed
+    return [rows_by_idx[k] for k in sorted(rows_by_idx)]

@@ -7,12 +7,11 @@ import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
-import torch
 
-from smoothguard.cli.common import add_data_arguments, load_data, load_model_arg, progress
+from smoothguard.cli.common import (add_channels_last_argument, add_data_arguments, apply_channels_last, load_data,
+                                    load_model_arg)
 
 HELP = "attack a model (PGD, APGD, C&W, Square, ...): per-image adversarial rows and robust accuracy"
 DESCRIPTION = (
@@ -53,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-model", default=None,
                    help="transfer: craft the examples on --model and evaluate them on this checkpoint")
     g.add_argument("--batch", type=int, default=250, help="images per attack call")
+    add_channels_last_argument(g)
     g.add_argument("--out", default=None,
                    help="result TSV (flushed per group; rerun with the same --out to resume). Default: stdout")
     g.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming it")
@@ -191,15 +191,17 @@ def _write_summary(out: str, summary: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from smoothguard.attacks import TransferAttack
-    from smoothguard.evaluation.resultfile import ResultWriter, format_value
+    from smoothguard.cli._smoothing_run import run_rows
 
     validate(args)
     model, meta = load_model_arg(args.model, args.device)
+    model = apply_channels_last(model, args)
     data = load_data(args)
     check_shape(meta, data, "--model")
     target = None
     if args.target_model:
         target, tmeta = load_model_arg(args.target_model, args.device)
+        target = apply_channels_last(target, args)
         check_shape(tmeta, data, "--target-model")
     atk = build_attack(args.attack, model, args.norm, args.eps_value, steps=args.steps, restarts=args.restarts,
                        step_size=args.step_size, loss=args.loss, queries=args.queries, eot=args.eot, seed=args.seed)
@@ -217,52 +219,29 @@ def run(args: argparse.Namespace) -> int:
         "eot": args.eot, "seed": args.seed, "batch": args.batch, "device": str(args.device),
         "attack_repr": repr(atk.source_attack if target is not None else atk),
     }
-    writer = None
-    if args.out:
-        writer = ResultWriter(args.out, COLUMNS, "attack", settings, KEY_SETTINGS, overwrite=args.overwrite).open()
-        done = writer.done
-    else:
-        done = {}
-        print("\t".join(COLUMNS), flush=True)
-    rows_out: list[list[str]] = []
-    todo = [i for i in range(len(data)) if int(data.indices[i]) not in done]
-    bar = progress(total=len(data), initial=len(data) - len(todo), desc=f"attack {args.attack}", unit="img")
-    computed = 0
-    try:
-        for start in range(0, len(todo), args.batch):
-            pos = torch.tensor(todo[start:start + args.batch])
-            x, y, idx = data.images[pos], data.labels[pos], data.indices[pos]
-            t0 = time.perf_counter()
-            res = atk.run(x, y)
-            per_image = (time.perf_counter() - t0) / len(pos)
-            succ = res.adv_pred.cpu() != y  # untargeted; a clean misclassification counts
-            for i, lab, cp, ap, nv, s in zip(idx.tolist(), y.tolist(), res.clean_pred.tolist(),
-                                             res.adv_pred.tolist(), res.norms.tolist(), succ.tolist()):
-                row = [int(i), int(lab), int(cp), int(ap), float(nv), int(s), per_image]
-                if writer:
-                    writer.write(row)
-                else:
-                    text = [format_value(v) for v in row]
-                    rows_out.append(text)
-                    print("\t".join(text), flush=True)
-            computed += len(pos)
-            bar.update(len(pos))
-    finally:
-        bar.close()
-        if writer:
-            writer.close()
-    all_rows = [writer.done[k] for k in sorted(writer.done)] if writer else rows_out
+    def compute(x, y, idx):
+        res = atk.run(x, y)
+        succ = res.adv_pred.cpu() != y  # untargeted; a clean misclassification counts
+        return [[int(i), int(lab), int(cp), int(ap), float(nv), int(s)]
+                for i, lab, cp, ap, nv, s in zip(idx.tolist(), y.tolist(), res.clean_pred.tolist(),
+                                                 res.adv_pred.tolist(), res.norms.tolist(), succ.tolist())]
+
+    # the one per-image row loop of certify/predict: resumable --out, torchrun sharding into
+    # per-rank part files merged by rank 0 (attack rows depend on the batch an image was in:
+    # an attack's random starts are drawn per batch from --seed)
+    all_rows = run_rows(args, data, COLUMNS, "attack", settings, KEY_SETTINGS, args.batch, compute)
+    if all_rows is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     summary = summarize(all_rows, args.eps_value)
     eps_txt = "none (minimal)" if args.eps_value is None else f"{args.eps_value:g}"
     where = f" on target {args.target_model}" if args.target_model else ""
-    print(f"attack {args.attack} ({args.norm}, eps {eps_txt}){where}: {summary['n']} images "
-          f"({computed} computed now, {summary['n'] - computed} resumed)\n"
+    print(f"attack {args.attack} ({args.norm}, eps {eps_txt}){where}: {summary['n']} images\n"
           f"  clean accuracy  {summary['clean_accuracy']:.4f}\n"
           f"  robust accuracy {summary['robust_accuracy']:.4f}\n"
           f"  success rate on correctly classified {summary['success_rate_on_correct']:.4f}\n"
           f"  mean {args.norm} norm of successful perturbations {summary['mean_norm_successful']:.4f} "
           f"(median {summary['median_norm_successful']:.4f}; max over all rows {summary['max_norm']:.4f})",
           file=sys.stderr if not args.out else sys.stdout)
-    if writer:
+    if args.out:
         _write_summary(args.out, summary)
     return 0

@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated l2 radii, e.g. 0.25,0.5,0.75: certify the largest of them per image with "
                         "a sequential test that stops as soon as the answer is clear (rows add n_used)")
     g.add_argument("--n-max", type=int, default=100_000, help="adaptive mode: most estimation samples per image")
+    g.add_argument("--futility-alpha", type=float, default=0.05,
+                   help="adaptive mode: stop early once a larger radius is out of reach with this confidence "
+                        "level (does not affect the guarantee; smaller = closer to fixed n_max, more samples)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,20 +62,23 @@ def _run_adaptive(args: argparse.Namespace) -> int:
         raise ValueError(f"--radii needs radii >= 0, e.g. 0.25,0.5,0.75; got {args.radii!r}")
     if args.n_max < 1:
         raise ValueError(f"--n-max must be >= 1, got {args.n_max}")
+    if not 0.0 < args.futility_alpha < 1.0:
+        raise ValueError(f"--futility-alpha must be in (0, 1), got {args.futility_alpha}")
     smoothed, settings, data = build_smoothed(args)
     schedule = default_schedule(args.n_max)
     settings.update(n0=args.n0, n=args.n_max, n_max=args.n_max, radii=sorted(radii), schedule=schedule,
-                    mode="adaptive")
+                    futility_alpha=args.futility_alpha, mode="adaptive")
 
     def compute(x, y, idx):
         res = certify_adaptive(smoothed, x, radii, args.n0, args.n_max, args.alpha, args.batch,
-                               seeds=[image_seed(args.seed, i) for i in idx.tolist()])
+                               seeds=[image_seed(args.seed, i) for i in idx.tolist()],
+                               futility_alpha=args.futility_alpha)
         return [[int(i), int(lab), int(p), float(r), int(p == lab), int(u)]
                 for i, lab, p, r, u in zip(idx.tolist(), y.tolist(), res.prediction.tolist(), res.radius.tolist(),
                                            res.n_used.tolist())]
 
     group = max(1, min(16, args.batch // max(args.n0, 1)))
-    run_rows(args, data, ADAPTIVE_COLUMNS, "certify", settings, KEY_SETTINGS + ["n0", "n_max", "radii", "mode"],
+    run_rows(args, data, ADAPTIVE_COLUMNS, "certify", settings, KEY_SETTINGS + ["n0", "n_max", "radii", "futility_alpha", "mode"],
              group, compute)
     return 0
 

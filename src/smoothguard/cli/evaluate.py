@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from smoothguard.cli.common import add_data_arguments, load_data, load_model_arg, parse_floats, progress
+from smoothguard.cli.common import (add_channels_last_argument, add_data_arguments, apply_channels_last, load_data,
+                                    load_model_arg, parse_floats, progress)
 
 HELP = "evaluate robustness: a cascade of attacks (FGSM, PGD, APGD, Square, transfer) -> worst-case table + plots"
 DESCRIPTION = (
@@ -55,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fraction of points black-box/transfer rows may fool beyond the white-box rows "
                         "before the gradient-masking warning")
     g.add_argument("--batch", type=int, default=500, help="images per attack call")
+    add_channels_last_argument(g)
     c = p.add_argument_group("curves and figures")
     c.add_argument("--eps-grid", default=None, help="eps values for the --norm curve (comma-separated)")
     c.add_argument("--eps-grid-linf", default=None, help="eps values of the linf curve (default 0,.02,.05,.075,.1,.15,.2,.3)")
@@ -175,11 +177,13 @@ def run(args: argparse.Namespace) -> int:
     validate(args)
     t_all = time.perf_counter()
     model, meta = load_model_arg(args.model, args.device)
+    model = apply_channels_last(model, args)
     data = load_data(args)
     check_shape(meta, data, "--model")
     sources = []
     for s in args.sources:
         sm, smeta = load_model_arg(s, args.device)
+        sm = apply_channels_last(sm, args)
         check_shape(smeta, data, "--transfer-from")
         sources.append((Path(s).name, sm))
     out_dir = Path(args.out_dir)
@@ -264,8 +268,11 @@ def run(args: argparse.Namespace) -> int:
         from smoothguard.evaluation.attack_plots import plot_adversarial_grid
 
         pick = select_grid_examples(ev, args.grid_examples)
-        figures += [str(p) for p in plot_adversarial_grid(ev, x, pick.tolist(), out_dir / "examples",
-                                                          class_names=data.info.class_names)]
+        if len(pick):  # none when the model misclassifies every image: nothing to show
+            figures += [str(p) for p in plot_adversarial_grid(ev, x, pick.tolist(), out_dir / "examples",
+                                                              class_names=data.info.class_names)]
+        else:
+            print("evaluate: no correctly classified image, so no adversarial-example grid", file=sys.stderr)
     result["figures"] = figures
     result["seconds_total"] = time.perf_counter() - t_all
 

@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from smoothguard.data import Dataset
+from smoothguard.distributed import World, barrier
 from smoothguard.models.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from smoothguard.models.noise import noise_generator
 from smoothguard.training.objectives import Objective, StepContext
 from smoothguard.utils import derive_seed, make_generator, model_device
 
@@ -107,7 +109,8 @@ def evaluate_accuracy(
         y = data.labels[start:start + batch_size].to(device)
         if noise_sd > 0:
             x = x + noise_sd * torch.randn(x.shape, generator=gen, device=device)
-        logits = model(x)
+        with noise_generator(model, gen):  # noise-injection layers (if any) draw from gen too
+            logits = model(x)
         total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
     model.train(was_training)
@@ -126,8 +129,20 @@ class Trainer:
         config: TrainConfig,
         meta: dict[str, Any] | None = None,
         callback: TrainCallback | None = None,
+        world: World | None = None,
     ) -> None:
+        """``world``: the torchrun process group (see :mod:`smoothguard.distributed`). With
+        K > 1 ranks every minibatch of ``batch_size`` is split across the ranks, each rank
+        back-propagates its share and the gradients are averaged (weighted by share size)
+        before every optimizer step, so the ranks stay identical and the update is the
+        single-process one up to float rounding (batch-norm statistics excepted, as in
+        DistributedDataParallel). The gradients are reduced explicitly rather than by the
+        DistributedDataParallel wrapper because objectives run extra forward/backward
+        passes per step (attacks, TRADES' clean and adversarial passes, m noise draws)
+        that DDP's reducer does not allow between two optimizer steps. Rank 0 evaluates,
+        writes the log and the checkpoints; every rank can resume from them."""
         self.model = model
+        self.world = world or World()
         self.objective = objective
         self.config = config
         self.meta = dict(meta or {})
@@ -145,6 +160,7 @@ class Trainer:
         meta["objective"] = self.objective.name
         meta["noise_sd"] = self.objective.noise_sd
         meta["seed"] = self.config.seed
+        meta["world_size"] = self.world.size  # torchrun ranks that shared each minibatch
         if self.history:
             last = self.history[-1]
             meta["metrics"] = {k: v for k, v in last.items() if k != "epoch"}
@@ -210,12 +226,16 @@ class Trainer:
         n = len(train)
         steps = math.ceil(n / cfg.batch_size)
         eval_sd = cfg.eval_noise_sd if cfg.eval_noise_sd is not None else (self.objective.noise_sd or 0.25)
+        world = self.world
+        if world.distributed:
+            _broadcast_module(self.model)  # every rank starts from rank 0's weights
         for epoch in range(self.start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             self.model.train()
             order_gen = make_generator(derive_seed(cfg.seed, "order", epoch))
             order = torch.randperm(n, generator=order_gen)
-            noise_gen = make_generator(derive_seed(cfg.seed, "noise", epoch), device)
+            noise_gen = make_generator(derive_seed(cfg.seed, "noise", epoch, *(
+                [world.rank] if world.distributed else [])), device)
             lr = self.optimizer.param_groups[0]["lr"]
             sums: dict[str, float] = {"loss": 0.0, "correct": 0.0, "count": 0.0}
             extra: dict[str, float] = {}
@@ -223,12 +243,23 @@ class Trainer:
                 self.callback.on_epoch_start(epoch, steps)
             for step in range(steps):
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                share = len(idx)
+                if world.distributed:
+                    share, idx = len(idx), idx[world.rank::world.size]
+                    if len(idx) == 0:  # a last minibatch smaller than the number of ranks
+                        self.optimizer.zero_grad(set_to_none=True)
+                        _average_gradients(self.model, 0.0)
+                        self.optimizer.step()
+                        continue
                 x = train.images[idx].to(device, non_blocking=True)
                 y = train.labels[idx].to(device, non_blocking=True)
                 ctx = StepContext(epoch, cfg.epochs, step, steps, noise_gen)
-                out_step = self.objective(self.model, x, y, ctx)
+                with noise_generator(self.model, noise_gen):  # noise-injection layers: seeded too
+                    out_step = self.objective(self.model, x, y, ctx)
                 self.optimizer.zero_grad(set_to_none=True)
                 out_step.loss.backward()
+                if world.distributed:
+                    _average_gradients(self.model, len(idx) / share)
                 self.optimizer.step()
                 bs = len(y)
                 loss_v = float(out_step.loss.detach())
@@ -244,6 +275,9 @@ class Trainer:
                 if self.callback:
                     self.callback.on_step(epoch, step, loss_v, acc_v)
             self.scheduler.step()
+            if world.distributed:
+                sums, extra = _sum_over_ranks(sums, extra)
+                _broadcast_module(self.model, buffers_only=True)  # batch-norm statistics: rank 0's
             row: dict[str, Any] = {
                 "epoch": epoch + 1,
                 "lr": lr,
@@ -251,25 +285,79 @@ class Trainer:
                 "train_acc": sums["correct"] / sums["count"],
             }
             row.update({k: v / sums["count"] for k, v in extra.items()})
-            if test is not None and len(test):
-                row["test_loss"], row["test_acc"] = evaluate_accuracy(self.model, test, 0.0, cfg.eval_batch_size)
+            eval_model = self.objective.eval_model(self.model)  # a denoiser is evaluated as f(D(x))
+            if test is not None and len(test) and eval_model is not None and world.rank == 0:
+                row["test_loss"], row["test_acc"] = evaluate_accuracy(eval_model, test, 0.0, cfg.eval_batch_size)
                 if eval_sd > 0:
                     row["noise_sd"] = eval_sd
                     row["noisy_test_loss"], row["noisy_test_acc"] = evaluate_accuracy(
-                        self.model, test, eval_sd, cfg.eval_batch_size, seed=derive_seed(cfg.seed, "eval"))
+                        eval_model, test, eval_sd, cfg.eval_batch_size, seed=derive_seed(cfg.seed, "eval"))
             seconds = time.perf_counter() - t0
-            self.elapsed += seconds
             row["seconds"] = seconds
+            if world.distributed:  # every rank keeps rank 0's row (its test metrics and time)
+                row = _from_rank0(row)
+            self.elapsed += row["seconds"]
             self.history.append(row)
-            if out is not None:
+            if out is not None and world.rank == 0:
                 save_checkpoint(out / CHECKPOINT_NAME, self.model, self._full_meta(), self._train_state())
                 self._write_log(out)
+            if world.distributed:
+                barrier()
             if self.callback:
                 self.callback.on_epoch_end(epoch, row)
-        if out is not None:
+        if out is not None and world.rank == 0:
             save_checkpoint(out / MODEL_NAME, self.model, self._full_meta())
+        if world.distributed:
+            barrier()
         self.model.eval()
         return self.history
+
+
+def _average_gradients(model: nn.Module, weight: float) -> None:
+    """Sum ``weight`` x this rank's gradients over the ranks (weights sum to 1 over the
+    ranks of one minibatch): the gradient of the whole minibatch's mean loss."""
+    import torch.distributed as dist
+
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        if p.grad is None:  # unused by this rank's loss (or an empty share): contributes 0
+            p.grad = torch.zeros_like(p)
+        else:
+            p.grad.mul_(weight)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+
+def _broadcast_module(model: nn.Module, buffers_only: bool = False) -> None:
+    import torch.distributed as dist
+
+    tensors = list(model.buffers()) if buffers_only else [*model.parameters(), *model.buffers()]
+    with torch.no_grad():
+        for t in tensors:
+            dist.broadcast(t.data, src=0)
+
+
+def _sum_over_ranks(sums: dict[str, float], extra: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (sums, extra))
+    total: dict[str, float] = {}
+    total_extra: dict[str, float] = {}
+    for s, e in gathered:
+        for k, v in s.items():
+            total[k] = total.get(k, 0.0) + v
+        for k, v in e.items():
+            total_extra[k] = total_extra.get(k, 0.0) + v
+    return total, total_extra
+
+
+def _from_rank0(obj: Any) -> Any:
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _fmt(v: Any) -> str:

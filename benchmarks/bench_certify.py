@@ -140,7 +140,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=20)
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=2000, help="forward batch of our implementation")
+    ap.add_argument("--batch", type=int, default=400, help="forward batch of our implementation")
     ap.add_argument("--bf16-images", type=int, default=5, help="images on which bf16 is timed")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--models", default="lenet,madry_cnn",

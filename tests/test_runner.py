@@ -247,3 +247,13 @@ def test_python_310_without_tomli_gets_a_clear_message(tmp_path, monkeypatch):
     monkeypatch.setitem(_sys.modules, "tomli", None)  # and tomli not installed
     with pytest.raises(ExperimentError, match="pip install tomli"):
         load_toml(_write(tmp_path, "[certify.a]\n"))
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("experiments/*.toml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_experiment_file_validates(path, tmp_path):
+    from smoothguard.cli.experiment import load_experiment
+
+    exp = load_experiment(path, run_dir=tmp_path / "run")
+    assert exp is not None
+    assert not (tmp_path / "run").exists()  # validation writes nothing

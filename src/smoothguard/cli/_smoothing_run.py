@@ -25,18 +25,19 @@ def add_smoothing_arguments(p: argparse.ArgumentParser) -> None:
     add_data_arguments(p, default="demo")
     p.add_argument("--sigma", type=float, default=0.25, help="noise sd in [0,1] pixel units")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
-    p.add_argument("--batch", type=int, default=2000,
-                   help="noisy images per forward pass (results do not depend on it for batches >= 100; larger is "
-                        "faster up to memory limits)")
+    p.add_argument("--batch", type=int, default=400,
+                   help="noisy images per forward pass (results do not depend on it for batches >= 100; on CPUs "
+                        "400 was fastest here, on GPUs use 10000 or more)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="fp32 (exact) or bf16 autocast (faster; may flip a few votes)")
     p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
                    help="run the model TorchScript-frozen (conv+ReLU fusion; checked against the eager model, "
                         "falls back to it with a warning). Default: on for CPU, off on GPUs (measured slower "
                         "there, see BENCHMARKS.md)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="threads running forward passes concurrently (results identical); with --workers 2 and "
-                        "no --threads, each forward pass gets half of torch's threads")
+    p.add_argument("--workers", type=int, default=None,
+                   help="threads running forward passes concurrently while the main thread draws the next noise "
+                        "(results identical); torch's threads are split among them. Default: 2 on a CPU with at "
+                        "least 2 threads, else 1")
     p.add_argument("--out", default=None,
                    help="result TSV (flushed row by row; rerun with the same --out to resume). Default: stdout")
     p.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming it")
@@ -65,7 +66,7 @@ def validate_smoothing_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--skip must be >= 1, got {args.skip}")
     if args.max < -1 or args.max == 0:
         raise ValueError(f"--max must be a positive count or -1 (all), got {args.max}")
-    if getattr(args, "workers", 1) < 1:
+    if getattr(args, "workers", None) is not None and args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
 
 
@@ -103,9 +104,13 @@ def build_smoothed(args: argparse.Namespace) -> tuple[SmoothedClassifier, dict[s
             den, den_settings = load_denoiser(args.denoiser, data.info.input_shape, args.device)
             model = denoised_labels(den, model)
         extra.update(den_settings)
-    workers = getattr(args, "workers", 1)
-    if workers > 1 and args.threads is None:
-        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+    workers = getattr(args, "workers", None)
+    total = torch.get_num_threads()  # --threads, applied already
+    if workers is None:  # the pipeline measured 1.2-1.9x faster on 2 CPU threads (BENCHMARKS.md)
+        on_cpu = isinstance(model, torch.nn.Module) and model_device(model).type == "cpu"
+        workers = 2 if on_cpu and total >= 2 else 1
+    if workers > 1:  # the workers share the cores rather than each op using all of them
+        torch.set_num_threads(max(1, total // workers))
     is_module = isinstance(model, torch.nn.Module)
     smoothed = SmoothedClassifier(model, meta["num_classes"], args.sigma, precision=args.precision,
                                   jit=_use_jit(args, model) if is_module else False, workers=workers,

@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", default="smoothguard-demo", help="folder for the TSV and the plot")
     p.add_argument("--count", type=int, default=100, help="number of bundled images to certify (at most 500)")
     p.add_argument("--n", type=int, default=10_000, help="noise samples per image for the estimate")
-    p.add_argument("--batch", type=int, default=2000, help="noisy images per forward pass")
+    p.add_argument("--batch", type=int, default=400, help="noisy images per forward pass")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="fp32 or bf16 autocast")
 
 
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     ns = argparse.Namespace(
         model=None, data="demo", root=None, split="test", image_size=32, channels=1, skip=skip, max=args.count,
         sigma=0.25, alpha=0.001, n0=100, n=args.n, batch=args.batch, precision=args.precision,
-        out=str(tsv), overwrite=False, jit=None, workers=1, threads=args.threads, device=args.device, seed=args.seed,
+        out=str(tsv), overwrite=False, jit=None, workers=None, threads=args.threads, device=args.device, seed=args.seed,
     )
     print(f"Certifying {args.count} bundled Fashion-MNIST test images with the embedded LeNet "
           f"(sigma 0.25, n {args.n}, alpha 0.001) ...", file=sys.stderr)

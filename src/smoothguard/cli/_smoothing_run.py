@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from smoothguard.cli.common import add_data_arguments, load_data, load_model_arg, progress
+from smoothguard.cli.common import add_data_arguments, load_data, load_model_arg, progress, validate_selection
 from smoothguard.distributed import World, barrier
 from smoothguard.evaluation.resultfile import ResultWriter, format_value, merge_parts, read_complete_rows
 from smoothguard.models.checkpoint import default_model_path
@@ -62,10 +62,7 @@ def validate_smoothing_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"alpha must be in (0, 1), got {args.alpha}")
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
-    if args.skip < 1:
-        raise ValueError(f"--skip must be >= 1, got {args.skip}")
-    if args.max < -1 or args.max == 0:
-        raise ValueError(f"--max must be a positive count or -1 (all), got {args.max}")
+    validate_selection(args)
     if getattr(args, "workers", None) is not None and args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
 

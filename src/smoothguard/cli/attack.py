@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 from smoothguard.cli.common import (add_channels_last_argument, add_data_arguments, apply_channels_last, load_data,
-                                    load_model_arg)
+                                    load_model_arg, validate_selection)
 
 HELP = "attack a model (PGD, APGD, C&W, Square, ...): per-image adversarial rows and robust accuracy"
 DESCRIPTION = (
@@ -107,10 +107,7 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--eot must be an integer >= 1; got {args.eot}")
     if args.batch < 1:
         raise ValueError(f"--batch must be an integer >= 1; got {args.batch}")
-    if args.skip < 1:
-        raise ValueError(f"--skip must be an integer >= 1; got {args.skip}")
-    if args.max < -1 or args.max == 0:
-        raise ValueError(f"--max must be a positive count or -1 (all); got {args.max}")
+    validate_selection(args)
 
 
 def build_attack(name: str, model, norm: str, eps: float | None, *, steps: int | None, restarts: int,

@@ -66,6 +66,14 @@ def load_model_arg(path: str | None, device: torch.device):
     return load_checkpoint(path, device)
 
 
+def validate_selection(args: argparse.Namespace) -> None:
+    """The --skip/--max selection every per-image command takes."""
+    if args.skip < 1:
+        raise ValueError(f"--skip must be an integer >= 1; got {args.skip}")
+    if args.max < -1 or args.max == 0:
+        raise ValueError(f"--max must be a positive count or -1 (all); got {args.max}")
+
+
 def add_channels_last_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="run the model's convolutions in channels_last memory format (faster on CPUs with "

@@ -77,8 +77,14 @@ def main(argv=None) -> int:
     workers = 2 if device.type == "cpu" and args.threads >= 2 else 1
     smoothed = SmoothedClassifier(model, 10, SIGMA, jit=device.type == "cpu", workers=workers)
 
-    def ours_threads():  # the workers share the cores; the straightforward side gets them all
+    def ours(fn):  # (result, seconds) of our call; the workers share the cores, the reference gets them all
         torch.set_num_threads(max(1, args.threads // workers))
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        torch.set_num_threads(args.threads)
+        return out, time.perf_counter() - t0
     grid = [0.0, *radii]
 
     pred_a = np.zeros(len(y_all), dtype=np.int64)
@@ -89,15 +95,10 @@ def main(argv=None) -> int:
     for start in range(0, len(y_all), args.chunk):
         sl = slice(start, min(start + args.chunk, len(y_all)))
         seeds = [image_seed(args.seed, int(i)) for i in idx_all[sl]]
-        ours_threads()
-        _sync(device)
-        t0 = time.perf_counter()
-        res = certify_adaptive(smoothed, x_all[sl].to(device), radii, n0=N0, n_max=args.n_max, alpha=ALPHA,
-                               batch_size=args.batch, seeds=seeds)
-        _sync(device)
-        t_adaptive += time.perf_counter() - t0
+        res, sec = ours(lambda: certify_adaptive(smoothed, x_all[sl].to(device), radii, n0=N0, n_max=args.n_max,
+                                                 alpha=ALPHA, batch_size=args.batch, seeds=seeds))
+        t_adaptive += sec
         pred_a[sl], rad_a[sl], used_a[sl] = res.prediction.numpy(), res.radius.numpy(), res.n_used.numpy()
-        torch.set_num_threads(args.threads)
         for i in range(sl.start, sl.stop):
             if i % args.every == 0:
                 _sync(device)
@@ -115,12 +116,9 @@ def main(argv=None) -> int:
         for start in range(0, len(y_all), args.chunk):
             sl = slice(start, min(start + args.chunk, len(y_all)))
             seeds = [image_seed(args.seed, int(i)) for i in idx_all[sl]]
-            ours_threads()
-            _sync(device)
-            t0 = time.perf_counter()
-            r = smoothed.certify_batch(x_all[sl].to(device), N0, N_FIXED, ALPHA, args.batch, seeds=seeds)
-            _sync(device)
-            t_fixed += time.perf_counter() - t0
+            r, sec = ours(lambda: smoothed.certify_batch(x_all[sl].to(device), N0, N_FIXED, ALPHA, args.batch,
+                                                         seeds=seeds))
+            t_fixed += sec
             pf[sl], rf[sl] = r.prediction.numpy(), r.radius.numpy()
         fixed = (pf, rf)
 

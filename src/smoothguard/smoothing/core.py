@@ -151,11 +151,16 @@ class SmoothedClassifier:
                           stacklevel=3)
             return model
 
-    def _classify(self, batch: torch.Tensor) -> torch.Tensor:
+    def _raw(self, batch: torch.Tensor) -> torch.Tensor:
+        """The base classifier's outputs (logits or labels) under this classifier's
+        precision and, with ``jit``, its frozen copy."""
         if self._forward is None:
             self._forward = self._trace(batch)
         with self._autocast():
-            out = self._forward(batch)
+            return self._forward(batch)
+
+    def _classify(self, batch: torch.Tensor) -> torch.Tensor:
+        out = self._raw(batch)
         if out.dim() == 1:  # a label function (query-only classifier): check before counting
             if out.dtype.is_floating_point or out.dtype.is_complex or out.dtype == torch.bool:
                 raise ValueError(f"base classifier returned labels of dtype {out.dtype}; expected integers")
@@ -184,24 +189,17 @@ class SmoothedClassifier:
             draws = [None] * count
         return [make_generator(s, self.device) for s in draws]
 
-    def sample_counts(
+    def _prepare(
         self,
         x: torch.Tensor,
         num: int,
-        batch_size: int = 400,
-        *,
-        generators: Sequence[torch.Generator] | None = None,
-        seeds: Sequence[int] | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Class counts of f(x_i + d) over ``num`` noise draws per image: int64 (B, K).
-
-        ``x`` is one image (C, H, W) or a batch (B, C, H, W). Noise comes from
-        ``generators`` (one per image, advanced in place), else from ``seeds`` (one per
-        image), else from per-image seeds drawn from ``generator`` (fresh entropy when
-        None). Forward batches hold up to ``batch_size`` noisy images, possibly of
-        several input images.
-        """
+        batch_size: int,
+        generators: Sequence[torch.Generator] | None,
+        seeds: Sequence[int] | None,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, list[torch.Generator]]:
+        """Checked (B, C, H, W) images on the device in the sampler's memory format, and one
+        noise generator per image (``generators``, else ``seeds``, else drawn from ``generator``)."""
         if x.dim() == 3:
             x = x.unsqueeze(0)
         if x.dim() != 4:
@@ -214,15 +212,36 @@ class SmoothedClassifier:
         gens = list(generators) if generators is not None else self._generators(count, seeds, generator)
         if len(gens) != count:
             raise ValueError(f"need one generator per image: {count} images, {len(gens)} generators")
-        x = x.to(self.device, torch.float32)
         mf = torch.channels_last if self.memory_format == "channels_last" else torch.contiguous_format
-        x = x.contiguous(memory_format=mf)
-        k = self.num_classes
+        return x.to(self.device, torch.float32).contiguous(memory_format=mf), gens
+
+    def _noise_sum(
+        self,
+        x: torch.Tensor,
+        gens: Sequence[torch.Generator],
+        num: int,
+        batch_size: int,
+        score: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The one sampling loop: for each image, ``num`` noisy copies x_i + d (d from the
+        image's generator in blocks of min(NOISE_BLOCK, batch_size) draws, so a stream does
+        not depend on the batching), packed into forward batches of up to ``batch_size``
+        copies of possibly several images, run by ``workers`` threads.
+
+        Without ``score``: class counts of the base classifier's labels, int64 (B, K). With
+        ``score`` (batch -> float (n, K) per-copy weights): the sums of the weights, float64
+        (B, K). On the device.
+        """
+        count, k = x.shape[0], self.num_classes
+        mf = torch.channels_last if self.memory_format == "channels_last" else torch.contiguous_format
         block = min(NOISE_BLOCK, batch_size)
         # blocks (image, size) in order; each image's blocks are drawn from its own generator
         full, tail = divmod(num, block)
         sizes = [block] * full + ([tail] if tail else [])
-        counts = torch.zeros(count * k, dtype=torch.int64, device=self.device)
+        if score is None:
+            totals = torch.zeros(count * k, dtype=torch.int64, device=self.device)
+        else:
+            totals = torch.zeros(count, k, dtype=torch.float64, device=self.device)
 
         def plans():
             plan, filled = [], 0
@@ -249,16 +268,20 @@ class SmoothedClassifier:
 
         def forward(noisy: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
-                return self._classify(noisy)
+                return self._classify(noisy) if score is None else score(noisy)
 
-        def accumulate(preds: torch.Tensor, plan: list[tuple[int, int]]) -> None:
-            if plan[0][0] == plan[-1][0]:
+        def owners(plan: list[tuple[int, int]]) -> torch.Tensor:
+            return torch.repeat_interleave(torch.tensor([p[0] for p in plan], device=self.device),
+                                           torch.tensor([p[1] for p in plan], device=self.device))
+
+        def accumulate(out: torch.Tensor, plan: list[tuple[int, int]]) -> None:
+            if score is not None:
+                totals.index_add_(0, owners(plan), out.to(torch.float64))
+            elif plan[0][0] == plan[-1][0]:
                 img = plan[0][0]
-                counts[img * k:(img + 1) * k] += torch.bincount(preds, minlength=k)[:k]
+                totals[img * k:(img + 1) * k] += torch.bincount(out, minlength=k)[:k]
             else:
-                ids = torch.repeat_interleave(torch.tensor([p[0] for p in plan], device=self.device),
-                                              torch.tensor([p[1] for p in plan], device=self.device))
-                counts.index_add_(0, ids * k + preds, torch.ones_like(preds))
+                totals.index_add_(0, owners(plan) * k + out, torch.ones_like(out))
 
         workers = self.workers
         bufs = [torch.empty((batch_size, *x.shape[1:]), device=self.device, dtype=torch.float32, memory_format=mf)
@@ -287,8 +310,30 @@ class SmoothedClassifier:
                     while in_flight:
                         fut, done_plan = in_flight.popleft()
                         accumulate(fut.result(), done_plan)
-        counts = counts.view(count, k).cpu()
-        if int(counts.sum()) != count * num:
+        return totals.view(count, k)
+
+    def sample_counts(
+        self,
+        x: torch.Tensor,
+        num: int,
+        batch_size: int = 400,
+        *,
+        generators: Sequence[torch.Generator] | None = None,
+        seeds: Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Class counts of f(x_i + d) over ``num`` noise draws per image: int64 (B, K).
+
+        ``x`` is one image (C, H, W) or a batch (B, C, H, W). Noise comes from
+        ``generators`` (one per image, advanced in place), else from ``seeds`` (one per
+        image), else from per-image seeds drawn from ``generator`` (fresh entropy when
+        None). Forward batches hold up to ``batch_size`` noisy images, possibly of
+        several input images.
+        """
+        x, gens = self._prepare(x, num, batch_size, generators, seeds, generator)
+        counts = self._noise_sum(x, gens, num, batch_size)
+        counts = counts.cpu()
+        if int(counts.sum()) != x.shape[0] * num:
             raise ValueError("base classifier returned labels outside [0, num_classes)")
         return counts
 

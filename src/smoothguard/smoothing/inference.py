@@ -37,7 +37,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from smoothguard.smoothing.core import NOISE_BLOCK, SmoothedClassifier
+from smoothguard.smoothing.core import SmoothedClassifier
 from smoothguard.utils import make_generator
 
 VOTE_METHODS = ("hard", "soft", "soft_logits", "weighted")
@@ -101,13 +101,9 @@ def vote_scores(outputs: torch.Tensor, method: str, num_classes: int | None = No
 
 
 def _outputs(smoothed: SmoothedClassifier, batch: torch.Tensor) -> torch.Tensor:
-    """Raw outputs (logits or labels) of the base classifier, with the classifier's own
-    precision and (when ``jit``) its frozen copy: the forward pass of ``_classify``
-    without the reduction to labels."""
-    if smoothed._forward is None:
-        smoothed._forward = smoothed._trace(batch)
-    with smoothed._autocast():
-        out = smoothed._forward(batch)
+    """Raw outputs (logits or labels) of the base classifier: the forward pass of the
+    sampler without the reduction to labels."""
+    out = smoothed._raw(batch)
     if out.shape[0] != batch.shape[0]:
         raise ValueError(f"base classifier returned {out.shape[0]} outputs for {batch.shape[0]} inputs")
     return out
@@ -133,57 +129,16 @@ def smoothed_scores(
     ``m * scores`` of ``hard`` equals its counts). Forward batches pack up to
     ``batch_size`` noisy copies, possibly of several images.
 
-    ``sample_counts`` is not called because it reduces each pass to its argmax inside the
-    forward loop; the vote methods need the logits.
+    It runs the sampler's one loop (:meth:`SmoothedClassifier._noise_sum`, workers
+    included) with the vote weights of each noisy pass in place of its argmax.
     """
     check_method(method)
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
-    if x.dim() != 4:
-        raise ValueError(f"x must be (C, H, W) or (B, C, H, W), got shape {tuple(x.shape)}")
     if int(m) < 1:
         raise ValueError(f"the number of noise samples m must be >= 1, got {m}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    m, count, k = int(m), x.shape[0], smoothed.num_classes
-    gens = list(generators) if generators is not None else smoothed._generators(count, seeds, generator)
-    if len(gens) != count:
-        raise ValueError(f"need one generator per image: {count} images, {len(gens)} generators")
-    device = smoothed.device
-    mf = torch.channels_last if smoothed.memory_format == "channels_last" else torch.contiguous_format
-    x = x.to(device, torch.float32).contiguous(memory_format=mf)
-    block = min(NOISE_BLOCK, batch_size)
-    full, tail = divmod(m, block)
-    sizes = [block] * full + ([tail] if tail else [])
-    scores = torch.zeros(count, k, dtype=torch.float64, device=device)
-    pending: list[torch.Tensor] = []
-    owners: list[int] = []
-    filled = 0
-
-    def flush() -> None:
-        nonlocal filled
-        batch = pending[0] if len(pending) == 1 else torch.cat(pending)
-        weights = draw_weights(_outputs(smoothed, batch), method, k).double()
-        ids = torch.repeat_interleave(torch.tensor(owners, device=device),
-                                      torch.tensor([p.shape[0] for p in pending], device=device))
-        scores.index_add_(0, ids, weights)
-        pending.clear()
-        owners.clear()
-        filled = 0
-
-    with torch.inference_mode():
-        for img in range(count):
-            for size in sizes:
-                if filled + size > batch_size:
-                    flush()
-                seg = torch.empty((size, *x.shape[1:]), device=device, dtype=torch.float32, memory_format=mf)
-                seg.normal_(0.0, smoothed.sigma, generator=gens[img])
-                seg.add_(x[img])
-                pending.append(seg)
-                owners.append(img)
-                filled += size
-        if pending:
-            flush()
+    m, k = int(m), smoothed.num_classes
+    x, gens = smoothed._prepare(x, m, batch_size, generators, seeds, generator)
+    scores = smoothed._noise_sum(x, gens, m, batch_size,
+                                 score=lambda batch: draw_weights(_outputs(smoothed, batch), method, k))
     return (scores / m).float().cpu()
 
 

@@ -118,6 +118,24 @@ def evaluate_accuracy(
     return total_loss / n, correct / n
 
 
+class ObjectiveStep(nn.Module):
+    """One training step's loss as the forward of a module: ``objective(model, x, y, ctx)``.
+
+    Under torchrun the Trainer wraps this module, not the bare model, in
+    DistributedDataParallel: the objective may call the model many times (attacks, clean
+    and adversarial passes, noise draws), but DDP sees one forward per backward. Only the
+    model's parameters belong to this module (the objective's frozen networks, if any,
+    are not registered)."""
+
+    def __init__(self, model: nn.Module, objective: Objective) -> None:
+        super().__init__()
+        self.model = model
+        self._objective = [objective]  # a list keeps any modules inside it unregistered
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, ctx: StepContext):
+        return self._objective[0](self.model, x, y, ctx)
+
+
 class Trainer:
     """Trains ``model`` with ``objective``; writes ``log.tsv``, ``checkpoint.pt`` (every
     epoch, resumable) and ``model.pt`` (final weights and metadata) into ``out_dir``."""
@@ -132,15 +150,18 @@ class Trainer:
         world: World | None = None,
     ) -> None:
         """``world``: the torchrun process group (see :mod:`smoothguard.distributed`). With
-        K > 1 ranks every minibatch of ``batch_size`` is split across the ranks, each rank
-        back-propagates its share and the gradients are averaged (weighted by share size)
-        before every optimizer step, so the ranks stay identical and the update is the
-        single-process one up to float rounding (batch-norm statistics excepted, as in
-        DistributedDataParallel). The gradients are reduced explicitly rather than by the
-        DistributedDataParallel wrapper because objectives run extra forward/backward
-        passes per step (attacks, TRADES' clean and adversarial passes, m noise draws)
-        that DDP's reducer does not allow between two optimizer steps. Rank 0 evaluates,
-        writes the log and the checkpoints; every rank can resume from them."""
+        K > 1 ranks every minibatch of ``batch_size`` is split across the ranks and the
+        training step runs under :class:`torch.nn.parallel.DistributedDataParallel`, which
+        averages the gradients across the ranks during the backward pass, so the ranks stay
+        identical and the update is the single-process one up to float rounding (each
+        rank's loss is weighted by its share of the minibatch, so uneven last minibatches
+        are exact too; batch-norm statistics are rank 0's, as DDP broadcasts them). DDP
+        wraps the whole objective (:class:`ObjectiveStep`), not just the model: objectives
+        run several forward passes per step (attacks, TRADES' clean and adversarial passes,
+        m noise draws), and DDP allows exactly one forward of the wrapped module per
+        backward; the attacks inside take gradients w.r.t. the input only, which DDP does
+        not see. Rank 0 evaluates, writes the log and the checkpoints; every rank can resume
+        from them."""
         self.model = model
         self.world = world or World()
         self.objective = objective
@@ -227,8 +248,11 @@ class Trainer:
         steps = math.ceil(n / cfg.batch_size)
         eval_sd = cfg.eval_noise_sd if cfg.eval_noise_sd is not None else (self.objective.noise_sd or 0.25)
         world = self.world
-        if world.distributed:
-            _broadcast_module(self.model)  # every rank starts from rank 0's weights
+        step_fn: nn.Module = ObjectiveStep(self.model, self.objective)
+        if world.distributed:  # DDP starts every rank from rank 0's weights and buffers
+            from torch.nn.parallel import DistributedDataParallel
+
+            step_fn = DistributedDataParallel(step_fn, device_ids=[device] if device.type == "cuda" else None)
         for epoch in range(self.start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             self.model.train()
@@ -244,23 +268,25 @@ class Trainer:
             for step in range(steps):
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                 share = len(idx)
+                weight = 1.0
                 if world.distributed:
-                    share, idx = len(idx), idx[world.rank::world.size]
-                    if len(idx) == 0:  # a last minibatch smaller than the number of ranks
-                        self.optimizer.zero_grad(set_to_none=True)
-                        _average_gradients(self.model, 0.0)
-                        self.optimizer.step()
-                        continue
+                    mine = idx[world.rank::world.size]
+                    # DDP averages over the ranks: weight each rank's mean loss by its share
+                    # so the average is the whole minibatch's mean-loss gradient. A rank left
+                    # without examples (a last minibatch smaller than the number of ranks)
+                    # still joins the step, on one example with weight 0.
+                    weight = len(mine) * world.size / len(idx)
+                    idx = mine if len(mine) else idx[:1]
                 x = train.images[idx].to(device, non_blocking=True)
                 y = train.labels[idx].to(device, non_blocking=True)
                 ctx = StepContext(epoch, cfg.epochs, step, steps, noise_gen)
                 with noise_generator(self.model, noise_gen):  # noise-injection layers: seeded too
-                    out_step = self.objective(self.model, x, y, ctx)
+                    out_step = step_fn(x, y, ctx)
                 self.optimizer.zero_grad(set_to_none=True)
-                out_step.loss.backward()
-                if world.distributed:
-                    _average_gradients(self.model, len(idx) / share)
+                (out_step.loss * weight if weight != 1.0 else out_step.loss).backward()
                 self.optimizer.step()
+                if weight == 0.0:  # the placeholder example is not counted
+                    continue
                 bs = len(y)
                 loss_v = float(out_step.loss.detach())
                 sums["loss"] += loss_v * bs
@@ -311,21 +337,6 @@ class Trainer:
             barrier()
         self.model.eval()
         return self.history
-
-
-def _average_gradients(model: nn.Module, weight: float) -> None:
-    """Sum ``weight`` x this rank's gradients over the ranks (weights sum to 1 over the
-    ranks of one minibatch): the gradient of the whole minibatch's mean loss."""
-    import torch.distributed as dist
-
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        if p.grad is None:  # unused by this rank's loss (or an empty share): contributes 0
-            p.grad = torch.zeros_like(p)
-        else:
-            p.grad.mul_(weight)
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
 
 
 def _broadcast_module(model: nn.Module, buffers_only: bool = False) -> None:

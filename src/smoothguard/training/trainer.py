@@ -267,7 +267,6 @@ class Trainer:
                 self.callback.on_epoch_start(epoch, steps)
             for step in range(steps):
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-                share = len(idx)
                 weight = 1.0
                 if world.distributed:
                     mine = idx[world.rank::world.size]

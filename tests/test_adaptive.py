@@ -8,7 +8,13 @@ import torch
 from scipy.stats import norm
 
 from smoothguard.smoothing import ABSTAIN, SmoothedClassifier, lower_confidence_bound
-from smoothguard.smoothing.adaptive import certify_adaptive, default_schedule, grid_level, upper_confidence_bound
+from smoothguard.smoothing.adaptive import (
+    certify_adaptive,
+    default_schedule,
+    grid_level,
+    predict_adaptive,
+    upper_confidence_bound,
+)
 
 SIGMA = 0.25
 GRID = [0.25, 0.5, 0.75]
@@ -112,3 +118,63 @@ def test_futility_alpha_only_moves_the_stopping_time():
     assert fast.sum() < cautious.sum()
     with pytest.raises(ValueError, match="futility_alpha must be in"):
         certify_adaptive(g, x[:1], GRID, futility_alpha=0.0)
+
+
+# -- adaptive PREDICT ----------------------------------------------------------------------
+
+def _predict(p_values, reps, alpha, n_max, seed, **kw):
+    p_a = np.repeat(p_values, reps)
+    x = torch.zeros(len(p_a), 1, 1, 1)
+    x[:, 0, 0, 0] = torch.arange(len(p_a)) * 10.0
+    g = SmoothedClassifier(KnownPA(p_a, seed), 2, SIGMA)
+    res = predict_adaptive(g, x, n_max=n_max, alpha=alpha, batch_size=100_000,
+                           seeds=list(range(seed * 10**6, seed * 10**6 + len(p_a))), **kw)
+    return p_a, res
+
+
+def test_vectorized_binomial_pvalues_equal_scipys_exact_test():
+    from scipy.stats import binomtest
+
+    from smoothguard.smoothing.stats import binom_pvalues
+
+    a, b = np.meshgrid(np.arange(0, 80, 3), np.arange(0, 80, 5))
+    ours = binom_pvalues(a.ravel(), b.ravel())
+    ref = [binomtest(int(i), int(i + j), 0.5).pvalue if i + j else 1.0 for i, j in zip(a.ravel(), b.ravel())]
+    np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-14)
+    assert binom_pvalues(5000, 4000) < 1e-20  # large counts stay exact, no normal approximation
+
+
+def test_adaptive_predict_answers_at_a_tie_at_most_alpha_of_the_time():
+    # p_A = p_B = 1/2: g(x) is undefined, every non-abstaining answer is an error (Hung and
+    # Fithian 2019); just off the tie, answering class 1 is the error
+    alpha, reps = 0.05, 600
+    p_a, res = _predict([0.5, 0.503], reps, alpha, n_max=20_000, seed=3)
+    pred = res.prediction.numpy()
+    bound = alpha + 3 * math.sqrt(alpha * (1 - alpha) / reps)
+    assert (pred[:reps] != ABSTAIN).mean() <= bound
+    assert (pred[reps:] == 1).mean() <= bound
+
+
+def test_adaptive_predict_stops_early_and_matches_the_fixed_test_where_clear():
+    alpha, reps = 0.001, 30
+    p_a, res = _predict([0.99, 0.2, 0.6, 0.5], reps, alpha, n_max=100_000, seed=4)
+    pred, used = res.prediction.numpy(), res.n_used.numpy()
+    first = default_schedule(100_000)[0]
+    assert (pred[:reps] == 0).all() and (used[:reps] == first).all()  # decided at the first look
+    assert (pred[reps:2 * reps] == 1).all() and (used[reps:2 * reps] == first).all()
+    assert (pred[2 * reps:3 * reps] == 0).all() and (used[2 * reps:3 * reps] < 10_000).all()
+    # the tie cannot be decided: abstains, and futility stops most before n_max
+    assert (pred[3 * reps:] == ABSTAIN).all() and (used[3 * reps:] < 100_000).mean() >= 0.8
+    assert (res.counts.sum(1) == res.n_used).all()
+    # each answer is significant at alpha / L on its own counts, hence at alpha (never looser)
+    assert (res.p_value.numpy()[pred != ABSTAIN] <= alpha / len(default_schedule(100_000))).all()
+
+
+def test_adaptive_predict_validation():
+    g = SmoothedClassifier(lambda x: torch.zeros(x.shape[0], dtype=torch.long), 2, 0.25)
+    with pytest.raises(ValueError, match="futility_alpha must be in"):
+        predict_adaptive(g, torch.zeros(1, 1, 1), futility_alpha=1.0)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        predict_adaptive(g, torch.zeros(1, 1, 1), alpha=0.0)
+    with pytest.raises(ValueError, match="must end at n_max"):
+        predict_adaptive(g, torch.zeros(1, 1, 1), n_max=1000, schedule=[100, 500])

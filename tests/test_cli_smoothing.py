@@ -90,7 +90,39 @@ def test_predict_rows(ckpt, tmp_path):
     assert header == "idx\tlabel\tpredict\tcorrect\ttime" and len(rows) == 3
 
 
+def test_adaptive_certify_and_predict_rows_record_samples_and_match_the_library(ckpt, tmp_path):
+    from smoothguard.data import load_dataset
+    from smoothguard.models import load_checkpoint
+    from smoothguard.smoothing import SmoothedClassifier, image_seed
+    from smoothguard.smoothing.adaptive import certify_adaptive, predict_adaptive
+
+    c, p = tmp_path / "c.tsv", tmp_path / "p.tsv"
+    common = ["--model", str(ckpt), "--max", "4", "--skip", "5", "--threads", "1", "--seed", "7", "--batch", "400"]
+    assert main(["certify", *common, "--radii", "0.25,0.5", "--n-max", "3000", "--out", str(c)]) == 0
+    assert main(["predict", *common, "--adaptive", "--n-max", "3000", "--out", str(p)]) == 0
+    header_c, rows_c = _rows(c)
+    header_p, rows_p = _rows(p)
+    assert header_c == "idx\tlabel\tpredict\tradius\tcorrect\tn_used\ttime"
+    assert header_p == "idx\tlabel\tpredict\tcorrect\tn_used\ttime"
+    # the rows are the library's answers with the per-image seeds (seed, idx)
+    data = load_dataset("demo").subset(skip=5, max_count=4)
+    seeds = [image_seed(7, int(i)) for i in data.indices]
+    g = SmoothedClassifier(load_checkpoint(ckpt)[0], 10, 0.25)
+    cert = certify_adaptive(g, data.images, [0.25, 0.5], n0=100, n_max=3000, alpha=0.001, seeds=seeds)
+    pred = predict_adaptive(g, data.images, n_max=3000, alpha=0.001, seeds=seeds)
+    assert [int(r[0]) for r in rows_c] == data.indices.tolist() == [int(r[0]) for r in rows_p]
+    assert [int(r[2]) for r in rows_c] == cert.prediction.tolist()
+    assert [float(r[3]) for r in rows_c] == cert.radius.tolist()
+    assert [int(r[5]) for r in rows_c] == cert.n_used.tolist()
+    assert [int(r[2]) for r in rows_p] == pred.prediction.tolist()
+    assert [int(r[4]) for r in rows_p] == pred.n_used.tolist()
+    assert all(0 < int(r[4]) <= 3000 for r in rows_p)
+
+
 @pytest.mark.parametrize("argv,message", [
+    (["certify", "--radii", "0.25,-1", "--max", "1"], "--radii needs radii >= 0"),
+    (["predict", "--adaptive", "--n-max", "0", "--max", "1"], "--n-max must be >= 1"),
+    (["predict", "--adaptive", "--futility-alpha", "1", "--max", "1"], "--futility-alpha must be in (0, 1)"),
     (["certify", "--n", "0", "--max", "1"], "--n0 and --n must be >= 1"),
     (["certify", "--alpha", "2", "--max", "1", "--n", "10"], "alpha must be in (0, 1)"),
     (["certify", "--model", "/nonexistent.pt"], "does not exist"),

@@ -127,6 +127,10 @@ def build_smoothed(args: argparse.Namespace) -> tuple[SmoothedClassifier, dict[s
     return smoothed, settings, data
 
 
+# images per call of the adaptive procedures: their early looks are a few hundred samples
+# per image, so many images must share the forward batches (rows are flushed per group)
+ADAPTIVE_GROUP = 64
+
 KEY_SETTINGS = ["model_sha256", "data", "root", "split", "skip", "sigma", "alpha", "seed", "precision",
                 "noise_block", "denoiser", "denoiser_sha256"]
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from smoothguard.cli._smoothing_run import KEY_SETTINGS, add_smoothing_arguments, build_smoothed, run_rows
+from smoothguard.cli._smoothing_run import (
+    ADAPTIVE_GROUP,
+    KEY_SETTINGS,
+    add_smoothing_arguments,
+    build_smoothed,
+    run_rows,
+)
 from smoothguard.smoothing import r_max
 
 HELP = "certify the smoothed classifier (Cohen et al. CERTIFY): l2 radius per image, TSV rows"
@@ -77,9 +83,8 @@ def _run_adaptive(args: argparse.Namespace) -> int:
                 for i, lab, p, r, u in zip(idx.tolist(), y.tolist(), res.prediction.tolist(), res.radius.tolist(),
                                            res.n_used.tolist())]
 
-    group = max(1, min(16, args.batch // max(args.n0, 1)))
     run_rows(args, data, ADAPTIVE_COLUMNS, "certify", settings, KEY_SETTINGS + ["n0", "n_max", "radii", "futility_alpha", "mode"],
-             group, compute)
+             ADAPTIVE_GROUP, compute)
     return 0
 
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from smoothguard.cli._smoothing_run import KEY_SETTINGS, add_smoothing_arguments, build_smoothed, run_rows
+from smoothguard.cli._smoothing_run import (
+    ADAPTIVE_GROUP,
+    KEY_SETTINGS,
+    add_smoothing_arguments,
+    build_smoothed,
+    run_rows,
+)
 
 HELP = "predict with the smoothed classifier (Cohen et al. PREDICT, abstains when unsure), TSV rows"
 DESCRIPTION = (
@@ -17,11 +23,21 @@ COLUMNS = ["idx", "label", "predict", "correct", "time"]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_smoothing_arguments(p)
     p.add_argument("--n", "--n-samples", dest="n", type=int, default=100_000, help="noise samples per image (under torchrun write --n-samples)")
+    g = p.add_argument_group("adaptive PREDICT (fewer samples, same guarantee)")
+    g.add_argument("--adaptive", action="store_true",
+                   help="look at the counts after a growing schedule of samples and stop as soon as the top-two "
+                        "test is decided (rows add n_used); the test runs at alpha / (number of looks)")
+    g.add_argument("--n-max", type=int, default=100_000, help="adaptive mode: most noise samples per image")
+    g.add_argument("--futility-alpha", type=float, default=0.05,
+                   help="adaptive mode: abstain early once the test cannot reject by n_max with this confidence "
+                        "level (does not affect the guarantee)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
+    if getattr(args, "adaptive", False):
+        return _run_adaptive(args)
     smoothed, settings, data = build_smoothed(args)
     settings.update(n=args.n)
     from smoothguard.smoothing import image_seed
@@ -34,4 +50,31 @@ def run(args: argparse.Namespace) -> int:
 
     group = max(1, min(16, args.batch // max(args.n, 1)))
     run_rows(args, data, COLUMNS, "predict", settings, KEY_SETTINGS + ["n"], group, compute)
+    return 0
+
+
+ADAPTIVE_COLUMNS = ["idx", "label", "predict", "correct", "n_used", "time"]
+
+
+def _run_adaptive(args: argparse.Namespace) -> int:
+    from smoothguard.smoothing import image_seed
+    from smoothguard.smoothing.adaptive import default_schedule, predict_adaptive
+
+    if args.n_max < 1:
+        raise ValueError(f"--n-max must be >= 1, got {args.n_max}")
+    if not 0.0 < args.futility_alpha < 1.0:
+        raise ValueError(f"--futility-alpha must be in (0, 1), got {args.futility_alpha}")
+    smoothed, settings, data = build_smoothed(args)
+    settings.update(n=args.n_max, n_max=args.n_max, schedule=default_schedule(args.n_max),
+                    futility_alpha=args.futility_alpha, mode="adaptive")
+
+    def compute(x, y, idx):
+        res = predict_adaptive(smoothed, x, args.n_max, args.alpha, args.batch,
+                               seeds=[image_seed(args.seed, i) for i in idx.tolist()],
+                               futility_alpha=args.futility_alpha)
+        return [[int(i), int(lab), int(p), int(p == lab), int(u)]
+                for i, lab, p, u in zip(idx.tolist(), y.tolist(), res.prediction.tolist(), res.n_used.tolist())]
+
+    run_rows(args, data, ADAPTIVE_COLUMNS, "predict", settings, KEY_SETTINGS + ["n_max", "futility_alpha", "mode"],
+             ADAPTIVE_GROUP, compute)
     return 0

@@ -30,6 +30,11 @@ about 13,600 (stopping only when U_j at level alpha_j rules out a larger radius)
 ``futility_alpha`` -> 0 approaches the fixed-n decisions. The union bound is the simplest valid alpha-spending rule
 (see Jennison and Turnbull, "Group Sequential Methods", 2000, ch. 7); it costs little
 here because the Clopper-Pearson bound moves only logarithmically with its level.
+The same scheme decides PREDICT (:func:`predict_adaptive`): at each look Cohen's
+two-sided binomial test on the top two counts runs at level alpha / L, and the image
+stops as soon as the test rejects (the top class is returned) or, with futility level
+``futility_alpha``, not even n_max samples could make it reject (abstain).
+
 Anytime-valid alternatives (Waudby-Smith and Ramdas, JRSS-B 2023) and related work on
 randomized smoothing (Horvath et al., "Boosting randomized smoothing with variance
 reduced classifiers", ICLR 2022; Chen et al., "Input-specific robustness certification
@@ -48,7 +53,7 @@ from scipy.stats import norm
 
 from smoothguard import ABSTAIN
 from smoothguard.smoothing.core import NOISE_BLOCK, SmoothedClassifier
-from smoothguard.smoothing.stats import lower_confidence_bound
+from smoothguard.smoothing.stats import binom_pvalues, lower_confidence_bound
 
 
 def default_schedule(n_max: int, first: int = 2 * NOISE_BLOCK, growth: float = 1.5) -> list[int]:
@@ -169,3 +174,80 @@ def certify_adaptive(
     prediction = torch.where(torch.as_tensor(certified), c_a, torch.full_like(c_a, ABSTAIN))
     radius = torch.as_tensor(np.where(certified, grid_arr[np.maximum(level, 0)], 0.0), dtype=torch.float64)
     return AdaptiveResult(prediction, radius, torch.as_tensor(p_lower, dtype=torch.float64), n_used, counts0)
+
+
+@dataclass
+class AdaptivePredictResult:
+    """Per-image results of :func:`predict_adaptive`."""
+
+    prediction: torch.Tensor  # int64 (B,), ABSTAIN = -1
+    p_value: torch.Tensor  # float64 (B,): the top-two test's p-value at the stopping look (level alpha / L)
+    n_used: torch.Tensor  # int64 (B,): noise samples spent
+    counts: torch.Tensor  # int64 (B, K): the class counts of those samples
+
+
+def predict_adaptive(
+    smoothed: SmoothedClassifier,
+    x: torch.Tensor,
+    n_max: int = 100_000,
+    alpha: float = 0.001,
+    batch_size: int = 400,
+    *,
+    schedule: Sequence[int] | None = None,
+    seeds: Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    futility_alpha: float = 0.05,
+) -> AdaptivePredictResult:
+    """Adaptive PREDICT: Cohen's PREDICT with looks at a growing number of samples.
+
+    At look j (n_j samples in all) the two-sided exact binomial test of the top two counts
+    runs at level alpha / L; the image stops with its top class when the test rejects, and
+    abstains when it cannot reject by n_max even if the top class's share of the top two
+    were at its (1 - ``futility_alpha``) upper confidence bound (or at n_max).
+
+    For each image, the probability of returning a class other than g(x) is at most
+    alpha: each look is Cohen's PREDICT at level alpha / L (valid, Hung and Fithian 2019),
+    and a union bound over the L looks holds whatever the stopping rule.
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if not 0.0 < futility_alpha < 1.0:
+        raise ValueError(f"futility_alpha must be in (0, 1), got {futility_alpha}")
+    looks = list(schedule) if schedule is not None else default_schedule(n_max)
+    if any(b <= a for a, b in zip(looks, looks[1:])) or looks[0] < 1:
+        raise ValueError(f"the schedule must be increasing positive sample counts, got {looks}")
+    if schedule is not None and looks[-1] != n_max:
+        raise ValueError(f"the schedule must end at n_max={n_max}, got {looks[-1]}")
+    alpha_look = alpha / len(looks)
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    count = x.shape[0]
+    gens = smoothed._generators(count, seeds, generator)
+    counts = torch.zeros(count, smoothed.num_classes, dtype=torch.int64)
+    n_used = torch.zeros(count, dtype=torch.int64)
+    prediction = torch.full((count,), ABSTAIN, dtype=torch.int64)
+    p_value = np.ones(count)
+    active = np.ones(count, dtype=bool)
+    done_n = 0
+    for look in looks:
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        sel = torch.as_tensor(idx)
+        counts[sel] += smoothed.sample_counts(x[idx], look - done_n, batch_size,
+                                              generators=[gens[i] for i in idx]).cpu()
+        n_used[sel] = look
+        done_n = look
+        top2 = counts[sel].topk(2, dim=1)
+        n1, n2 = top2.values[:, 0].numpy(), top2.values[:, 1].numpy()
+        pv = binom_pvalues(n1, n2)
+        p_value[idx] = pv
+        decided = pv <= alpha_look
+        prediction[sel[torch.as_tensor(decided)]] = top2.indices[torch.as_tensor(decided), 0]
+        # futility: the top class's share of the top two at its upper bound, over the top-two
+        # samples n_max would bring, still not significant
+        share = np.atleast_1d(upper_confidence_bound(n1, n1 + n2, futility_alpha))
+        m = np.floor((n1 + n2) * (n_max / look))
+        hopeless = binom_pvalues(np.floor(share * m), m - np.floor(share * m)) > alpha_look
+        active[idx[decided | hopeless]] = False
+    return AdaptivePredictResult(prediction, torch.as_tensor(p_value, dtype=torch.float64), n_used, counts)

@@ -70,8 +70,10 @@ class SmoothedClassifier:
         precision: ``fp32`` (default, exact arithmetic of the model) or ``bf16``
             (autocast; faster on CPUs and GPUs with bf16 units, may flip a few votes).
         memory_format: ``auto`` (channels_last on CPU for modules, where it is faster),
-            ``channels_last`` or ``contiguous``. Converting a module to channels_last
-            changes only the layout of its weights, never their values.
+            ``channels_last`` or ``contiguous``. A module is converted to channels_last
+            *in place* (``module.to(memory_format=...)``, no copy of the weights): only
+            the layout of its weights changes, never their values; pass a copy to keep
+            the original layout.
         jit: trace and freeze the module with TorchScript for inference (fuses conv and
             ReLU, folds batch norm). Checked against the eager model on the first batch
             (and a smaller one); when tracing fails, warns that the trace may depend on

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 from scipy.stats import beta as _beta
-from scipy.stats import binomtest, norm
+from scipy.stats import binom, binomtest, norm
 
 
 def _check_alpha(alpha: float) -> None:
@@ -59,6 +59,17 @@ def binom_pvalue(n_a: int, n_b: int) -> float:
     if n_a + n_b == 0:
         return 1.0
     return float(binomtest(int(n_a), int(n_a + n_b), 0.5).pvalue)
+
+
+def binom_pvalues(n_a, n_b) -> np.ndarray:
+    """:func:`binom_pvalue` for arrays of counts at once (the same values: at p = 1/2 the
+    two-sided exact test is min(1, 2 P(X >= max(n_a, n_b))) with X ~ Bin(n_a + n_b, 1/2))."""
+    a = np.asarray(n_a, dtype=np.float64)
+    b = np.asarray(n_b, dtype=np.float64)
+    hi, n = np.maximum(a, b), a + b
+    with np.errstate(invalid="ignore"):
+        p = np.minimum(1.0, 2.0 * binom.sf(hi - 1.0, n, 0.5))
+    return np.where(n > 0, p, 1.0)
 
 
 def certified_accuracy_lower_bound(y_certified: int, m: int, alpha: float, rho: float = 0.001) -> float:

@@ -108,11 +108,10 @@ def main(argv=None) -> None:
     ds = load_dataset("demo")
     x, y = ds.images[: args.n], ds.labels[: args.n]
     try:
-        import torchattacks  # noqa: F401
-
-        have_ta = True
-    except Exception:
-        have_ta = False
+        import torchattacks
+    except Exception:  # noqa: BLE001 - the peer is optional
+        torchattacks = None
+    have_ta = torchattacks is not None
 
     rows = []
     clean = robust_acc(model, x, y)
@@ -138,8 +137,6 @@ def main(argv=None) -> None:
                       args.repeats)
         rows.append((norm, eps, "plain PGD loop (last iterate)", t, robust_acc(model, xa, y)))
         if have_ta:
-            import torchattacks
-
             torch.manual_seed(0)
             if norm == "linf":
                 ta = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=args.steps, random_start=True)

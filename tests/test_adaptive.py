@@ -12,6 +12,7 @@ from smoothguard.smoothing.adaptive import (
     certify_adaptive,
     default_schedule,
     grid_level,
+    grid_schedule,
     predict_adaptive,
     upper_confidence_bound,
 )
@@ -85,6 +86,25 @@ def test_stops_early_when_the_answer_is_clear_and_records_samples():
     assert (used[20:40] <= 1500).all() and (res.prediction[20:40] == 1).all() and (res.radius[20:40] == 0).all()
     assert (res.radius[40:] == 0.25).all()  # p_A = 0.9 lies between Phi(1) and Phi(2)
     assert (used[40:] < 100_000).all()
+
+
+def test_grid_schedule_puts_a_look_where_unanimous_counts_first_certify_each_radius():
+    alpha = 0.001
+    thresholds = norm.cdf(np.array([0.0, *GRID]) / SIGMA)
+    thresholds[0] = 0.5
+    base, looks = default_schedule(100_000), grid_schedule(100_000, thresholds, alpha)
+    assert len(looks) == len(base) and looks[-1] == 100_000 and all(b > a for a, b in zip(looks, looks[1:]))
+    level = alpha / len(looks)
+    for t in thresholds[2:]:  # r = 0.5 and 0.75 (r = 0.25 is certifiable before the first look)
+        n_t = next(n for n in looks if lower_confidence_bound(n, n, level) >= t)
+        # the look is the first multiple of 100 at which n of n certifies: 100 fewer do not
+        assert lower_confidence_bound(n_t - 100, n_t - 100, level) < t
+        assert n_t not in base  # moved down from the geometric schedule's next look
+    # a unanimous image stops at the r = 0.75 look with radius 0.75
+    g = SmoothedClassifier(lambda x: torch.zeros(x.shape[0], dtype=torch.long), 2, SIGMA)
+    res = certify_adaptive(g, torch.zeros(1, 1, 1, 1), GRID, alpha=alpha, batch_size=10_000, seeds=[0])
+    assert float(res.radius[0]) == 0.75
+    assert int(res.n_used[0]) == next(n for n in looks if lower_confidence_bound(n, n, level) >= thresholds[-1])
 
 
 def test_schedule_and_validation():

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_adaptive(args: argparse.Namespace) -> int:
     from smoothguard.cli.common import parse_floats
     from smoothguard.smoothing import image_seed
-    from smoothguard.smoothing.adaptive import certify_adaptive, default_schedule
+    from smoothguard.smoothing.adaptive import certify_adaptive, grid_schedule
 
     radii = parse_floats(args.radii, "--radii")
     if not radii or any(r < 0 for r in radii):
@@ -71,19 +71,22 @@ def _run_adaptive(args: argparse.Namespace) -> int:
     if not 0.0 < args.futility_alpha < 1.0:
         raise ValueError(f"--futility-alpha must be in (0, 1), got {args.futility_alpha}")
     smoothed, settings, data = build_smoothed(args)
-    schedule = default_schedule(args.n_max)
+    from scipy.stats import norm
+
+    thresholds = [0.5, *(float(norm.cdf(r / args.sigma)) for r in sorted(set(radii)) if r > 0)]
+    schedule = grid_schedule(args.n_max, thresholds, args.alpha)
     settings.update(n0=args.n0, n=args.n_max, n_max=args.n_max, radii=sorted(radii), schedule=schedule,
                     futility_alpha=args.futility_alpha, mode="adaptive")
 
     def compute(x, y, idx):
-        res = certify_adaptive(smoothed, x, radii, args.n0, args.n_max, args.alpha, args.batch,
+        res = certify_adaptive(smoothed, x, radii, args.n0, args.n_max, args.alpha, args.batch, schedule=schedule,
                                seeds=[image_seed(args.seed, i) for i in idx.tolist()],
                                futility_alpha=args.futility_alpha)
         return [[int(i), int(lab), int(p), float(r), int(p == lab), int(u)]
                 for i, lab, p, r, u in zip(idx.tolist(), y.tolist(), res.prediction.tolist(), res.radius.tolist(),
                                            res.n_used.tolist())]
 
-    run_rows(args, data, ADAPTIVE_COLUMNS, "certify", settings, KEY_SETTINGS + ["n0", "n_max", "radii", "futility_alpha", "mode"],
+    run_rows(args, data, ADAPTIVE_COLUMNS, "certify", settings, KEY_SETTINGS + ["n0", "n_max", "radii", "schedule", "futility_alpha", "mode"],
              ADAPTIVE_GROUP, compute)
     return 0
 

@@ -6,7 +6,9 @@ question per image is only "which is the largest r_i with p_A >= Phi(r_i / sigma
 answer it with a group-sequential test:
 
 * the selection step is Cohen's (n0 fresh samples pick the top class c_A);
-* estimation samples arrive in a growing schedule of looks n_1 < n_2 < ... < n_L = n_max;
+* estimation samples arrive in a growing schedule of looks n_1 < n_2 < ... < n_L = n_max
+  (geometric, growth 1.5, with a look moved to where unanimous counts first certify each
+  grid radius: :func:`grid_schedule`);
 * at look j the one-sided Clopper-Pearson lower bound L_j is computed at level
   alpha_j = alpha / L (Bonferroni alpha spending), and an upper bound U_j at the same
   level decides futility;
@@ -43,6 +45,7 @@ for randomized smoothing", 2022) motivate the design.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -68,6 +71,32 @@ def default_schedule(n_max: int, first: int = 2 * NOISE_BLOCK, growth: float = 1
         n *= growth
     if not looks or looks[-1] != n_max:
         looks.append(n_max)
+    return looks
+
+
+def grid_schedule(n_max: int, thresholds: Sequence[float], alpha: float, first: int = 2 * NOISE_BLOCK,
+                  growth: float = 1.5) -> list[int]:
+    """:func:`default_schedule` with a look where each grid radius first becomes certifiable.
+
+    For a grid threshold t (the p_A a radius needs), unanimous counts certify it from
+    n_t = ln(alpha / L) / ln(t) samples on (the Clopper-Pearson bound of n of n is
+    (alpha / L)^(1 / n)), rounded up to a multiple of NOISE_BLOCK. The first look at or
+    after n_t moves down to n_t, so the many clean images stop there instead of at the
+    next look of the geometric schedule. The number of looks L, hence each look's level,
+    is unchanged, and the schedule depends only on (n_max, the grid, sigma, alpha), never
+    on the data, so the union bound over the looks still holds.
+    """
+    looks = default_schedule(n_max, first, growth)
+    level = alpha / len(looks)
+    for t in sorted(float(v) for v in thresholds):
+        if not 0.0 < t < 1.0:
+            continue
+        n_t = int(math.ceil(math.log(level) / math.log(t) / NOISE_BLOCK)) * NOISE_BLOCK
+        if n_t <= looks[0] or n_t >= n_max:
+            continue
+        j = next(i for i, v in enumerate(looks) if v >= n_t)
+        if looks[j - 1] < n_t < looks[j]:
+            looks[j] = n_t
     return looks
 
 
@@ -130,14 +159,14 @@ def certify_adaptive(
     grid = sorted({0.0, *(float(r) for r in radii)})
     if any(r < 0 or not np.isfinite(r) for r in grid):
         raise ValueError(f"radii must be finite and >= 0, got {list(radii)}")
-    looks = list(schedule) if schedule is not None else default_schedule(n_max)
+    thresholds = norm.cdf(np.asarray(grid) / smoothed.sigma)  # p_A needed per grid radius
+    thresholds[0] = 0.5
+    looks = list(schedule) if schedule is not None else grid_schedule(n_max, thresholds, alpha)
     if any(b <= a for a, b in zip(looks, looks[1:])) or looks[0] < 1:
         raise ValueError(f"the schedule must be increasing positive sample counts, got {looks}")
     if schedule is not None and looks[-1] != n_max:
         raise ValueError(f"the schedule must end at n_max={n_max}, got {looks[-1]}")
     alpha_look = alpha / len(looks)
-    thresholds = norm.cdf(np.asarray(grid) / smoothed.sigma)  # p_A needed per grid radius
-    thresholds[0] = 0.5
 
     if x.dim() == 3:
         x = x.unsqueeze(0)

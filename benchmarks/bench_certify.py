@@ -12,10 +12,14 @@ For each model (the embedded LeNet; a Madry CNN trained briefly with Gaussian no
   * ours fp32 + jit + 2 workers: forward passes in 2 threads of 1 intra-op thread each while
     the main thread draws the next noise (identical counts);
   * ours bf16: precision="bf16" (autocast + channels_last), on the first --bf16-images images
-    (on CPUs without native bf16 it is far slower, so it is timed on fewer images).
+    (on CPUs without native bf16 it is far slower, so it can be timed on fewer images);
+  * ours bf16 + 2 workers: the same in the two-thread pipeline.
 The variants are interleaved image by image so machine noise hits all of them alike.
 Prints a Markdown table (wall time, noisy images/s, speed-up vs straightforward, fraction of
-predictions/radii that differ from fp32).
+predictions/radii that differ from the straightforward run's (independent noise), and, for
+our variants, which all draw the same noise, the predictions that differ from ours fp32 and
+the votes moved: sum |counts - counts_fp32| / 2 over all samples, a lower bound on the
+fraction of noisy images whose vote changed, exact unless changes cancel within a class).
 """
 
 from __future__ import annotations
@@ -99,19 +103,21 @@ def bench(name, model, images, n, ours_batch, bf16_images):
         "ours fp32 + jit": SmoothedClassifier(copy.deepcopy(model), 10, SIGMA, jit=True),
         "ours fp32 + jit + 2 workers": SmoothedClassifier(copy.deepcopy(model), 10, SIGMA, jit=True, workers=2),
         "ours bf16": SmoothedClassifier(copy.deepcopy(model), 10, SIGMA, precision="bf16"),
+        "ours bf16 + 2 workers": SmoothedClassifier(copy.deepcopy(model), 10, SIGMA, precision="bf16", workers=2),
     }
     if device.type != "cpu":  # the worker pipeline overlaps CPU noise drawing with CPU forwards
-        del variants["ours fp32 + jit + 2 workers"]
+        del variants["ours fp32 + jit + 2 workers"], variants["ours bf16 + 2 workers"]
     fwd = bare_forward(base, images.shape[1:])
     times = {"straightforward": [], **{k: [] for k in variants}}
     out = {k: [] for k in times}
+    counts = {k: [] for k in variants}  # (selection, estimation) counts, for same-noise comparisons
     for i in range(len(images)):
         x = images[i].to(device)
         t0 = time.perf_counter()
         out["straightforward"].append(straightforward_certify(base, x, N0, n, ALPHA, SIGMA))
         times["straightforward"].append(time.perf_counter() - t0)
         for k, g in variants.items():
-            if k == "ours bf16" and i >= bf16_images:
+            if k.startswith("ours bf16") and i >= bf16_images:
                 continue
             threads = torch.get_num_threads()
             if g.workers > 1:  # the workers share the cores instead of each op using all of them
@@ -122,7 +128,8 @@ def bench(name, model, images, n, ours_batch, bf16_images):
             times[k].append(time.perf_counter() - t0)
             torch.set_num_threads(threads)
             out[k].append((int(r.prediction[0]), float(r.radius[0])))
-    rows = [f"| {name} | bare forward (batch 400, fp32 NCHW) | - | - | {fwd:,.0f} | - | - |"]
+            counts[k].append(torch.cat([r.counts_selection[0], r.counts_estimation[0]]))
+    rows = [f"| {name} | bare forward (batch 400, fp32 NCHW) | - | - | {fwd:,.0f} | - | - | - |"]
     ref = out["straightforward"]
     for k, ts in times.items():
         m = len(ts)
@@ -130,8 +137,14 @@ def bench(name, model, images, n, ours_batch, bf16_images):
         speedup = sum(times["straightforward"][:m]) / t
         changed = np.mean([a[0] != b[0] for a, b in zip(out[k], ref)])
         dr = np.mean([abs(a[1] - b[1]) for a, b in zip(out[k], ref)])
+        same = "-"
+        if k in counts:  # every variant of ours draws the same noise (seeds=[i]) as ours fp32
+            mine, fp32 = torch.stack(counts[k]), torch.stack(counts["ours fp32"][:m])
+            moved = float((mine - fp32).abs().sum()) / 2 / (m * (N0 + n))
+            flips = np.mean([a[0] != b[0] for a, b in zip(out[k], out["ours fp32"])])
+            same = f"{flips:.0%} / {moved:.4%}"
         rows.append(f"| {name} | {k} | {m} | {t:.2f} | {m * (N0 + n) / t:,.0f} | {speedup:.2f}x | "
-                    f"{changed:.0%} / {dr:.4f} |")
+                    f"{changed:.0%} / {dr:.4f} | {same} |")
     return rows
 
 
@@ -165,8 +178,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, {where}, sigma {SIGMA}, n0 {N0}, n {args.n}, "
           f"{args.images} Fashion-MNIST test images (--skip 20), our batch {args.batch}\n")
     print("| model | variant | images | wall s | noisy images/s | speed-up vs straightforward (same images) "
-          "| predictions changed / mean abs radius change vs straightforward (independent noise) |")
-    print("|---|---|---|---|---|---|---|")
+          "| predictions changed / mean abs radius change vs straightforward (independent noise) "
+          "| predictions changed / votes moved vs ours fp32 (same noise) |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, model in models.items():
         for row in bench(name, model.to(device), data.images, args.n, args.batch, args.bf16_images):
             print(row, flush=True)

@@ -58,14 +58,15 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="100 images, 5 restarts, 20 AutoAttack steps")
     p.add_argument("--no-channels-last", action="store_true",
-                   help="run our cascade on the NCHW model (the evaluate command converts CPU models to "
-                        "channels_last by default; the peers always get the model as loaded)")
+                   help="run our cascade on the model as loaded (the evaluate command converts CPU models to "
+                        "channels_last and swaps ReLU -> MaxPool pairs by default; the peers always get the model "
+                        "as loaded)")
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.restarts, args.aa_steps = 100, 5, 20
     args.queries = [int(q) for q in str(args.queries).split(",") if q.strip()]
     torch.set_num_threads(args.threads)
-    from smoothguard.models import load_checkpoint, load_default_model
+    from smoothguard.models import load_checkpoint, load_default_model, pool_before_relu
 
     model, meta = load_default_model() if args.model is None else load_checkpoint(args.model)
     model.eval()
@@ -76,7 +77,9 @@ def main(argv=None) -> int:
 
     # ours: the evaluate cascade (once per Square budget in --queries)
     results_ours = []
-    ours_model = model if args.no_channels_last else copy.deepcopy(model).to(memory_format=torch.channels_last)
+    # what the evaluate command runs: channels_last and the exact ReLU/MaxPool swap (shared weights)
+    ours_model = model if args.no_channels_last else pool_before_relu(
+        copy.deepcopy(model).to(memory_format=torch.channels_last))[0]
     for q in args.queries:
         cascade = build_cascade(ours_model, args.norm, args.eps, attacks=args.attacks.split(","), steps=args.steps,
                                 restarts=args.restarts, square_queries=q, seed=args.seed)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 
-from smoothguard.cli.common import (add_channels_last_argument, add_data_arguments, apply_channels_last, load_data,
+from smoothguard.cli.common import (add_channels_last_argument, add_data_arguments, prepare_for_speed, load_data,
                                     load_model_arg, validate_selection)
 
 HELP = "attack a model (PGD, APGD, C&W, Square, ...): per-image adversarial rows and robust accuracy"
@@ -192,13 +192,13 @@ def run(args: argparse.Namespace) -> int:
 
     validate(args)
     model, meta = load_model_arg(args.model, args.device)
-    model = apply_channels_last(model, args)
+    model = prepare_for_speed(model, args)
     data = load_data(args)
     check_shape(meta, data, "--model")
     target = None
     if args.target_model:
         target, tmeta = load_model_arg(args.target_model, args.device)
-        target = apply_channels_last(target, args)
+        target = prepare_for_speed(target, args)
         check_shape(tmeta, data, "--target-model")
     atk = build_attack(args.attack, model, args.norm, args.eps_value, steps=args.steps, restarts=args.restarts,
                        step_size=args.step_size, loss=args.loss, queries=args.queries, eot=args.eot, seed=args.seed)

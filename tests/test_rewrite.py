@@ -1,0 +1,95 @@
+"""The exact ReLU -> MaxPool rewrite: same outputs and gradients bit for bit, shared
+weights, the original untouched, and no rewrite where it would not be safe."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from smoothguard.models import get_model, pool_before_relu
+from smoothguard.smoothing import SmoothedClassifier
+
+
+def _assert_identical(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("arch,swaps", [("lenet", 2), ("madry_cnn", 2)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_rewritten_model_gives_identical_logits_and_input_gradients(arch, swaps, channels_last):
+    torch.manual_seed(0)
+    model = get_model(arch, 10, (1, 28, 28), (0.5,), (0.25,)).eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    fast, k = pool_before_relu(model)
+    assert k == swaps
+    # pixels well outside [0, 1] too, so that many pooling windows hold only negative pre-activations
+    x = (torch.randn(33, 1, 28, 28) * 3).requires_grad_(True)
+    out_ref = model(x)
+    g_ref, = torch.autograd.grad(out_ref.logsumexp(1).sum() + out_ref[:, 3].sum(), x)
+    out = fast(x)
+    g, = torch.autograd.grad(out.logsumexp(1).sum() + out[:, 3].sum(), x)
+    _assert_identical(out, out_ref)
+    _assert_identical(g, g_ref)
+    with torch.inference_mode():
+        _assert_identical(fast(x.detach()), model(x.detach()))
+
+
+def test_rewrite_shares_weights_and_leaves_the_original_alone():
+    model = get_model("lenet", 10, (1, 28, 28), (0.5,), (0.25,))
+    before = [type(m) for m in model[1].features]
+    fast, _ = pool_before_relu(model)
+    assert [type(m) for m in model[1].features] == before == [nn.Conv2d, nn.ReLU, nn.MaxPool2d] * 2
+    assert [type(m) for m in fast[1].features][:3] == [nn.Conv2d, nn.MaxPool2d, nn.ReLU]
+    assert all(p is q for p, q in zip(model.parameters(), fast.parameters()))
+    with torch.no_grad():
+        model[1].fc2.bias += 1.0  # a change to the original is seen by the rewrite
+    x = torch.rand(4, 1, 28, 28)
+    _assert_identical(fast(x), model(x))
+
+
+@pytest.mark.parametrize("pool", [
+    nn.MaxPool2d(2), nn.MaxPool2d(3, stride=2, padding=1), nn.MaxPool2d(3, stride=2, ceil_mode=True),
+    nn.MaxPool2d(2, dilation=2), nn.MaxPool1d(3, padding=1), nn.MaxPool3d(2),
+])
+def test_swap_is_exact_for_every_pooling_configuration(pool):
+    torch.manual_seed(1)
+    shape = {nn.MaxPool1d: (5, 3, 17), nn.MaxPool2d: (5, 3, 11, 13), nn.MaxPool3d: (5, 3, 6, 7, 8)}[type(pool)]
+    x = torch.randn(shape)
+    flat = x.view(-1)
+    flat[::7] = float("nan")
+    flat[3::11] = -float("inf")
+    flat[5::13] = float("inf")
+    flat[2::17] = 0.0
+    seq = nn.Sequential(nn.ReLU(), pool)
+    fast, k = pool_before_relu(seq)
+    assert k == 1
+    _assert_identical(fast(x.clone()), seq(x.clone()))
+
+
+def test_no_rewrite_where_it_would_not_be_safe():
+    hooked = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2))
+    hooked[0].register_forward_hook(lambda m, i, o: None)
+    indices = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2, return_indices=True))
+
+    class MySequential(nn.Sequential):  # a subclass may have a forward of its own
+        pass
+
+    avg = nn.Sequential(nn.ReLU(), nn.AvgPool2d(2))  # average pooling does not commute with ReLU
+    resnet = get_model("cifar_resnet20", 10, (3, 32, 32), (0.5,) * 3, (0.25,) * 3)
+    for m in (hooked, indices, MySequential(nn.ReLU(), nn.MaxPool2d(2)), avg, resnet):
+        fast, k = pool_before_relu(m)
+        assert k == 0 and fast is m
+
+
+def test_smoothed_classifier_counts_are_identical_with_and_without_the_rewrite():
+    torch.manual_seed(0)
+    model = get_model("lenet", 10, (1, 28, 28), (0.5,), (0.25,))
+    x = torch.rand(3, 1, 28, 28)
+    fast = SmoothedClassifier(copy.deepcopy(model), 10, 0.5)
+    plain = SmoothedClassifier(copy.deepcopy(model), 10, 0.5, rewrite=False)
+    assert fast._module is not fast.base_classifier and plain._module is plain.base_classifier
+    a = fast.sample_counts(x, 700, 300, seeds=[1, 2, 3])
+    b = plain.sample_counts(x, 700, 300, seeds=[1, 2, 3])
+    assert torch.equal(a, b)

@@ -245,8 +245,40 @@ def test_jit_path_gives_the_counts_of_the_eager_model(lenet):
 
     x = torch.rand(3, 1, 28, 28)
     eager = SmoothedClassifier(copy.deepcopy(lenet), 10, 0.25).sample_counts(x, 500, seeds=[1, 2, 3])
-    traced = SmoothedClassifier(copy.deepcopy(lenet), 10, 0.25, jit=True).sample_counts(x, 500, seeds=[1, 2, 3])
+    g = SmoothedClassifier(copy.deepcopy(lenet), 10, 0.25, jit="always")
+    traced = g.sample_counts(x, 500, seeds=[1, 2, 3])
+    assert isinstance(g._forward, torch.jit.ScriptModule)
     assert torch.equal(eager, traced)
+
+
+@pytest.mark.parametrize("frozen_faster", [True, False])
+def test_jit_keeps_the_frozen_graph_only_when_it_is_faster(lenet, monkeypatch, frozen_faster):
+    import copy
+
+    from smoothguard.smoothing import core
+
+    timed = []
+
+    def fake_times(fns, batch):
+        timed.append(len(fns))
+        return [1.0, 2.0] if frozen_faster else [2.0, 1.0]  # (frozen, eager)
+
+    monkeypatch.setattr(core, "_time_forwards", fake_times)
+    g = SmoothedClassifier(copy.deepcopy(lenet), 10, 0.25, jit=True)
+    g.sample_counts(torch.rand(2, 1, 28, 28), 300, seeds=[1, 2])
+    assert timed == [2]
+    assert isinstance(g._forward, torch.jit.ScriptModule) == frozen_faster
+    with pytest.raises(ValueError, match="jit must be False, True or 'always'"):
+        SmoothedClassifier(lenet, 10, 0.25, jit="sometimes")
+
+
+def test_forward_timing_measures_each_function():
+    import time
+
+    from smoothguard.smoothing.core import _time_forwards
+
+    fast, slow = _time_forwards((lambda b: b, lambda b: time.sleep(0.02)), torch.zeros(1), warmup=0, reps=2)
+    assert fast < 0.01 <= 0.02 <= slow
 
 
 def test_jit_falls_back_to_eager_with_a_warning_when_tracing_is_wrong():
@@ -267,7 +299,7 @@ def test_concurrent_workers_give_the_counts_of_one_worker(lenet):
 
     x = torch.rand(3, 1, 28, 28)
     one = SmoothedClassifier(copy.deepcopy(lenet), 10, 0.25).sample_counts(x, 700, batch_size=200, seeds=[4, 5, 6])
-    for jit in (False, True):
+    for jit in (False, "always"):
         two = SmoothedClassifier(copy.deepcopy(lenet), 10, 0.25, jit=jit, workers=2)
         assert torch.equal(two.sample_counts(x, 700, batch_size=200, seeds=[4, 5, 6]), one)
     with pytest.raises(ValueError, match="workers must be >= 1"):

@@ -260,13 +260,14 @@ def test_jit_keeps_the_frozen_graph_only_when_it_is_faster(lenet, monkeypatch, f
     timed = []
 
     def fake_times(fns, batch):
-        timed.append(len(fns))
+        timed.append((len(fns), batch.shape[0]))
         return [1.0, 2.0] if frozen_faster else [2.0, 1.0]  # (frozen, eager)
 
     monkeypatch.setattr(core, "_time_forwards", fake_times)
     g = SmoothedClassifier(copy.deepcopy(lenet), 10, 0.25, jit=True)
-    g.sample_counts(torch.rand(2, 1, 28, 28), 300, seeds=[1, 2])
-    assert timed == [2]
+    # the first forward batch holds 100 copies; the choice is timed at the full batch size
+    g.certify_batch(torch.rand(1, 1, 28, 28), 100, 800, 0.001, batch_size=400, seeds=[1])
+    assert timed == [(2, 400)]
     assert isinstance(g._forward, torch.jit.ScriptModule) == frozen_faster
     with pytest.raises(ValueError, match="jit must be False, True or 'always'"):
         SmoothedClassifier(lenet, 10, 0.25, jit="sometimes")

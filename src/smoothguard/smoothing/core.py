@@ -140,8 +140,12 @@ class SmoothedClassifier:
             if rewrite:
                 self._module = pool_before_relu(base_classifier)[0]
         self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None if self.jit else self._module
+        self._timing_rows = 1  # the sampler's batch size, for the jit timing check
 
     # ------------------------------------------------------------------ sampling
+    def _memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.memory_format == "channels_last" else torch.contiguous_format
+
     def _autocast(self):
         return (torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
                 if self.precision == "bf16" else contextlib.nullcontext())
@@ -162,7 +166,11 @@ class SmoothedClassifier:
                     if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-3, atol=1e-3):
                         raise RuntimeError("traced outputs differ from the eager model's")
                 if self.jit != "always":
-                    t_frozen, t_eager = _time_forwards((frozen, model), batch)
+                    # timed at the size of the sampler's full batches, not of this (maybe small) first one
+                    rows = max(batch.shape[0], self._timing_rows)
+                    probe = torch.cat([batch] * math.ceil(rows / batch.shape[0]))[:rows]
+                    probe = probe.contiguous(memory_format=self._memory_format())
+                    t_frozen, t_eager = _time_forwards((frozen, model), probe)
                     if t_frozen >= t_eager:
                         return model
             return frozen
@@ -232,8 +240,7 @@ class SmoothedClassifier:
         gens = list(generators) if generators is not None else self._generators(count, seeds, generator)
         if len(gens) != count:
             raise ValueError(f"need one generator per image: {count} images, {len(gens)} generators")
-        mf = torch.channels_last if self.memory_format == "channels_last" else torch.contiguous_format
-        return x.to(self.device, torch.float32).contiguous(memory_format=mf), gens
+        return x.to(self.device, torch.float32).contiguous(memory_format=self._memory_format()), gens
 
     def _noise_sum(
         self,
@@ -253,8 +260,9 @@ class SmoothedClassifier:
         (B, K). On the device.
         """
         count, k = x.shape[0], self.num_classes
-        mf = torch.channels_last if self.memory_format == "channels_last" else torch.contiguous_format
+        mf = self._memory_format()
         block = min(NOISE_BLOCK, batch_size)
+        self._timing_rows = batch_size  # later calls (CERTIFY's estimation after its n0) fill whole batches
         # blocks (image, size) in order; each image's blocks are drawn from its own generator
         full, tail = divmod(num, block)
         sizes = [block] * full + ([tail] if tail else [])

@@ -79,8 +79,8 @@ class SmoothedClassifier:
             ReLU, folds batch norm). Checked against the eager model on the first batch
             (and a smaller one); when tracing fails, warns that the trace may depend on
             the data, or outputs differ beyond float rounding, a warning is raised and
-            the eager model is used. ``True`` then times both on that batch and keeps the
-            faster (the frozen graph was 1.2x faster for the Madry CNN and 1.1-1.5x
+            the eager model is used. ``True`` then times both once, on a batch of the
+            sampler's batch size, and keeps the faster (the frozen graph was 1.2x faster for the Madry CNN and 1.1-1.5x
             *slower* for LeNet on this CPU); ``"always"`` keeps the frozen one.
         workers: forward passes run concurrently in this many threads while the main
             thread draws the next batch's noise (results are identical to workers=1).

@@ -66,7 +66,8 @@ def main(argv=None) -> int:
         args.n, args.restarts, args.aa_steps = 100, 5, 20
     args.queries = [int(q) for q in str(args.queries).split(",") if q.strip()]
     torch.set_num_threads(args.threads)
-    from smoothguard.models import load_checkpoint, load_default_model, pool_before_relu
+    from smoothguard.cli.common import prepare_for_speed
+    from smoothguard.models import load_checkpoint, load_default_model
 
     model, meta = load_default_model() if args.model is None else load_checkpoint(args.model)
     model.eval()
@@ -77,9 +78,9 @@ def main(argv=None) -> int:
 
     # ours: the evaluate cascade (once per Square budget in --queries)
     results_ours = []
-    # what the evaluate command runs: channels_last and the exact ReLU/MaxPool swap (shared weights)
-    ours_model = model if args.no_channels_last else pool_before_relu(
-        copy.deepcopy(model).to(memory_format=torch.channels_last))[0]
+    # what the evaluate command runs: its own preparation of the model (channels_last, exact ReLU/MaxPool swap)
+    ours_model = model if args.no_channels_last else prepare_for_speed(
+        copy.deepcopy(model), argparse.Namespace(channels_last=True))
     for q in args.queries:
         cascade = build_cascade(ours_model, args.norm, args.eps, attacks=args.attacks.split(","), steps=args.steps,
                                 restarts=args.restarts, square_queries=q, seed=args.seed)

@@ -1,5 +1,6 @@
 """The exact ReLU -> MaxPool rewrite: same outputs and gradients bit for bit, shared
-weights, the original untouched, and no rewrite where it would not be safe."""
+weights, the original untouched, and no rewrite where it would not be safe; and the
+inference-only strided max pooling: the values of nn.MaxPool2d wherever it is used."""
 
 import copy
 
@@ -7,12 +8,22 @@ import pytest
 import torch
 from torch import nn
 
-from smoothguard.models import get_model, pool_before_relu
+from smoothguard.models import StridedMaxPool2d, get_model, pool_before_relu, strided_max_pools
 from smoothguard.smoothing import SmoothedClassifier
 
 
 def _assert_identical(a: torch.Tensor, b: torch.Tensor) -> None:
     torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+def _special_values(x: torch.Tensor) -> torch.Tensor:
+    flat = x.view(-1)
+    flat[::7] = float("nan")
+    flat[3::11] = -float("inf")
+    flat[5::13] = float("inf")
+    flat[2::17] = 0.0
+    flat[4::19] = -0.0
+    return x
 
 
 @pytest.mark.parametrize("arch,swaps", [("lenet", 2), ("madry_cnn", 2)])
@@ -56,12 +67,7 @@ def test_rewrite_shares_weights_and_leaves_the_original_alone():
 def test_swap_is_exact_for_every_pooling_configuration(pool):
     torch.manual_seed(1)
     shape = {nn.MaxPool1d: (5, 3, 17), nn.MaxPool2d: (5, 3, 11, 13), nn.MaxPool3d: (5, 3, 6, 7, 8)}[type(pool)]
-    x = torch.randn(shape)
-    flat = x.view(-1)
-    flat[::7] = float("nan")
-    flat[3::11] = -float("inf")
-    flat[5::13] = float("inf")
-    flat[2::17] = 0.0
+    x = _special_values(torch.randn(shape))
     seq = nn.Sequential(nn.ReLU(), pool)
     fast, k = pool_before_relu(seq)
     assert k == 1
@@ -90,6 +96,79 @@ def test_smoothed_classifier_counts_are_identical_with_and_without_the_rewrite()
     fast = SmoothedClassifier(copy.deepcopy(model), 10, 0.5)
     plain = SmoothedClassifier(copy.deepcopy(model), 10, 0.5, rewrite=False)
     assert fast._module is not fast.base_classifier and plain._module is plain.base_classifier
+    assert [type(m) for m in fast._module[1].features][1:3] == [StridedMaxPool2d, nn.ReLU]
     a = fast.sample_counts(x, 700, 300, seeds=[1, 2, 3])
     b = plain.sample_counts(x, 700, 300, seeds=[1, 2, 3])
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kernel", [1, 2, 3, (2, 3), (3, 1)])
+@pytest.mark.parametrize("shape", [(5, 3, 12, 12), (4, 6, 11, 13), (3, 7, 9)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_strided_max_pool_takes_the_values_of_max_pool2d(kernel, shape, channels_last):
+    torch.manual_seed(2)
+    x, special = torch.randn(shape), _special_values(torch.randn(shape))
+    if channels_last and x.dim() == 4:
+        x, special = (t.contiguous(memory_format=torch.channels_last) for t in (x, special))
+    ref = nn.MaxPool2d(kernel)(x)
+    out = StridedMaxPool2d(kernel)(x)
+    _assert_identical(out, ref)  # floor mode on the odd sizes too
+    _assert_identical(StridedMaxPool2d(kernel)(special), nn.MaxPool2d(kernel)(special))
+    if channels_last and x.dim() == 4:
+        assert out.is_contiguous(memory_format=torch.channels_last)  # the next conv gets the layout it wants
+    assert out.data_ptr() != x.data_ptr()  # a new tensor, never a view the next in-place ReLU would write through
+
+
+def test_strided_max_pool_rejects_bad_input():
+    with pytest.raises(ValueError, match="kernel_size must be >= 1"):
+        StridedMaxPool2d(0)
+    with pytest.raises(ValueError, match=r"expects \(C, H, W\) or \(N, C, H, W\)"):
+        StridedMaxPool2d(2)(torch.zeros(4, 4))
+    with pytest.raises(ValueError, match="smaller than the pooling window"):
+        StridedMaxPool2d(3)(torch.zeros(1, 1, 2, 5))
+
+
+@pytest.mark.parametrize("arch", ["lenet", "madry_cnn"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_both_rewrites_give_the_models_logits_under_inference_mode(arch, channels_last):
+    torch.manual_seed(0)
+    model = get_model(arch, 10, (1, 28, 28), (0.5,), (0.25,)).eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    fast, k = strided_max_pools(pool_before_relu(model)[0])
+    assert k == 2
+    assert all(p is q for p, q in zip(model.parameters(), fast.parameters()))
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 2  # the original keeps its pools
+    x = torch.randn(33, 1, 28, 28) * 3
+    x[:3] = 0.0  # constant images: every pooling window is a tie
+    with torch.inference_mode():
+        _assert_identical(fast(x), model(x))
+
+
+def test_strided_max_pools_replaces_only_non_overlapping_unhooked_pools():
+    class Net(nn.Module):  # a pool held as an attribute of a module with its own forward
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.pool = nn.MaxPool2d(2, stride=2)
+
+        def forward(self, x):
+            return self.pool(self.conv(x))
+
+    net = Net()
+    fast, k = strided_max_pools(net)
+    assert k == 1 and isinstance(fast.pool, StridedMaxPool2d) and type(net.pool) is nn.MaxPool2d
+    assert fast.conv is net.conv
+    x = torch.randn(2, 1, 15, 15)
+    _assert_identical(fast(x), net(x))
+    assert isinstance(strided_max_pools(nn.MaxPool2d(3, stride=3))[0], StridedMaxPool2d)
+
+    hooked = nn.MaxPool2d(2)
+    hooked.register_forward_hook(lambda m, i, o: None)
+    unsafe = [nn.MaxPool2d(3, stride=2), nn.MaxPool2d(2, padding=1), nn.MaxPool2d(2, dilation=2),
+              nn.MaxPool2d(2, ceil_mode=True), nn.MaxPool2d(2, return_indices=True), nn.MaxPool1d(2),
+              nn.AvgPool2d(2), hooked]
+    for pool in unsafe:
+        seq = nn.Sequential(nn.Conv2d(1, 2, 3), pool)
+        fast, k = strided_max_pools(seq)
+        assert k == 0 and fast is seq

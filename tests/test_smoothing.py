@@ -1,6 +1,7 @@
 """Statistical and closed-form tests of PREDICT and CERTIFY (Cohen et al. 2019)."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from smoothguard.smoothing import (
     lower_confidence_bound,
     r_max,
 )
+from smoothguard.smoothing import core
 
 
 def binomial_slack(p, reps, k=3.0):
@@ -217,12 +219,24 @@ def test_seeded_runs_are_reproducible_and_seeds_matter(lenet):
     assert torch.equal(g.sample_counts(x, 300, generator=gen1), g.sample_counts(x, 300, generator=gen2))
 
 
-def test_bf16_path_mostly_agrees_with_fp32(lenet):
+def test_bf16_path_mostly_agrees_with_fp32(lenet, monkeypatch):
+    monkeypatch.setattr(core, "cpu_has_native_bf16", lambda: True)  # agreement is tested here, not speed
     x = torch.rand(4, 1, 28, 28)
     fp32 = SmoothedClassifier(lenet, 10, 0.25).sample_counts(x, 1000, seeds=[1, 2, 3, 4])
     bf16 = SmoothedClassifier(lenet, 10, 0.25, precision="bf16").sample_counts(x, 1000, seeds=[1, 2, 3, 4])
     assert torch.equal(fp32.sum(1), bf16.sum(1))
     assert float((fp32 - bf16).abs().sum()) / float(fp32.sum()) < 0.1
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_warns_that_fp32_is_faster(lenet, monkeypatch):
+    monkeypatch.setattr(core, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="without bf16 instructions.*precision='fp32' is faster"):
+        SmoothedClassifier(lenet, 10, 0.25, precision="bf16")
+    monkeypatch.setattr(core, "cpu_has_native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SmoothedClassifier(lenet, 10, 0.25, precision="bf16")
+        SmoothedClassifier(lenet, 10, 0.25)  # fp32 never warns
 
 
 def test_argument_validation_names_the_problem(lenet):

@@ -32,6 +32,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic (AVX-512 BF16 or AMX). Without it PyTorch
+    emulates bf16 on the CPU, which is slower than fp32 (about 5x on the AVX2 machine of
+    BENCHMARKS.md)."""
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(check()) for check in checks if check is not None)
+
+
 def derive_seed(*parts: int | str) -> int:
     """A 63-bit seed that depends only on ``parts`` (stable across runs and platforms)."""
     h = hashlib.blake2b(repr(tuple(parts)).encode(), digest_size=8).digest()

@@ -15,7 +15,7 @@ from smoothguard.models.checkpoint import (
 )
 from smoothguard.models.denoiser import DENOISERS, DenoisedClassifier, DnCNN, get_denoiser
 from smoothguard.models.noise import NOISE_INJECTIONS, CNI, PNI, noise_generator, set_noise_injection
-from smoothguard.models.rewrite import pool_before_relu
+from smoothguard.models.rewrite import StridedMaxPool2d, pool_before_relu, strided_max_pools
 
 __all__ = [
     "Normalize",
@@ -36,4 +36,6 @@ __all__ = [
     "noise_generator",
     "set_noise_injection",
     "pool_before_relu",
+    "strided_max_pools",
+    "StridedMaxPool2d",
 ]

@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 from smoothguard import ABSTAIN
-from smoothguard.models.rewrite import pool_before_relu
+from smoothguard.models.rewrite import pool_before_relu, strided_max_pools
 from smoothguard.smoothing.stats import binom_pvalue, lower_confidence_bound, radius_from_bound
-from smoothguard.utils import derive_seed, make_generator, model_device
+from smoothguard.utils import cpu_has_native_bf16, derive_seed, make_generator, model_device
 
 NOISE_BLOCK = 100  # noise samples per block of one image (see the module docstring)
 PRECISIONS = ("fp32", "bf16")
@@ -69,7 +69,8 @@ class SmoothedClassifier:
         num_classes: K.
         sigma: noise standard deviation in [0, 1] pixel units (> 0).
         precision: ``fp32`` (default, exact arithmetic of the model) or ``bf16``
-            (autocast; faster on CPUs and GPUs with bf16 units, may flip a few votes).
+            (autocast; faster on CPUs and GPUs with bf16 units, may flip a few votes; on a
+            CPU without bf16 instructions it is slower than fp32 and a warning says so).
         memory_format: ``auto`` (channels_last on CPU for modules, where it is faster),
             ``channels_last`` or ``contiguous``. A module is converted to channels_last
             *in place* (``module.to(memory_format=...)``, no copy of the weights): only
@@ -88,8 +89,11 @@ class SmoothedClassifier:
             than one forward pass on two intra-op threads for small models.
         rewrite: run a module through :func:`smoothguard.models.rewrite.pool_before_relu`
             (``ReLU -> MaxPool`` becomes ``MaxPool -> ReLU`` in its ``nn.Sequential``
-            containers: bit-identical outputs, shared weights, the module itself
-            untouched; 1.5x faster for LeNet on this CPU). ``False`` runs it as given.
+            containers: bit-identical outputs) and then
+            :func:`~smoothguard.models.rewrite.strided_max_pools` (non-overlapping max
+            pooling without aten's index tensor: equal values; the sampler takes no
+            gradients). Shared weights, the module itself untouched; LeNet 1.5x faster on
+            the AVX-512 CPU, a further ~1.1x on the AVX2 one. ``False`` runs it as given.
     """
 
     def __init__(
@@ -122,6 +126,10 @@ class SmoothedClassifier:
         is_module = isinstance(base_classifier, nn.Module)
         self.device = torch.device(device) if device is not None else (
             model_device(base_classifier) if is_module else torch.device("cpu"))
+        if precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
+            warnings.warn("precision='bf16' on a CPU without bf16 instructions (AVX-512 BF16 or AMX): PyTorch "
+                          "emulates it, about 5x slower than fp32 on the AVX2 machine of BENCHMARKS.md; "
+                          "precision='fp32' is faster here", RuntimeWarning, stacklevel=2)
         if memory_format == "auto":
             memory_format = "channels_last" if (is_module and self.device.type == "cpu") else "contiguous"
         self.memory_format = memory_format
@@ -137,8 +145,8 @@ class SmoothedClassifier:
             base_classifier.eval()
             if memory_format == "channels_last":
                 base_classifier.to(memory_format=torch.channels_last)
-            if rewrite:
-                self._module = pool_before_relu(base_classifier)[0]
+            if rewrite:  # exact: the sampler's outputs do not change (only under inference_mode)
+                self._module = strided_max_pools(pool_before_relu(base_classifier)[0])[0]
         self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None if self.jit else self._module
         self._timing_rows = 1  # the sampler's batch size, for the jit timing check
 

@@ -133,6 +133,8 @@ def bench(name, model, images, n, ours_batch, bf16_images):
     ref = out["straightforward"]
     for k, ts in times.items():
         m = len(ts)
+        if m == 0:  # --bf16-images 0: bf16 not timed
+            continue
         t = sum(ts)
         speedup = sum(times["straightforward"][:m]) / t
         changed = np.mean([a[0] != b[0] for a, b in zip(out[k], ref)])

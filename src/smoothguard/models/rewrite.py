@@ -52,6 +52,13 @@ def _swappable(a: nn.Module, b: nn.Module) -> bool:
             and not _hooked(a) and not _hooked(b))
 
 
+def _with_children(module: nn.Module, children: dict) -> nn.Module:
+    """A shallow copy of ``module`` (sharing its parameters and buffers) with new children."""
+    clone = copy.copy(module)
+    clone._modules = children
+    return clone
+
+
 def _rewrite(module: nn.Module) -> tuple[nn.Module, int]:
     children = dict(module._modules)
     swaps = 0
@@ -74,9 +81,7 @@ def _rewrite(module: nn.Module) -> tuple[nn.Module, int]:
         children = dict(zip(children.keys(), out))
     if not swaps:
         return module, 0
-    clone = copy.copy(module)  # shallow: shares _parameters and _buffers with the original
-    clone._modules = children
-    return clone, swaps
+    return _with_children(module, children), swaps
 
 
 def pool_before_relu(module: nn.Module) -> tuple[nn.Module, int]:
@@ -145,9 +150,7 @@ def _replace_pools(module: nn.Module) -> tuple[nn.Module, int]:
             count += k
     if not count or _hooked(module):  # a hooked parent keeps the children its hooks expect
         return module, 0
-    clone = copy.copy(module)
-    clone._modules = children
-    return clone, count
+    return _with_children(module, children), count
 
 
 def strided_max_pools(module: nn.Module) -> tuple[nn.Module, int]:

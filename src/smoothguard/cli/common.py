@@ -21,9 +21,17 @@ def common_parent() -> argparse.ArgumentParser:
     return p
 
 
-def apply_common(args: argparse.Namespace) -> None:
-    from smoothguard.utils import resolve_device
+RETAIN_MEMORY_ENV = "SMOOTHGUARD_RETAIN_MEMORY"
 
+
+def apply_common(args: argparse.Namespace) -> None:
+    from smoothguard.utils import resolve_device, retain_freed_memory
+
+    retain = os.environ.get(RETAIN_MEMORY_ENV, "1")
+    if retain not in ("0", "1"):
+        raise ValueError(f"{RETAIN_MEMORY_ENV} must be 0 or 1, got {retain!r}")
+    if retain == "1":  # this process is ours: keep freed memory for the next batch (utils.retain_freed_memory)
+        retain_freed_memory()
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")

@@ -1,0 +1,394 @@
+"""The guarantees users rely on, each tested as a property on a construction where a
+broken line would show (issue 24; every case here was checked to fail under the mutation
+named in its docstring).
+
+* CERTIFY abstains exactly when the Clopper-Pearson bound on p_A is below 1/2.
+* PREDICT returns a class only when the exact binomial p-value is <= alpha, so its error
+  rate is at most alpha (and a looser threshold is detected).
+* PGD and APGD return the worst case over every iterate of every restart, not the last
+  iterate and not the last restart's best.
+* TRADES' loss is CE + beta * KL(f(x) || f(x')) and its inner attack increases that KL.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import beta as beta_dist
+from scipy.stats import binom, binomtest, norm
+from torch import nn
+
+from smoothguard.attacks import APGD, PGD
+from smoothguard.smoothing import ABSTAIN, SmoothedClassifier
+from smoothguard.training import StepContext, get_objective
+from smoothguard.training.adversarial import TradesPGD, kl_div_rows
+
+
+# ----------------------------------------------------------------------------- helpers
+class Scripted:
+    """Query-only base classifier that answers a fixed sequence of labels, in order,
+    whatever the inputs: the counts of a run are known exactly (stub counts)."""
+
+    def __init__(self, labels):
+        self.labels = torch.as_tensor(labels, dtype=torch.int64)
+        self.pos = 0
+
+    def __call__(self, x):
+        n = x.shape[0]
+        out = self.labels[self.pos:self.pos + n]
+        assert out.shape[0] == n, "script exhausted"
+        self.pos += n
+        return out
+
+
+def _script(*runs):
+    """Concatenate runs of (label, count)."""
+    return torch.cat([torch.full((count,), label, dtype=torch.int64) for label, count in runs])
+
+
+# ----------------------------------------------------------------------------- CERTIFY
+def _certify_boundary(n, alpha):
+    """The smallest n_a whose (1 - alpha) Clopper-Pearson lower bound is >= 1/2."""
+    n_a = np.arange(1, n + 1)
+    bounds = beta_dist.ppf(alpha, n_a, n - n_a + 1)
+    first = int(np.argmax(bounds >= 0.5))
+    return int(n_a[first]), float(bounds[first - 1]), float(bounds[first])
+
+
+@pytest.mark.parametrize("n,alpha", [(1000, 0.001), (10_000, 0.01)])
+def test_certify_abstains_just_below_one_half_and_certifies_just_above(n, alpha):
+    """Mutation `p_lower >= 0.5` -> `>= 0.3` (or any threshold below the bound just under
+    1/2) certifies the first case; a wrong radius formula fails the second."""
+    n0, sigma = 50, 0.25
+    n_star, below, above = _certify_boundary(n, alpha)
+    assert 0.49 < below < 0.5 <= above < 0.51  # the construction sits on the boundary
+
+    # n_star - 1 votes for the selected class: p_lower just below 1/2 -> abstain
+    g = SmoothedClassifier(Scripted(_script((2, n0), (2, n_star - 1), (0, n - n_star + 1))), 3, sigma)
+    res = g.certify_batch(torch.zeros(1, 1, 2, 2), n0, n, alpha, batch_size=n)
+    assert int(res.counts_estimation[0, 2]) == n_star - 1
+    assert float(res.p_lower[0]) == pytest.approx(below, rel=1e-12)
+    assert int(res.prediction[0]) == ABSTAIN
+    assert float(res.radius[0]) == 0.0
+
+    # n_star votes: p_lower just at/above 1/2 -> certify class 2 at sigma * PhiInv(p_lower)
+    g = SmoothedClassifier(Scripted(_script((2, n0), (2, n_star), (0, n - n_star))), 3, sigma)
+    label, radius = g.certify(torch.zeros(1, 2, 2), n0, n, alpha, batch_size=n)
+    assert label == 2
+    assert radius == pytest.approx(sigma * norm.ppf(above), rel=1e-9, abs=1e-15)
+    assert 0.0 <= radius < 0.01 * sigma
+
+
+def test_certify_uses_the_selected_class_counts_of_fresh_samples():
+    """Selection picks class 1 from the first n0 samples; the estimation samples (a fresh
+    run) are counted for class 1 even when another class wins them."""
+    n0, n, alpha, sigma = 20, 500, 0.001, 0.5
+    g = SmoothedClassifier(Scripted(_script((1, n0), (0, 300), (1, 200))), 2, sigma)
+    res = g.certify_batch(torch.zeros(1, 1, 1, 1), n0, n, alpha, batch_size=64)
+    assert res.counts_selection[0].tolist() == [0, n0]
+    assert res.counts_estimation[0].tolist() == [300, 200]
+    assert float(res.p_lower[0]) == pytest.approx(beta_dist.ppf(alpha, 200, n - 200 + 1), rel=1e-12)
+    assert int(res.prediction[0]) == ABSTAIN  # class 1 has only 200 of 500: no certificate
+
+    g = SmoothedClassifier(Scripted(_script((1, n0), (1, 450), (0, 50))), 2, sigma)
+    res = g.certify_batch(torch.zeros(1, 1, 1, 1), n0, n, alpha, batch_size=64)
+    p = beta_dist.ppf(alpha, 450, 51)
+    assert int(res.prediction[0]) == 1
+    assert float(res.radius[0]) == pytest.approx(sigma * norm.ppf(p), rel=1e-9)
+
+
+class _Threshold:
+    """f(x + d) = 0 when the first noisy coordinate exceeds t, else 1 or 2 by the sign of
+    the second: with x = 0, P(class 0) = 1 - Phi(t / sigma) exactly."""
+
+    def __init__(self, t):
+        self.t = t
+
+    def __call__(self, z):
+        z = z.flatten(1)
+        other = torch.where(z[:, 1] > 0, 1, 2)
+        return torch.where(z[:, 0] > self.t, 0, other).to(torch.int64)
+
+
+@pytest.mark.parametrize("p_a,certified", [(0.47, False), (0.53, True)])
+def test_certify_on_a_threshold_classifier_around_one_half(p_a, certified):
+    """With p_A = 0.47 the bound from 100k samples stays below 1/2 (abstain; the `>= 0.3`
+    mutation certifies); with 0.53 it is above (certify, radius below the true
+    sigma * PhiInv(p_A)). Seeded; the margins are > 6 standard errors."""
+    sigma, n0, n, alpha = 0.5, 1000, 100_000, 0.001
+    g = SmoothedClassifier(_Threshold(sigma * norm.ppf(1 - p_a)), 3, sigma)
+    res = g.certify_batch(torch.zeros(1, 1, 1, 2), n0, n, alpha, batch_size=20_000, seeds=[11])
+    assert int(res.counts_selection[0].argmax()) == 0
+    assert float(res.counts_estimation[0, 0]) / n == pytest.approx(p_a, abs=6 * math.sqrt(0.25 / n))
+    if certified:
+        assert int(res.prediction[0]) == 0
+        assert 0.0 < float(res.radius[0]) < sigma * norm.ppf(p_a)
+    else:
+        assert int(res.prediction[0]) == ABSTAIN and float(res.radius[0]) == 0.0
+
+
+# ----------------------------------------------------------------------------- PREDICT
+def _pvalue_case(n=100):
+    """Counts (n_a, n_b) whose two-sided p-value lies in (0.005, 0.02)."""
+    for n_a in range(n // 2, n + 1):
+        p = binomtest(n_a, n, 0.5).pvalue
+        if 0.005 < p < 0.02:
+            return n_a, n - n_a, p
+    raise AssertionError("no case")
+
+
+def test_predict_threshold_is_the_exact_binomial_pvalue_at_alpha():
+    """PREDICT answers iff p-value <= alpha: at alpha = p it answers (kills `<`), just
+    below p it abstains, and at alpha = p / 3.9 it abstains (kills `p <= 4 alpha`)."""
+    n_a, n_b, p = _pvalue_case()
+    n = n_a + n_b
+
+    def run(alpha):
+        g = SmoothedClassifier(Scripted(_script((1, n_a), (0, n_b))), 2, 0.25)
+        res = g.predict_batch(torch.zeros(1, 1, 1, 1), n, alpha, batch_size=n)
+        assert res.counts[0].tolist() == [n_b, n_a]
+        return int(res.prediction[0]), float(res.pvalue[0])
+
+    label, pvalue = run(p)
+    assert pvalue == pytest.approx(p, rel=1e-12)
+    assert label == 1
+    assert run(math.nextafter(p, 0.0))[0] == ABSTAIN
+    assert run(p / 3.9)[0] == ABSTAIN
+    assert run(p / 1.01)[0] == ABSTAIN
+    assert run(min(0.5, 1.01 * p))[0] == 1
+
+
+class _Coin:
+    """Query-only classifier: class 0 with probability p, else class 1 (its own generator)."""
+
+    def __init__(self, p, seed):
+        self.p = p
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, x):
+        return (torch.rand(x.shape[0], generator=self.gen) >= self.p).long()
+
+
+def _predict_rates(n, p, alpha):
+    """Exact probabilities that PREDICT on Bin(n, p) votes for class 0 returns class 1
+    (wrong) and class 0, at threshold alpha (two-sided exact test on the top two)."""
+    k = np.arange(n + 1)  # votes for class 0
+    pmf = binom.pmf(k, n, p)
+    pv = np.minimum(1.0, 2 * binom.sf(np.maximum(k, n - k) - 1, n, 0.5))
+    decided = pv <= alpha
+    return float(pmf[decided & (k < n - k)].sum()), float(pmf[decided & (k > n - k)].sum())
+
+
+def test_predict_error_rate_is_at_most_alpha_and_a_looser_threshold_is_detected():
+    """g(x) = class 0 with p = 0.51: PREDICT returns class 1 with probability ~0.019 at
+    alpha = 0.05 (exact: see _predict_rates); a 4x looser threshold would return it with
+    probability ~0.072. 6000 seeded draws: standard error 0.0018 (0.0033 under the
+    mutation), so the observed rate is checked against the exact one within 4 standard
+    errors, and against alpha."""
+    n, p, alpha, reps = 100, 0.51, 0.05, 6000
+    want_wrong, want_right = _predict_rates(n, p, alpha)
+    loose_wrong, _ = _predict_rates(n, p, 4 * alpha)
+    se = math.sqrt(want_wrong * (1 - want_wrong) / reps)
+    assert want_wrong < alpha and loose_wrong > alpha + 4 * se  # the test can tell them apart
+
+    g = SmoothedClassifier(_Coin(p, seed=7), 2, 0.25)
+    res = g.predict_batch(torch.zeros(reps, 1, 1, 1), n, alpha, batch_size=20_000, seeds=list(range(reps)))
+    wrong = float((res.prediction == 1).float().mean())
+    right = float((res.prediction == 0).float().mean())
+    assert wrong <= alpha
+    assert wrong == pytest.approx(want_wrong, abs=4 * se)
+    assert right == pytest.approx(want_right, abs=4 * math.sqrt(want_right * (1 - want_right) / reps))
+
+
+# ----------------------------------------------------------------------------- PGD / APGD
+class TwoPeaks(nn.Module):
+    """One-pixel model whose CE loss (label 0) has two local maxima in the ball around
+    0.5 (eps 0.3): h(v) = max(-2 - 10|v - 0.3|, -1 - 10|v - 0.7|), logits (0, h). The
+    basins meet at v = 0.45; class 1 is never reached (h <= -1), so the attacks keep the
+    highest-loss point. Every forward input is recorded while ``record`` is set."""
+
+    LOW, HIGH = 0.3, 0.7
+
+    def __init__(self):
+        super().__init__()
+        self.record = False
+        self.seen = []
+
+    @staticmethod
+    def h(v):
+        return torch.maximum(-2 - 10 * (v - 0.3).abs(), -1 - 10 * (v - 0.7).abs())
+
+    def forward(self, x):
+        v = x.flatten(1)[:, 0]
+        if self.record:
+            self.seen.append(v.detach().clone())
+        h = self.h(v)
+        return torch.stack([torch.zeros_like(h), h], 1)
+
+
+def _two_peak_run(attack_cls, **kw):
+    model = TwoPeaks()
+    atk = attack_cls(model, norm="linf", eps=0.3, seed=0, sanity_checks=False, **kw)
+    n = 64
+    x = torch.full((n, 1, 1, 1), 0.5)
+    y = torch.zeros(n, dtype=torch.long)
+    model.record = True
+    res = atk.run(x, y)
+    model.record = False
+    return model, atk, res
+
+
+def _dist_to_nearest_peak(v):
+    return torch.minimum((v - TwoPeaks.LOW).abs(), (v - TwoPeaks.HIGH).abs())
+
+
+@pytest.mark.parametrize("attack_cls,kw", [
+    (PGD, dict(steps=10, step_size=0.07, restarts=4)),
+    (APGD, dict(steps=20, restarts=4)),
+], ids=["pgd", "apgd"])
+def test_attack_returns_the_worst_point_it_examined_over_steps_and_restarts(attack_cls, kw):
+    """The returned point has the highest loss of every point the attack evaluated (all
+    iterates of all restarts): killed by returning the last iterate, or letting each
+    restart overwrite the best. The reported per-restart losses agree with it."""
+    model, atk, res = _two_peak_run(attack_cls, **kw)
+    # no image is ever fooled (class 1 is unreachable), so every forward holds all 64
+    assert model.seen and all(s.shape[0] == 64 for s in model.seen)
+    h_best = torch.stack([TwoPeaks.h(s) for s in model.seen]).max(0).values
+    v = res.x_adv.flatten(1)[:, 0]
+    h_ret = TwoPeaks.h(v)
+    torch.testing.assert_close(h_ret, h_best, rtol=0, atol=1e-6)
+    assert not bool(res.success.any())
+    # per-restart losses: the returned point's loss is their maximum
+    ce_ret = F.softplus(h_ret)
+    torch.testing.assert_close(ce_ret, res.losses.max(dim=1).values, rtol=1e-6, atol=1e-6)
+    # whenever some restart reached the high basin (loss > the low peak's), the returned
+    # point is in the high basin; with 4 restarts most images get there
+    high = res.losses.max(dim=1).values > float(F.softplus(torch.tensor(-2.0)))
+    assert bool((v[high] > 0.45).all())
+    assert int(high.sum()) >= 48
+
+
+def test_pgd_keeps_the_best_iterate_when_its_steps_oscillate_around_a_peak():
+    """Sign steps of 0.07 bounce across each peak: the best iterate is within 0.035 of the
+    peak, the last iterate often is not (shown with ``return_last``). Independent of the
+    attack's own loss bookkeeping."""
+    model, atk, res = _two_peak_run(PGD, steps=10, step_size=0.07, restarts=1)
+    v = res.x_adv.flatten(1)[:, 0]
+    assert bool((_dist_to_nearest_peak(v) <= 0.035 + 1e-6).all())
+    # the construction is discriminating: the last iterates are often farther away
+    atk.return_last = True
+    last = atk(torch.full((64, 1, 1, 1), 0.5), torch.zeros(64, dtype=torch.long)).flatten(1)[:, 0]
+    assert int((_dist_to_nearest_peak(last) > 0.035 + 1e-3).sum()) >= 10
+
+
+def test_pgd_restarts_find_the_higher_peak_that_one_restart_can_miss():
+    """One restart lands in the low basin for about half the images; four restarts leave
+    only ~1/16 there. The returned loss never decreases when restarts are added (same
+    seed: the first restart is the same run)."""
+    _, _, one = _two_peak_run(PGD, steps=10, step_size=0.07, restarts=1)
+    _, _, four = _two_peak_run(PGD, steps=10, step_size=0.07, restarts=4)
+    v1, v4 = one.x_adv.flatten(1)[:, 0], four.x_adv.flatten(1)[:, 0]
+    assert 16 <= int((v1 < 0.45).sum()) <= 48
+    assert int((v4 < 0.45).sum()) <= 12
+    assert bool((TwoPeaks.h(v4) >= TwoPeaks.h(v1) - 1e-6).all())
+
+
+# ----------------------------------------------------------------------------- TRADES
+def _tiny_linear():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2, 3))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[4.0, -1.0], [-2.0, 3.0], [0.5, 0.5]]))
+        model[1].bias.copy_(torch.tensor([0.3, -0.2, 0.0]))
+    return model
+
+
+def _np_kl(p, q):
+    return (p * (np.log(p) - np.log(q))).sum(axis=1)
+
+
+def _np_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_kl_div_rows_is_kl_of_the_first_argument_from_the_second():
+    p_logits = torch.tensor([[3.0, 0.0, -1.0], [0.2, 0.1, 2.0]])
+    q_logits = torch.tensor([[0.0, 2.0, 0.5], [1.0, -1.0, 0.0]])
+    p, q = _np_softmax(p_logits.double().numpy()), _np_softmax(q_logits.double().numpy())
+    got = kl_div_rows(p_logits, q_logits).double().numpy()
+    np.testing.assert_allclose(got, _np_kl(p, q), rtol=1e-5)
+    assert np.all(np.abs(_np_kl(p, q) - _np_kl(q, p)) > 0.1)  # the direction matters here
+
+
+def test_trades_loss_is_ce_plus_beta_kl_of_clean_from_adversarial_by_hand():
+    """loss = CE(f(x), y) + beta * mean KL(f(x) || f(x')), computed by hand in float64 at
+    the x' the inner attack returns (same generator seed); the reverse KL differs by far
+    more than the tolerance."""
+    model = _tiny_linear()
+    x = torch.tensor([[[[0.4, 0.5]]], [[[0.6, 0.3]]], [[[0.5, 0.5]]]])
+    y = torch.tensor([0, 1, 2])
+    beta_, eps, steps = 6.0, 0.1, 5
+    obj = get_objective("trades", beta=beta_, eps=eps, attack_steps=steps)
+    out = obj(model, x, y, StepContext(0, 1, 0, 1, torch.Generator().manual_seed(3)))
+
+    inner = TradesPGD(model, norm="linf", eps=eps, steps=steps, step_size=2.5 * eps / steps, sanity_checks=False)
+    x_adv = inner.perturb(x, y, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        p = _np_softmax(model(x).double().numpy())
+        q = _np_softmax(model(x_adv).double().numpy())
+    ce = float(-np.log(p[np.arange(3), y.numpy()]).mean())
+    kl, kl_rev = float(_np_kl(p, q).mean()), float(_np_kl(q, p).mean())
+    assert abs(kl - kl_rev) > 0.1 * kl  # 15% here, against a tolerance of 1e-5
+    assert float(out.loss.detach()) == pytest.approx(ce + beta_ * kl, rel=1e-5)
+    assert float(out.stats["kl"]) == pytest.approx(kl, rel=1e-5)
+    # gradients flow into the model through the loss
+    out.loss.backward()
+    assert model[1].weight.grad is not None and float(model[1].weight.grad.abs().sum()) > 0
+
+
+def test_trades_inner_attack_increases_the_kl_to_near_its_maximum_on_the_box():
+    """KL(f(x) || f(.)) of a linear model is convex, so its maximum on the eps-box lies at
+    a corner, and every local maximum is a corner. From a start where the KL is ~0, the
+    inner attack ends at a corner with at least 75% of the maximum (a minimizing attack
+    stays near 0)."""
+    model = _tiny_linear()
+    x = torch.tensor([[[[0.4, 0.5]]], [[[0.6, 0.3]]], [[[0.5, 0.5]]]])
+    y = torch.tensor([0, 1, 2])
+    eps = 0.1
+    inner = TradesPGD(model, norm="linf", eps=eps, steps=10, step_size=0.025, sanity_checks=False)
+    x_adv = inner.perturb(x, y, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        clean = model(x)
+        kl_adv = kl_div_rows(clean, model(x_adv))
+        start = inner._start(x, torch.Generator().manual_seed(0))
+        kl_start = kl_div_rows(clean, model(start))
+        corners = torch.tensor([[sx, sy] for sx in (-eps, eps) for sy in (-eps, eps)])
+        kl_max = torch.stack([kl_div_rows(clean, model(x + c.view(1, 1, 1, 2))) for c in corners]).max(0).values
+    assert bool((kl_max > 0.02).all())
+    assert bool((kl_start < 1e-3 * kl_max).all())
+    assert bool((kl_adv >= 0.75 * kl_max).all()), (kl_adv, kl_max)
+    torch.testing.assert_close((x_adv - x).abs(), torch.full_like(x, eps), rtol=0, atol=1e-6)
+
+
+def test_pgd_at_loss_weighs_adversarial_and_clean_cross_entropy_by_hand():
+    """PGD-AT with adv_weight w: w CE(f(x_adv), y) + (1 - w) CE(f(x), y) at the last PGD
+    iterate from the same generator seed."""
+    model = _tiny_linear()
+    x = torch.tensor([[[[0.4, 0.5]]], [[[0.6, 0.3]]], [[[0.5, 0.5]]]])
+    y = torch.tensor([0, 1, 2])
+    eps, steps = 0.1, 4
+    for w in (0.25, 1.0):
+        obj = get_objective("pgd_at", eps=eps, attack_steps=steps, adv_weight=w)
+        out = obj(model, x, y, StepContext(0, 1, 0, 1, torch.Generator().manual_seed(5)))
+        atk = PGD(model, norm="linf", eps=eps, steps=steps, step_size=2.5 * eps / steps, sanity_checks=False)
+        atk.return_last = True
+        x_adv = atk.perturb(x, y, torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            want = w * F.cross_entropy(model(x_adv), y) + (1 - w) * F.cross_entropy(model(x), y)
+            assert float(F.cross_entropy(model(x_adv), y)) > float(F.cross_entropy(model(x), y)) + 0.05
+        assert float(out.loss) == pytest.approx(float(want), rel=1e-5)
+        assert bool(((x_adv - x).abs() <= eps + 1e-6).all())

@@ -148,7 +148,7 @@ def bad_server():
 
 @pytest.mark.parametrize("mode,match,hits", [
     ("wrong_count", "sent 2 images, got 3 labels", 1),
-    ("non_integer", "labels must be integers, got 0.5", 1),
+    ("non_integer", r"labels must be integers in \[0, 10\), got 0.5", 1),
     ("out_of_range", r"label 10 is outside \[0, 10\)", 1),
     ("malformed", "malformed JSON", 1),
     ("400", "HTTP 400: bad shape", 1),  # a client error is not retried

@@ -23,7 +23,9 @@ def add_query_arguments(p: argparse.ArgumentParser) -> None:
                    help="--api: number of classes (default: the server's GET /info, else the dataset's)")
     g.add_argument("--in-shape", default=None, metavar="C,H,W",
                    help="--api: input shape the endpoint expects (default: the dataset's; checked against it)")
-    g.add_argument("--api-timeout", type=float, default=30.0, help="--api: seconds per request before retrying")
+    g.add_argument("--api-timeout", type=float, default=30.0,
+                   help="--api: deadline in seconds for one whole request (connect, send, complete answer) "
+                        "before it is retried")
     g.add_argument("--api-retries", type=int, default=4,
                    help="--api: retries after connection errors, timeouts and HTTP 5xx (exponential backoff)")
     g.add_argument("--api-max-request-mb", type=float, default=4.0,
@@ -71,18 +73,26 @@ def denoised_labels(denoiser: nn.Module, label_fn: Callable[[torch.Tensor], torc
 def api_classifier(args: argparse.Namespace, info) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """The ``--api`` base classifier: (HTTPClassifier, meta with num_classes/in_shape,
     settings recorded in the sidecar)."""
-    from smoothguard.models.remote import APIError, HTTPClassifier
+    from smoothguard.contract import check_int, check_model_data, check_positive
+    from smoothguard.models.remote import MAX_NUM_CLASSES, APIError, HTTPClassifier
 
     if args.model is not None:
         raise ValueError("give --model or --api, not both")
-    if args.api_retries < 0 or not args.api_timeout > 0 or not args.api_max_request_mb > 0:
-        raise ValueError("--api-retries must be >= 0, --api-timeout and --api-max-request-mb > 0; got "
-                         f"{args.api_retries}, {args.api_timeout}, {args.api_max_request_mb}")
-    clf = HTTPClassifier(args.api, args.num_classes, timeout=args.api_timeout, retries=args.api_retries,
-                         max_request_bytes=int(args.api_max_request_mb * (1 << 20)))
+    retries = check_int("--api-retries", args.api_retries, minimum=0)
+    timeout = check_positive("--api-timeout (seconds, the deadline for one whole request)", args.api_timeout)
+    mb = check_positive("--api-max-request-mb", args.api_max_request_mb)
+    if args.num_classes is not None:
+        check_int("--num-classes", args.num_classes, 2, MAX_NUM_CLASSES)
+    try:
+        clf = HTTPClassifier(args.api, args.num_classes, timeout=timeout, retries=retries,
+                             max_request_bytes=max(4, int(mb * (1 << 20))))
+    except ValueError as exc:
+        raise ValueError(f"--api: {exc}") from None
     try:
         server = clf.info()
-    except APIError as exc:  # a label-only endpoint need not describe itself
+    except APIError as exc:
+        if exc.status not in (404, 405, 501):  # only a label-only endpoint without /info may skip it
+            raise APIError(f"--api {args.api}: {exc}") from None
         server = {"info_error": str(exc)}
     num_classes = args.num_classes or server.get("num_classes") or info.num_classes
     clf.num_classes = int(num_classes)
@@ -98,6 +108,8 @@ def api_classifier(args: argparse.Namespace, info) -> tuple[Any, dict[str, Any],
         raise ValueError(f"the endpoint expects inputs {tuple(server['in_shape'])}; --data {args.data} has {in_shape}")
     if server.get("num_classes") is not None and int(server["num_classes"]) != clf.num_classes:
         raise ValueError(f"--num-classes {clf.num_classes} but the endpoint reports {server['num_classes']} classes")
+    check_model_data(clf.num_classes, None, info.num_classes, in_shape, model=f"the endpoint --api {args.api}",
+                     data=f"--data {args.data}")
     settings = {"model": "api:" + args.api,
                 "model_sha256": server.get("model_sha256") or "api:" + args.api,
                 "model_arch": server.get("arch"), "api": args.api,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -22,6 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--denoiser", default=None, help="denoiser checkpoint: serve the labels of model(denoiser(x))")
     p.add_argument("--port", type=int, default=8000, help="TCP port on 127.0.0.1 (0: any free port)")
     p.add_argument("--max-request-mb", type=float, default=64.0, help="largest request body accepted (MiB); larger: 413")
+    p.add_argument("--request-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="close a connection whose request (line, headers, body) has not fully arrived this many "
+                        "seconds after the server began waiting for it (idle keep-alive time included; the "
+                        "model's time is not counted), so stalled or slow clients cannot hold server threads")
     p.add_argument("--ready-file", default=None,
                    help="write the server's URL to this file once it listens (for scripts using --port 0)")
     p.add_argument("--log-requests", action="store_true", help="print one line per request on stderr")
@@ -30,13 +33,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from smoothguard.cli._smoothing_run import file_sha256
     from smoothguard.cli.common import load_model_arg
+    from smoothguard.contract import check_int, check_output_path, check_positive, write_text_atomic
     from smoothguard.models.checkpoint import default_model_path
     from smoothguard.models.remote import make_server, model_labels
 
-    if not 0 <= args.port <= 65535:
-        raise ValueError(f"--port must be in 0..65535 (0: any free port), got {args.port}")
-    if not args.max_request_mb > 0:
-        raise ValueError(f"--max-request-mb must be > 0, got {args.max_request_mb}")
+    check_int("--port (0: any free port)", args.port, 0, 65535)
+    check_positive("--max-request-mb", args.max_request_mb)
+    check_positive("--request-timeout (seconds)", args.request_timeout)
+    if args.ready_file:
+        check_output_path(args.ready_file, "--ready-file")
     model, meta = load_model_arg(args.model, args.device)
     if meta.get("kind", "classifier") != "classifier":
         raise ValueError(f"--model {args.model} is a {meta.get('kind')!r} checkpoint; serve needs a classifier")
@@ -50,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         model, den_settings = load_denoiser_arg(args.denoiser, model, meta["in_shape"], args.device)
         info.update(den_settings)
     server = make_server(model_labels(model), meta["num_classes"], meta["in_shape"], args.port,
-                         max_request_bytes=int(args.max_request_mb * (1 << 20)), info=info,
+                         max_request_bytes=max(4, int(args.max_request_mb * (1 << 20))),
+                         timeout=args.request_timeout, info=info,
                          log=(lambda line: print(line, file=sys.stderr)) if args.log_requests else None)
     host, port = server.server_address[:2]
     url = f"http://{host}:{port}"
@@ -58,9 +64,11 @@ def run(args: argparse.Namespace) -> int:
           + f" at {url} (GET /info, POST /predict); Ctrl-C stops", file=sys.stderr, flush=True)
     print(json.dumps({"url": url, **info}), flush=True)
     if args.ready_file:
-        tmp = Path(args.ready_file + ".tmp")
-        tmp.write_text(url + "\n")
-        os.replace(tmp, args.ready_file)
+        try:
+            write_text_atomic(args.ready_file, url + "\n", "--ready-file")
+        except BaseException:
+            server.server_close()
+            raise
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -17,29 +17,31 @@ from smoothguard.smoothing.adaptive import (
     upper_confidence_bound,
 )
 
+from id_images import id_images, noise_on_probe, read_ids  # noqa: E402
+
 SIGMA = 0.25
 GRID = [0.25, 0.5, 0.75]
 
 
 class KnownPA:
-    """Synthetic base classifier: class 0 with probability p_A (per image), else class 1."""
+    """Synthetic base classifier: class 0 with probability p_A (per group of images, the
+    group read from the image), else class 1."""
 
     def __init__(self, p_a, seed=0):
         self.p_a = torch.as_tensor(p_a, dtype=torch.float64)
         self.gen = torch.Generator().manual_seed(seed)
 
     def __call__(self, x):
-        # the image's index is encoded in its pixel at spacing 10, far above the noise sd 0.25
-        ids = torch.round(x[:, 0, 0, 0] / 10).long().clamp(0, len(self.p_a) - 1)
+        # the group id is written in the image in bits robust to the noise (tests/id_images.py)
+        ids = read_ids(x).clamp(0, len(self.p_a) - 1)
         u = torch.rand(x.shape[0], generator=self.gen, dtype=torch.float64)
         return (u >= self.p_a[ids]).long()
 
 
 def _run(p_values, reps, alpha, n_max, seed):
     p_a = np.repeat(p_values, reps)
-    model = KnownPA(p_a, seed)
-    x = torch.zeros(len(p_a), 1, 1, 1)
-    x[:, 0, 0, 0] = torch.arange(len(p_a)) * 10.0
+    model = KnownPA(p_values, seed)
+    x = id_images(np.repeat(np.arange(len(p_values)), reps))
     g = SmoothedClassifier(model, 2, SIGMA)
     res = certify_adaptive(g, x, GRID, n0=100, n_max=n_max, alpha=alpha, batch_size=100_000,
                            seeds=list(range(seed * 10**6, seed * 10**6 + len(p_a))))
@@ -124,11 +126,10 @@ def test_futility_alpha_only_moves_the_stopping_time():
     cut = torch.as_tensor(SIGMA * norm.ppf(p_values), dtype=torch.float32)
 
     def noise_driven(x):  # class 0 iff the noise on the image's pixel is below its cut: P = p_A
-        ids = torch.round(x[:, 0, 0, 0] / 10).long().clamp(0, len(cut) - 1)
-        return ((x[:, 0, 0, 0] - ids * 10.0) >= cut[ids]).long()
+        ids = read_ids(x).clamp(0, len(cut) - 1)
+        return (noise_on_probe(x) >= cut[ids]).long()
 
-    x = torch.zeros(len(p_values), 1, 1, 1)
-    x[:, 0, 0, 0] = torch.arange(len(p_values)) * 10.0
+    x = id_images(np.arange(len(p_values)))
     g = SmoothedClassifier(noise_driven, 2, SIGMA)
     seeds = list(range(len(p_values)))
     runs = {fa: certify_adaptive(g, x, GRID, alpha=0.001, batch_size=100_000, seeds=seeds, futility_alpha=fa)
@@ -144,9 +145,8 @@ def test_futility_alpha_only_moves_the_stopping_time():
 
 def _predict(p_values, reps, alpha, n_max, seed, **kw):
     p_a = np.repeat(p_values, reps)
-    x = torch.zeros(len(p_a), 1, 1, 1)
-    x[:, 0, 0, 0] = torch.arange(len(p_a)) * 10.0
-    g = SmoothedClassifier(KnownPA(p_a, seed), 2, SIGMA)
+    x = id_images(np.repeat(np.arange(len(p_values)), reps))
+    g = SmoothedClassifier(KnownPA(p_values, seed), 2, SIGMA)
     res = predict_adaptive(g, x, n_max=n_max, alpha=alpha, batch_size=100_000,
                            seeds=list(range(seed * 10**6, seed * 10**6 + len(p_a))), **kw)
     return p_a, res

@@ -242,12 +242,12 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns_that_fp32_is_faster(lenet
 def test_argument_validation_names_the_problem(lenet):
     with pytest.raises(ValueError, match="sigma must be a positive"):
         SmoothedClassifier(lenet, 10, 0.0)
-    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
+    with pytest.raises(ValueError, match="precision must be one of .fp32., .bf16."):
         SmoothedClassifier(lenet, 10, 0.25, precision="fp16")
     g = SmoothedClassifier(lenet, 10, 0.25)
-    with pytest.raises(ValueError, match="alpha must be in"):
+    with pytest.raises(ValueError, match="alpha must lie in"):
         g.certify(torch.rand(1, 28, 28), 10, 10, 1.5)
-    with pytest.raises(ValueError, match="returned 10 logits; expected num_classes=3"):
+    with pytest.raises(ValueError, match="returned 10 logits per input; expected num_classes=3"):
         SmoothedClassifier(lenet, 3, 0.25).predict(torch.rand(1, 28, 28), 10, 0.1)
     bad = SmoothedClassifier(lambda x: torch.full((x.shape[0],), 7), 3, 0.25)
     with pytest.raises(ValueError, match="outside"):
@@ -287,13 +287,25 @@ def test_jit_keeps_the_frozen_graph_only_when_it_is_faster(lenet, monkeypatch, f
         SmoothedClassifier(lenet, 10, 0.25, jit="sometimes")
 
 
-def test_forward_timing_measures_each_function():
+def test_forward_timing_measures_each_function(monkeypatch):
     import time
 
     from smoothguard.smoothing.core import _time_forwards
 
-    fast, slow = _time_forwards((lambda b: b, lambda b: time.sleep(0.02)), torch.zeros(1), warmup=0, reps=2)
-    assert fast < 0.01 <= 0.02 <= slow
+    # a fake clock that only the timed functions advance: exact, whatever the load
+    now = [100.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    costs = iter([5.0, 7.0, 3.0, 2.0, 4.0, 9.0])  # (fast, slow) per rep: the fastest rep of each counts
+
+    def advance(dt):
+        now[0] += dt
+
+    fast, slow = _time_forwards((lambda b: advance(next(costs)), lambda b: advance(10 * next(costs))),
+                                torch.zeros(1), warmup=0, reps=3)
+    assert (fast, slow) == (3.0, 20.0)
+    calls = []
+    _time_forwards((lambda b: calls.append("a"), lambda b: calls.append("b")), torch.zeros(1), warmup=2, reps=1)
+    assert calls == ["a", "b", "a", "b", "a", "b"]  # warm-up calls first, interleaved
 
 
 def test_jit_falls_back_to_eager_with_a_warning_when_tracing_is_wrong():
@@ -317,5 +329,5 @@ def test_concurrent_workers_give_the_counts_of_one_worker(lenet):
     for jit in (False, "always"):
         two = SmoothedClassifier(copy.deepcopy(lenet), 10, 0.25, jit=jit, workers=2)
         assert torch.equal(two.sample_counts(x, 700, batch_size=200, seeds=[4, 5, 6]), one)
-    with pytest.raises(ValueError, match="workers must be >= 1"):
+    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
         SmoothedClassifier(lenet, 10, 0.25, workers=0)

@@ -30,59 +30,13 @@ from torch import nn
 
 from smoothguard.attacks.losses import LOSSES, get_loss
 from smoothguard.attacks.sanity import check_gradients, check_logits, check_stochastic
+from smoothguard.contract import NORMS
 from smoothguard.utils import make_generator, model_device
 
-NORMS = ("linf", "l2")
-
-# ---------------------------------------------------------------------------------------
-# validation helpers (used by every attack's constructor)
-
-
-def check_choice(name: str, value: object, allowed: Sequence[object]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-
-
-def check_positive(name: str, value: float, allow_inf: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number; got {value!r}") from None
-    if not (v > 0) or (math.isinf(v) and not allow_inf) or math.isnan(v):
-        raise ValueError(f"{name} must be a positive{'' if allow_inf else ' finite'} number; got {value!r}")
-    return v
-
-
-def check_nonnegative(name: str, value: float, allow_inf: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a non-negative number; got {value!r}") from None
-    if not (v >= 0) or (math.isinf(v) and not allow_inf):
-        raise ValueError(f"{name} must be a non-negative{'' if allow_inf else ' finite'} number; got {value!r}")
-    return v
-
-
-def check_int(name: str, value: int, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int,)) and not (
-        isinstance(value, float) and value.is_integer()
-    ):
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    v = int(value)
-    if v < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return v
-
-
-def check_fraction(name: str, value: float, low_open: bool = True, high_open: bool = False) -> float:
-    v = float(value)
-    ok = (v > 0 if low_open else v >= 0) and (v < 1 if high_open else v <= 1)
-    if not ok:
-        lo = "(0" if low_open else "[0"
-        hi = "1)" if high_open else "1]"
-        raise ValueError(f"{name} must lie in {lo}, {hi}; got {value!r}")
-    return v
-
+# validation helpers: the contract's (re-exported here for the attacks' constructors)
+from smoothguard.contract import (  # noqa: E402
+    ContractError, check_choice, check_fraction, check_images, check_int, check_labels, check_logits as
+    _check_finite_logits, check_nonnegative, check_positive)
 
 # ---------------------------------------------------------------------------------------
 # geometry of the threat model
@@ -285,16 +239,16 @@ class Attack:
         check_choice("norm", norm, self.norms)
         if eps is None:
             if not self.minimal:
-                raise ValueError(f"{type(self).__name__} needs eps (a positive number in [0, 1] pixel units)")
+                raise ContractError(f"{type(self).__name__} needs eps (a positive number in [0, 1] pixel units)")
         else:
             eps = check_positive("eps", eps)
             if norm == "linf" and eps > 1 and not force:
-                raise ValueError(
+                raise ContractError(
                     f"eps={eps} > 1 for the linf norm covers the whole [0, 1] image box; "
                     "eps is in [0, 1] pixel units (did you mean eps/255?). Pass force=True to allow it."
                 )
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"seed must be an int or None; got {seed!r}")
+        if seed is not None:
+            seed = check_int("seed", seed, minimum=-(2**63))
         self.model = model
         self.norm = norm
         self.eps = eps
@@ -315,7 +269,10 @@ class Attack:
         gen = make_generator(self.seed, device)
         with eval_mode(self.model) if isinstance(self.model, nn.Module) else _null():
             with torch.no_grad():
-                clean_out = self.model(x)
+                clean_out = _check_finite_logits(self.model(x), count=x.shape[0])
+            check_labels(y, clean_out.shape[1], name="y")
+            if targets is not None:
+                check_labels(targets, clean_out.shape[1], name="targets")
             if self.sanity_checks:
                 check_logits(clean_out)
                 self._sanity(x, clean_out)
@@ -379,27 +336,16 @@ class Attack:
     # -- internals ------------------------------------------------------------------------
 
     def _validate_inputs(self, x, y, targets, device):
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError("x must be a floating-point tensor of images in [0, 1], shape (N, C, H, W)")
-        if x.ndim < 2:
-            raise ValueError(f"x must have a batch dimension, shape (N, C, H, W); got shape {tuple(x.shape)}")
-        y = torch.as_tensor(y)
-        if y.ndim != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
-            raise ValueError(f"y must hold one integer label per image, shape ({x.shape[0]},); got {tuple(y.shape)}")
+        # the one input contract: float images (N, C, H, W) in [0, 1], finite; integer labels
+        x = check_images(x, "x", single=False)
+        y = check_labels(y, count=x.shape[0], name="y")
         x = x.detach().to(device).clone()  # the caller's tensor is never touched
-        if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
-            raise ValueError(
-                f"x must lie in [0, 1] (pixel units; normalization belongs inside the model); "
-                f"got range [{float(x.min()):.4g}, {float(x.max()):.4g}]"
-            )
         y = y.to(device=device, dtype=torch.long)
         if targets is not None:
-            targets = torch.as_tensor(targets)
-            if targets.shape != y.shape or targets.is_floating_point():
-                raise ValueError(f"targets must hold one integer class per image, shape {tuple(y.shape)}")
+            targets = check_labels(targets, count=x.shape[0], name="targets")
             targets = targets.to(device=device, dtype=torch.long)
             if bool((targets == y).any()):
-                raise ValueError("targets must differ from the true labels y (a target equal to y is no attack)")
+                raise ContractError("targets must differ from the true labels y (a target equal to y is no attack)")
         return x, y, targets
 
     def _assert_inside(self, x_adv: torch.Tensor, x: torch.Tensor) -> None:

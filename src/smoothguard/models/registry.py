@@ -53,4 +53,7 @@ def get_model(
         net = _BUILDERS[name](num_classes, in_shape, **options)
     except TypeError as exc:
         raise ValueError(f"model {name!r} does not take options {sorted(options)} ({exc})") from exc
-    return nn.Sequential(Normalize(mean, std), net)
+    model = nn.Sequential(Normalize(mean, std), net)
+    # what the contract checks inputs against (plain attributes: not in the state dict)
+    model.in_shape, model.num_classes = in_shape, int(num_classes)
+    return model

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 from smoothguard import ABSTAIN
+from smoothguard.contract import (ContractError, check_alpha, check_choice, check_images, check_int, check_logits,
+                                  check_sigma)
 from smoothguard.models.rewrite import pool_before_relu, strided_max_pools
 from smoothguard.smoothing.stats import binom_pvalue, lower_confidence_bound, radius_from_bound
 from smoothguard.utils import cpu_has_native_bf16, derive_seed, make_generator, model_device
@@ -94,6 +96,12 @@ class SmoothedClassifier:
             pooling without aten's index tensor: equal values; the sampler takes no
             gradients). Shared weights, the module itself untouched; LeNet 1.5x faster on
             the AVX-512 CPU, a further ~1.1x on the AVX2 one. ``False`` runs it as given.
+        in_shape: (C, H, W) of the inputs, checked on every call (default: the module's
+            ``in_shape`` attribute, which models built by ``get_model`` carry).
+
+    Inputs follow the contract of :mod:`smoothguard.contract`: float images in [0, 1],
+    finite, (B, C, H, W) or one (C, H, W); a base classifier that returns non-finite logits
+    is an error (:class:`~smoothguard.contract.ContractError`), never a vote.
     """
 
     def __init__(
@@ -108,20 +116,20 @@ class SmoothedClassifier:
         workers: int = 1,
         rewrite: bool = True,
         device: torch.device | str | None = None,
+        in_shape: Sequence[int] | None = None,
     ) -> None:
         if not callable(base_classifier):
             raise TypeError("base_classifier must be an nn.Module or a callable")
-        if int(num_classes) < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        if not (isinstance(sigma, (int, float)) and sigma > 0 and math.isfinite(sigma)):
-            raise ValueError(f"sigma must be a positive number in pixel units, got {sigma!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if memory_format not in MEMORY_FORMATS:
-            raise ValueError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {memory_format!r}")
+        num_classes = check_int("num_classes", num_classes, minimum=2)
+        sigma = check_sigma(sigma)
+        check_choice("precision", precision, PRECISIONS)
+        check_choice("memory_format", memory_format, MEMORY_FORMATS)
         self.base_classifier = base_classifier
-        self.num_classes = int(num_classes)
-        self.sigma = float(sigma)
+        self.num_classes = num_classes
+        self.sigma = sigma
+        # (C, H, W) the inputs must have: given, else the model's own (models from get_model carry it)
+        shape = in_shape if in_shape is not None else getattr(base_classifier, "in_shape", None)
+        self.in_shape = None if shape is None else tuple(check_int("in_shape", v) for v in shape)
         self.precision = precision
         is_module = isinstance(base_classifier, nn.Module)
         self.device = torch.device(device) if device is not None else (
@@ -133,11 +141,9 @@ class SmoothedClassifier:
         if memory_format == "auto":
             memory_format = "channels_last" if (is_module and self.device.type == "cpu") else "contiguous"
         self.memory_format = memory_format
-        if int(workers) < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
-        self.workers = int(workers)
-        if jit not in (False, True, "always"):
-            raise ValueError(f"jit must be False, True or 'always', got {jit!r}")
+        self.workers = check_int("workers", workers, minimum=1)
+        if not any(jit is v for v in (False, True)) and jit != "always":
+            raise ContractError(f"jit must be False, True or 'always', got {jit!r}")
         self.jit = jit if is_module else False
         # what the sampler runs: the base classifier, or its exact rewrite (shared weights)
         self._module: BaseClassifier = base_classifier
@@ -196,22 +202,28 @@ class SmoothedClassifier:
             return self._forward(batch)
 
     def _classify(self, batch: torch.Tensor) -> torch.Tensor:
-        out = self._raw(batch)
+        try:
+            out = self._raw(batch)
+        except RuntimeError as exc:
+            if "shape" not in str(exc) and "size" not in str(exc):
+                raise
+            raise ContractError(f"the base classifier cannot run on images of shape {tuple(batch.shape[1:])}: "
+                                f"{str(exc).splitlines()[0]} (pass images of the shape it was built for)") from exc
         if out.dim() == 1:  # a label function (query-only classifier): check before counting
             if out.dtype.is_floating_point or out.dtype.is_complex or out.dtype == torch.bool:
-                raise ValueError(f"base classifier returned labels of dtype {out.dtype}; expected integers")
+                raise ContractError(f"base classifier returned labels of dtype {out.dtype}; expected integers")
             labels = out.to(device=self.device, dtype=torch.int64)
             if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-                raise ValueError(f"base classifier returned a label outside [0, {self.num_classes}) "
-                                 f"(min {int(labels.min())}, max {int(labels.max())})")
+                raise ContractError(f"base classifier returned a label outside [0, {self.num_classes}) "
+                                    f"(min {int(labels.min())}, max {int(labels.max())})")
         elif out.dim() == 2:
-            if out.shape[1] != self.num_classes:
-                raise ValueError(f"base classifier returned {out.shape[1]} logits; expected num_classes={self.num_classes}")
-            labels = out.argmax(1)
+            # finite logits only: argmax of a NaN row is class 0, which would be counted as a vote
+            labels = check_logits(out, num_classes=self.num_classes, name="the base classifier").argmax(1)
         else:
-            raise ValueError(f"base classifier must return logits (N, K) or labels (N,), got shape {tuple(out.shape)}")
+            raise ContractError(f"base classifier must return logits (N, K) or labels (N,), got shape "
+                                f"{tuple(out.shape)}")
         if labels.shape[0] != batch.shape[0]:
-            raise ValueError(f"base classifier returned {labels.shape[0]} outputs for {batch.shape[0]} inputs")
+            raise ContractError(f"base classifier returned {labels.shape[0]} outputs for {batch.shape[0]} inputs")
         return labels
 
     def _generators(self, count: int, seeds: Sequence[int] | None, generator: torch.Generator | None):
@@ -236,14 +248,9 @@ class SmoothedClassifier:
     ) -> tuple[torch.Tensor, list[torch.Generator]]:
         """Checked (B, C, H, W) images on the device in the sampler's memory format, and one
         noise generator per image (``generators``, else ``seeds``, else drawn from ``generator``)."""
-        if x.dim() == 3:
-            x = x.unsqueeze(0)
-        if x.dim() != 4:
-            raise ValueError(f"x must be (C, H, W) or (B, C, H, W), got shape {tuple(x.shape)}")
-        if num < 1:
-            raise ValueError(f"the number of noise samples must be >= 1, got {num}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        x = check_images(x, "x", in_shape=self.in_shape)
+        check_int("the number of noise samples", num, minimum=1)
+        check_int("batch_size", batch_size, minimum=1)
         count = x.shape[0]
         gens = list(generators) if generators is not None else self._generators(count, seeds, generator)
         if len(gens) != count:
@@ -386,7 +393,8 @@ class SmoothedClassifier:
     ) -> PredictResult:
         """PREDICT for each image of a batch: the probability that a returned class is not
         g(x_i) is at most alpha for each image; abstains (-1) when undecided."""
-        _check_alpha(alpha)
+        check_alpha(alpha)
+        n = check_int("n", n, minimum=1)
         counts = self.sample_counts(x, n, batch_size, seeds=seeds, generator=generator)
         top2 = counts.topk(2, dim=1)
         preds, pvals = [], []
@@ -408,7 +416,7 @@ class SmoothedClassifier:
     ) -> int:
         """Cohen's PREDICT: the class returned is g(x) with probability >= 1 - alpha
         (otherwise ABSTAIN = -1), from a two-sided binomial test on the top two counts."""
-        res = self.predict_batch(x.unsqueeze(0) if x.dim() == 3 else x, n, alpha, batch_size,
+        res = self.predict_batch(_one_image(x, "predict"), n, alpha, batch_size,
                                  seeds=None if seed is None else [seed], generator=generator)
         return int(res.prediction[0])
 
@@ -426,11 +434,9 @@ class SmoothedClassifier:
     ) -> CertifyResult:
         """CERTIFY for each image of a batch: for each image, with probability >= 1 - alpha
         a non-abstaining answer is g(x_i) and g is constant on the l2 ball of the radius."""
-        _check_alpha(alpha)
-        if n0 < 1 or n < 1:
-            raise ValueError(f"n0 and n must be >= 1, got n0={n0}, n={n}")
-        if x.dim() == 3:
-            x = x.unsqueeze(0)
+        check_alpha(alpha)
+        n0, n = check_int("n0", n0, minimum=1), check_int("n", n, minimum=1)
+        x = check_images(x, "x", in_shape=self.in_shape)
         gens = self._generators(x.shape[0], seeds, generator)
         # selection and estimation use separate, fresh noise from the same per-image stream
         counts0 = self.sample_counts(x, n0, batch_size, generators=gens)
@@ -459,7 +465,7 @@ class SmoothedClassifier:
         """Cohen's CERTIFY: with probability >= 1 - alpha, a non-abstaining class is g(x)
         and g(x + delta) = g(x) for all ||delta||_2 < radius; returns (ABSTAIN, 0.0) when
         the lower bound on p_A is below 1/2."""
-        res = self.certify_batch(x.unsqueeze(0) if x.dim() == 3 else x, n0, n, alpha, batch_size,
+        res = self.certify_batch(_one_image(x, "certify"), n0, n, alpha, batch_size,
                                  seeds=None if seed is None else [seed], generator=generator)
         return int(res.prediction[0]), float(res.radius[0])
 
@@ -511,6 +517,11 @@ def image_seed(seed: int, index: int) -> int:
     return derive_seed(seed, "image", int(index))
 
 
-def _check_alpha(alpha: float) -> None:
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+def _one_image(x: torch.Tensor, verb: str) -> torch.Tensor:
+    """``x`` as a batch of exactly one image: (C, H, W) or (1, C, H, W). A batch of several
+    is refused (returning the first image's answer would silently drop the others)."""
+    x = check_images(x, "x")
+    if x.shape[0] != 1:
+        raise ContractError(f"{verb}() takes one image, (C, H, W) or (1, C, H, W); got {x.shape[0]} images "
+                            f"(shape {tuple(x.shape)}). Use {verb}_batch() for a batch: one result per image")
+    return x

@@ -13,9 +13,7 @@ from scipy.stats import beta as _beta
 from scipy.stats import binom, binomtest, norm
 
 
-def _check_alpha(alpha: float) -> None:
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+from smoothguard.contract import check_alpha as _check_alpha
 
 
 def lower_confidence_bound(n_a, n, alpha: float):

@@ -48,11 +48,29 @@ def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     obj = {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
     if "data" not in obj or "labels" not in obj:
         raise ValueError(f"{path}: CIFAR-10 batch lacks 'data' or 'labels'")
-    data = np.asarray(obj["data"], dtype=np.uint8)
-    labels = np.asarray(obj["labels"], dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
-        raise ValueError(f"{path}: CIFAR-10 batch has data of shape {data.shape} and {labels.shape[0]} labels; expected (N, 3072) and N")
-    return data.reshape(-1, 3, 32, 32), labels
+    data = _integers(obj["data"], path, "data", 0, 255)
+    labels = _integers(obj["labels"], path, "labels", 0, len(CLASS_NAMES) - 1)
+    if data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1 or data.shape[0] != labels.shape[0]:
+        raise ValueError(f"{path}: CIFAR-10 batch has data of shape {data.shape} and labels of shape {labels.shape}; "
+                         "expected (N, 3072) and (N,)")
+    return data.astype(np.uint8).reshape(-1, 3, 32, 32), labels
+
+
+def _integers(value, path: Path, key: str, lo: int, hi: int) -> np.ndarray:
+    """``value`` as an int64 array whose entries all lie in [lo, hi] (never wrapped
+    around: a label -1 or 300 is refused, not turned into 255 or 44)."""
+    try:
+        arr = np.asarray(value)
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):  # an empty list reads as float64
+            raise TypeError(f"dtype {arr.dtype}")
+        arr = arr.astype(np.int64)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"{path}: CIFAR-10 batch '{key}' must hold integers in [{lo}, {hi}] ({exc})") from None
+    if arr.size and (int(arr.min()) < lo or int(arr.max()) > hi):
+        bad = arr[(arr < lo) | (arr > hi)]
+        raise ValueError(f"{path}: CIFAR-10 batch '{key}' has {bad.size} value(s) outside [{lo}, {hi}], "
+                         f"e.g. {int(bad[0])}; CIFAR-10 {key} must lie in [{lo}, {hi}]")
+    return arr
 
 
 def read_cifar10(root: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:

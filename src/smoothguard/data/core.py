@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from smoothguard.contract import ContractError, check_choice, check_images, check_int, check_labels
 from smoothguard.data import cifar as _cifar
 from smoothguard.data.idx import IDXError, read_idx
 
@@ -32,10 +34,44 @@ _IDX_FILES = {
 }
 SPLITS = ("train", "test")
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "demo")
+IMAGE_SIZE_RANGE = (1, 1024)  # imagefolder's --image-size, in pixels per side
 
 
-class DataError(FileNotFoundError):
-    """Data is missing or malformed; the message says what was expected and how to get it."""
+class DataError(FileNotFoundError, ContractError):
+    """Data is missing or malformed; the message says what was expected and how to get it.
+
+    A FileNotFoundError (as it always was) and a :class:`~smoothguard.contract.ContractError`
+    (hence a ValueError): data that breaks the contract (labels outside [0, K), no images,
+    pixels outside [0, 1], a corrupt or hostile file) is refused at load time."""
+
+
+def _env_root(var: str, default: str | None = None) -> str | None:
+    """The folder named by environment variable ``var``; set but empty is an error, not
+    the current folder."""
+    value = os.environ.get(var)
+    if value is None:
+        return default
+    if not value.strip():
+        raise DataError(f"environment variable {var} is set but empty; set it to the folder with the data "
+                        "files or unset it (an empty value is not taken to mean the current folder)")
+    return value
+
+
+def _check_root(root: str | os.PathLike | None) -> None:
+    if root is not None and not str(root).strip():
+        raise DataError("--root (Python: root=) is empty; give the folder with the data files "
+                        "(an empty value is not taken to mean the current folder)")
+
+
+def _check_label_values(labels: np.ndarray, num_classes: int, source: str) -> None:
+    """Every label an integer in [0, num_classes): a label -1 would equal ABSTAIN."""
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{source}: labels have type {labels.dtype}; labels must be integers in [0, {num_classes})")
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise DataError(f"{source}: {bad.size} label(s) outside [0, {num_classes}), e.g. {int(labels[bad[0]])} "
+                        f"at position {int(bad[0])}; labels must be integers in [0, {num_classes}) "
+                        f"(the dataset has {num_classes} classes)")
 
 
 @dataclass(frozen=True)
@@ -117,11 +153,12 @@ def _find(root: Path, stem: str) -> Path | None:
 
 
 def _load_idx_dataset(name: str, split: str, root: str | os.PathLike | None) -> Dataset:
+    _check_root(root)
     if root is None:
         if name == "fashion-mnist":
-            root = os.environ.get("SMOOTHGUARD_FASHION_MNIST", FASHION_MNIST_ROOT)
+            root = _env_root("SMOOTHGUARD_FASHION_MNIST", FASHION_MNIST_ROOT)
         else:
-            root = os.environ.get("SMOOTHGUARD_MNIST")
+            root = _env_root("SMOOTHGUARD_MNIST")
     how = (
         "Install it with `apt-get install -y dataset-fashion-mnist` (files land in "
         f"{FASHION_MNIST_ROOT}) or pass --root DIR (Python: root=DIR) naming a folder with these files."
@@ -149,6 +186,13 @@ def _load_idx_dataset(name: str, split: str, root: str | os.PathLike | None) -> 
             f"{name} ({split}): images of shape {images.shape} and labels of shape {labels.shape} "
             f"in {root}; expected (N, 28, 28) and (N,). {how}"
         )
+    if images.dtype != np.uint8:
+        raise DataError(f"{img_path}: IDX images of type {images.dtype}; {name} images must be unsigned bytes "
+                        "0..255 (IDX type code 0x08)")
+    if images.shape[0] == 0 or 0 in images.shape[1:]:
+        raise DataError(f"{img_path}: holds no images (shape {images.shape}); a dataset needs at least one "
+                        "image of at least 1x1 pixels")
+    _check_label_values(labels, 10, str(lab_path))
     mean, std = _STATS[name]
     classes = FASHION_CLASSES if name == "fashion-mnist" else MNIST_CLASSES
     info = DatasetInfo(name, 10, (1, images.shape[1], images.shape[2]), mean, std, tuple(classes))
@@ -160,7 +204,8 @@ def _load_cifar(split: str, root) -> Dataset:
         "Unpack cifar-10-python.tar.gz (the 'python version' from the CIFAR-10 page) and pass "
         "--root DIR (Python: root=DIR) naming the cifar-10-batches-py folder, or set SMOOTHGUARD_CIFAR10."
     )
-    root = root if root is not None else os.environ.get("SMOOTHGUARD_CIFAR10")
+    _check_root(root)
+    root = root if root is not None else _env_root("SMOOTHGUARD_CIFAR10")
     files = _cifar.TRAIN_FILES if split == "train" else _cifar.TEST_FILES
     if root is None:
         raise DataError(f"cifar10: no data folder given. Expected {', '.join(files)}. {how}")
@@ -184,8 +229,16 @@ def _load_imagefolder(split: str, root, image_size, channels) -> Dataset:
     from PIL import Image
 
     how = "Pass --root DIR naming a folder with one sub-folder per class (optionally DIR/train and DIR/test)."
+    _check_root(root)
     if root is None:
         raise DataError(f"imagefolder: no folder given. {how}")
+    lo, hi = IMAGE_SIZE_RANGE
+    sides = [image_size] if not isinstance(image_size, (tuple, list)) else list(image_size)
+    if len(sides) not in (1, 2):
+        raise ContractError(f"imagefolder: image_size (--image-size) must be one integer or (height, width); "
+                            f"got {image_size!r}")
+    sides = [check_int("imagefolder: image_size (--image-size, pixels per side)", v, lo, hi) for v in sides]
+    check_choice("imagefolder: channels (--channels)", channels, (1, 3))
     root = Path(root)
     if (root / split).is_dir():
         root = root / split
@@ -194,21 +247,16 @@ def _load_imagefolder(split: str, root, image_size, channels) -> Dataset:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"imagefolder: no class sub-folders in {root}. {how}")
-    mode = {1: "L", 3: "RGB"}.get(channels)
-    if mode is None:
-        raise ValueError(f"imagefolder: channels must be 1 or 3, got {channels}")
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    mode = {1: "L", 3: "RGB"}[channels]
+    size = (sides[0], sides[-1])
     images, labels = [], []
     for label, cls in enumerate(classes):
         for f in sorted((root / cls).iterdir()):
             if f.suffix.lower() not in _IMAGE_EXT:
                 continue
-            try:
-                with Image.open(f) as im:
-                    im = im.convert(mode).resize((size[1], size[0]), Image.BILINEAR)
-                    arr = np.asarray(im, dtype=np.uint8)
-            except OSError as exc:
-                raise DataError(f"imagefolder: cannot read image {f} ({exc})") from exc
+            if not f.is_file():  # a FIFO or device named *.png would block or never end
+                raise DataError(f"imagefolder: {f} is not a regular file; images must be regular files")
+            arr = _read_image(f, mode, size)
             images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
             labels.append(label)
     if not images:
@@ -219,6 +267,46 @@ def _load_imagefolder(split: str, root, image_size, channels) -> Dataset:
     std = tuple(max(float(v), 1e-3) for v in x.std(dim=dims))
     info = DatasetInfo("imagefolder", len(classes), tuple(x.shape[1:]), mean, std, tuple(classes))
     return Dataset(x, torch.tensor(labels, dtype=torch.int64), info)
+
+
+def _read_image(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
+    """One image as uint8 (H, W) or (H, W, C), resized; a file that declares more pixels
+    than Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) is refused
+    before it is decoded."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x the limit and would decode the image
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im = im.convert(mode).resize((size[1], size[0]), Image.BILINEAR)
+                return np.asarray(im, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"imagefolder: refusing {path}: it declares more pixels than the decompression-bomb "
+                        f"limit of {Image.MAX_IMAGE_PIXELS} pixels (PIL.Image.MAX_IMAGE_PIXELS) ({exc}); "
+                        "images must be smaller") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for a corrupt file
+        raise DataError(f"imagefolder: cannot read image {path} ({type(exc).__name__}: {exc})") from None
+
+
+def _check_loaded(ds: Dataset, where: str) -> Dataset:
+    """The loaded data against the contract, once: at least one image, pixels finite and
+    in [0, 1], one label in [0, K) per image."""
+    if len(ds) == 0:
+        raise DataError(f"{where}: no images; a dataset needs at least one")
+    try:
+        if ds.images.is_floating_point() and ds.images.numel():
+            lo, hi = torch.aminmax(ds.images)  # one pass; NaN propagates, so this also proves finiteness
+            if bool(lo >= 0) and bool(hi <= 1) and ds.images.dtype == torch.float32 and ds.images.dim() == 4:
+                check_labels(ds.labels, ds.info.num_classes, count=int(ds.images.shape[0]),
+                             name=f"the labels of {where}")
+                return ds
+        check_images(ds.images, f"the images of {where}", single=False, allow_empty=False)
+        check_labels(ds.labels, ds.info.num_classes, count=int(ds.images.shape[0]), name=f"the labels of {where}")
+    except ContractError as exc:
+        raise DataError(str(exc)) from None
+    return ds
 
 
 def _load_demo(split: str) -> Dataset:
@@ -254,11 +342,18 @@ def load_dataset(
             ``/usr/share/datasets/fashion-mnist``; others have no default (environment
             variables ``SMOOTHGUARD_MNIST`` / ``SMOOTHGUARD_CIFAR10`` are read).
         image_size, channels: the size every image is resized to and the channel count,
-            for ``imagefolder`` only.
+            for ``imagefolder`` only: image_size an integer in [1, 1024] (pixels per side) or
+            (height, width); channels 1 or 3.
 
-    Returns a :class:`Dataset` (images float32 in [0, 1], labels int64, metadata).
-    Raises :class:`DataError` naming the expected files, the folder searched and how to
-    get them when data is missing or malformed. Never downloads.
+    Returns a :class:`Dataset` (images float32 in [0, 1], labels int64, metadata), checked
+    once here: at least one image, every pixel finite and in [0, 1], every label in
+    [0, K). Raises :class:`DataError` naming the expected files, the folder searched and
+    how to get them when data is missing or malformed, and naming the file when it breaks
+    the contract: labels outside [0, K) (an int8 -1 would read as ABSTAIN), an IDX header
+    whose dimensions exceed the file, zero images, an image over Pillow's
+    decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``). ``SMOOTHGUARD_*`` folder
+    variables and ``root`` set to "" are errors, never the current folder. ``image_size``
+    must lie in [1, 1024] (``IMAGE_SIZE_RANGE``). Never downloads.
     """
     key = name.lower().replace("_", "-")
     if key == "fashionmnist":
@@ -268,9 +363,11 @@ def load_dataset(
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     if key in ("fashion-mnist", "mnist"):
-        return _load_idx_dataset(key, split, root)
-    if key == "cifar10":
-        return _load_cifar(split, root)
-    if key == "imagefolder":
-        return _load_imagefolder(split, root, image_size, channels)
-    return _load_demo(split)
+        ds = _load_idx_dataset(key, split, root)
+    elif key == "cifar10":
+        ds = _load_cifar(split, root)
+    elif key == "imagefolder":
+        ds = _load_imagefolder(split, root, image_size, channels)
+    else:
+        ds = _load_demo(split)
+    return _check_loaded(ds, f"{key} ({split})" + (f" in {root}" if root is not None else ""))

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
+
+from smoothguard.contract import ContractError, atomic_output
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/ format description).
 _DTYPES = {
@@ -21,8 +25,11 @@ _DTYPES = {
 _CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09}
 
 
-class IDXError(ValueError):
-    """A file is not a valid IDX file."""
+class IDXError(ContractError):
+    """A file is not a valid IDX file (a :class:`ContractError`, hence a ValueError)."""
+
+
+_MAX_BYTES = np.iinfo(np.int64).max  # a header asking for more overflows every size type
 
 
 def _open(path: Path):
@@ -33,35 +40,65 @@ def _open(path: Path):
     return open(path, "rb")
 
 
+def _read_exactly(fh, n: int) -> bytes:
+    """Up to n bytes (fewer only at the end of the file)."""
+    parts, left = [], n
+    while left > 0:
+        chunk = fh.read(min(left, 1 << 24))
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (optionally gzip-compressed) into a NumPy array.
 
-    Raises :class:`IDXError` naming the file when the header or size is wrong.
+    Raises :class:`IDXError` naming the file when the header or size is wrong, including
+    a header whose dimensions multiply to more data than the file holds or than any
+    size type can count; the data is never read past what the header declares (a
+    gzip file that inflates further is refused without inflating it all).
     """
     path = Path(path)
     try:
+        if not path.is_file():
+            raise IDXError(f"{path}: not a regular file; expected an IDX file")
+        plain_size = None if _is_gzip(path) else path.stat().st_size
         with _open(path) as fh:
-            data = fh.read()
-    except (OSError, EOFError) as exc:
+            head = _read_exactly(fh, 4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                raise IDXError(f"{path}: not an IDX file (bad magic number)")
+            code, ndim = head[2], head[3]
+            if code not in _DTYPES:
+                raise IDXError(f"{path}: unknown IDX data type code 0x{code:02x}; allowed: "
+                               + ", ".join(f"0x{c:02x}" for c in _DTYPES))
+            dims = _read_exactly(fh, 4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise IDXError(f"{path}: truncated IDX header ({ndim} dimensions declared)")
+            shape = struct.unpack(">" + "I" * ndim, dims)
+            dtype = _DTYPES[code]
+            expected = math.prod(shape) * dtype.itemsize  # exact: Python integers do not overflow
+            header = 4 + 4 * ndim
+            if expected > _MAX_BYTES or (plain_size is not None and expected != plain_size - header):
+                held = "" if plain_size is None else f" but the file holds {plain_size - header}"
+                raise IDXError(f"{path}: IDX header says shape {tuple(shape)} ({expected} bytes of data){held}; "
+                               "the header is corrupt or the file truncated")
+            data = _read_exactly(fh, expected + 1)
+    except (OSError, EOFError, zlib.error) as exc:
         raise IDXError(f"{path}: cannot read IDX file ({exc})") from exc
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise IDXError(f"{path}: not an IDX file (bad magic number)")
-    code, ndim = data[2], data[3]
-    if code not in _DTYPES:
-        raise IDXError(f"{path}: unknown IDX data type code 0x{code:02x}")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise IDXError(f"{path}: truncated IDX header")
-    shape = struct.unpack(">" + "I" * ndim, data[4:header])
-    dtype = _DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(data) - header != expected:
+    if len(data) != expected:
         raise IDXError(
             f"{path}: IDX header says shape {tuple(shape)} ({expected} bytes of data) "
-            f"but the file holds {len(data) - header} bytes"
+            f"but the file holds {'more' if len(data) > expected else len(data)} bytes"
         )
-    arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape)
     return arr.astype(dtype.newbyteorder("="), copy=True)
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None = None) -> None:
@@ -77,5 +114,6 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None 
     if compress is None:
         compress = path.suffix == ".gz"
     opener = gzip.open if compress else open
-    with opener(path, "wb") as fh:
-        fh.write(payload)
+    with atomic_output(path, "IDX file") as tmp:
+        with opener(tmp, "wb") as fh:
+            fh.write(payload)

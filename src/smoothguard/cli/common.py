@@ -49,7 +49,8 @@ def add_data_arguments(p: argparse.ArgumentParser, default: str = "demo", split:
     g.add_argument("--root", default=None,
                    help="folder with the dataset files (Fashion-MNIST default: /usr/share/datasets/fashion-mnist)")
     g.add_argument("--split", default=split, choices=["train", "test"], help="dataset split")
-    g.add_argument("--image-size", type=int, default=32, help="imagefolder only: images are resized to this size")
+    g.add_argument("--image-size", type=int, default=32,
+                   help="imagefolder only: images are resized to this many pixels per side (1..1024)")
     g.add_argument("--channels", type=int, default=3, choices=[1, 3], help="imagefolder only: 1 (gray) or 3 (RGB)")
     if selection:
         g.add_argument("--skip", type=int, default=1, help="use every SKIP-th example (index 0, SKIP, 2*SKIP, ...)")

@@ -82,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         apply_common(args)
         return int(args._run(args) or 0)
     except (CLIError, DataError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        # ContractError, OutputError, APIError, ResultFileError ... are ValueErrors: the contract's messages
         print(f"smoothguard {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an output or input the file system refuses (permission, disk full, ...)
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"smoothguard {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"smoothguard {args.command}: interrupted (results written so far are kept; rerun to resume)",

@@ -36,14 +36,15 @@ def load_denoiser(path: str, in_shape: Sequence[int], device: torch.device) -> t
     """Load a denoiser checkpoint for images of ``in_shape``; returns (denoiser, settings
     recorded in result sidecars)."""
     from smoothguard.cli._smoothing_run import file_sha256
-    from smoothguard.models import load_checkpoint
+    from smoothguard.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 
-    den, meta = load_checkpoint(path, device)
-    if meta.get("kind", "classifier") != "denoiser":
-        raise ValueError(f"--denoiser {path} is a {meta.get('kind', 'classifier')!r} checkpoint, not a denoiser "
-                         "(train one with smoothguard train-denoiser)")
+    kind = read_checkpoint(path)["meta"].get("kind", "classifier")
+    if kind != "denoiser":
+        raise CheckpointError(f"--denoiser {path} is a {kind} checkpoint, not a denoiser "
+                              "(train one with smoothguard train-denoiser)")
+    den, meta = load_checkpoint(path, device, kind="denoiser")
     if tuple(meta["in_shape"]) != tuple(int(v) for v in in_shape):
-        raise ValueError(f"--denoiser {path} denoises {tuple(meta['in_shape'])} images; the classifier takes "
+        raise CheckpointError(f"--denoiser {path} denoises {tuple(meta['in_shape'])} images; the classifier takes "
                          f"{tuple(in_shape)}")
     settings = {"denoiser": str(Path(path).resolve()), "denoiser_sha256": file_sha256(path),
                 "denoiser_arch": meta.get("arch"), "denoiser_objective": meta.get("objective"),

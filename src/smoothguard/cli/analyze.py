@@ -7,6 +7,8 @@ import math
 import sys
 from pathlib import Path
 
+from smoothguard.contract import write_text_atomic
+
 HELP = "summarize certify/predict result files: certified-accuracy table and plot"
 
 DESCRIPTION = """\
@@ -94,8 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out_table is not None:
         out = Path(args.out_table)
         fmt = fmt or _SUFFIX_FORMATS.get(out.suffix.lower(), "table")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(table.render(fmt), encoding="utf-8")
+        write_text_atomic(out, table.render(fmt), "--out-table")
         print(table.render("table"), end="")
         print(f"wrote {out} ({fmt})", file=sys.stderr)
     else:

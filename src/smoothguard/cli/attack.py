@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 
+from smoothguard.contract import write_text_atomic
 from smoothguard.cli.common import (add_channels_last_argument, add_data_arguments, prepare_for_speed, load_data,
                                     load_model_arg, validate_selection)
 
@@ -181,9 +181,7 @@ def _write_summary(out: str, summary: dict) -> None:
     side = sidecar_path(out)
     meta = json.loads(side.read_text())
     meta["summary"] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
-    tmp = side.with_name(side.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, side)
+    write_text_atomic(side, json.dumps(meta, indent=2, sort_keys=True) + "\n", "settings file")
 
 
 def run(args: argparse.Namespace) -> int:

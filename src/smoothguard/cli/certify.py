@@ -11,7 +11,10 @@ from smoothguard.cli._smoothing_run import (
     build_smoothed,
     run_rows,
 )
+from smoothguard.contract import ContractError, check_int
 from smoothguard.smoothing import r_max
+
+DEFAULT_N = 100_000
 
 HELP = "certify the smoothed classifier (Cohen et al. CERTIFY): l2 radius per image, TSV rows"
 DESCRIPTION = (
@@ -26,7 +29,9 @@ COLUMNS = ["idx", "label", "predict", "radius", "correct", "time"]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_smoothing_arguments(p)
     p.add_argument("--n0", type=int, default=100, help="noise samples to select the top class")
-    p.add_argument("--n", "--n-samples", dest="n", type=int, default=100_000, help="noise samples to estimate its probability (under torchrun write --n-samples)")
+    p.add_argument("--n", "--n-samples", dest="n", type=int, default=None,
+                   help=f"noise samples to estimate its probability (default {DEFAULT_N:,}; under torchrun write "
+                        "--n-samples); not with --radii, whose budget is --n-max")
     g = p.add_argument_group("adaptive certification at table radii (fewer samples, same guarantee)")
     g.add_argument("--radii", default=None,
                    help="comma-separated l2 radii, e.g. 0.25,0.5,0.75: certify the largest of them per image with "
@@ -38,10 +43,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.n0 < 1 or args.n < 1:
-        raise ValueError(f"--n0 and --n must be >= 1, got {args.n0} and {args.n}")
+    check_int("--n0", args.n0, minimum=1)
     if getattr(args, "radii", None):
+        if args.n is not None:  # it would be silently ignored: the adaptive budget is --n-max
+            raise ContractError(f"--n {args.n} has no effect with --radii (adaptive certification); its sample "
+                                "budget is --n-max. Drop --n, or drop --radii for fixed-n CERTIFY")
         return _run_adaptive(args)
+    args.n = DEFAULT_N if args.n is None else check_int("--n", args.n, minimum=1)
     smoothed, settings, data = build_smoothed(args)
     settings.update(n0=args.n0, n=args.n, r_max=r_max(args.sigma, args.n, args.alpha))
     from smoothguard.smoothing import image_seed

@@ -72,7 +72,13 @@ def load_model_arg(path: str | None, device: torch.device):
 
     if path is None:
         return load_default_model(device)
-    return load_checkpoint(path, device)
+    from smoothguard.models.checkpoint import CheckpointError, read_checkpoint
+
+    kind = read_checkpoint(path)["meta"].get("kind", "classifier")
+    if kind != "classifier":
+        raise CheckpointError(f"--model {path} is a {kind} checkpoint, not a classifier"
+                              + (" (pass it as --denoiser, with a classifier as --model)" if kind == "denoiser" else ""))
+    return load_checkpoint(path, device, kind="classifier")
 
 
 def validate_selection(args: argparse.Namespace) -> None:

@@ -8,7 +8,6 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
 import time
 import warnings
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from smoothguard.contract import write_text_atomic
 from smoothguard.cli.common import (add_channels_last_argument, add_data_arguments, prepare_for_speed, load_data,
                                     load_model_arg, parse_floats, progress)
 
@@ -128,9 +128,7 @@ def validate(args: argparse.Namespace) -> None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def _per_example_tsv(ev, indices: torch.Tensor) -> str:

@@ -12,6 +12,8 @@ from smoothguard.cli._smoothing_run import (
     run_rows,
 )
 
+from smoothguard.contract import ContractError, check_int
+
 HELP = "predict with the smoothed classifier (Cohen et al. PREDICT, abstains when unsure), TSV rows"
 DESCRIPTION = (
     "For each selected image: the smoothed classifier's class, or -1 (abstain) when a two-sided "
@@ -22,7 +24,9 @@ COLUMNS = ["idx", "label", "predict", "correct", "time"]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_smoothing_arguments(p)
-    p.add_argument("--n", "--n-samples", dest="n", type=int, default=100_000, help="noise samples per image (under torchrun write --n-samples)")
+    p.add_argument("--n", "--n-samples", dest="n", type=int, default=None,
+                   help="noise samples per image (default 100,000; under torchrun write --n-samples); not with "
+                        "--adaptive, whose budget is --n-max")
     g = p.add_argument_group("adaptive PREDICT (fewer samples, same guarantee)")
     g.add_argument("--adaptive", action="store_true",
                    help="look at the counts after a growing schedule of samples and stop as soon as the top-two "
@@ -34,10 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
     if getattr(args, "adaptive", False):
+        if args.n is not None:  # it would be silently ignored: the adaptive budget is --n-max
+            raise ContractError(f"--n {args.n} has no effect with --adaptive; its sample budget is --n-max. "
+                                "Drop --n, or drop --adaptive for fixed-n PREDICT")
         return _run_adaptive(args)
+    args.n = 100_000 if args.n is None else check_int("--n", args.n, minimum=1)
     smoothed, settings, data = build_smoothed(args)
     settings.update(n=args.n)
     from smoothguard.smoothing import image_seed

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import smoothguard
+from smoothguard.contract import write_bytes_atomic, write_text_atomic
 from smoothguard.cli.experiment import Experiment, Step, command_module, command_parser, load_experiment
 
 HELP = "run an experiment file (TOML): train/certify/attack/evaluate/analyze/report steps, resumable"
@@ -102,10 +103,7 @@ def read_manifest(step_dir: Path) -> dict[str, Any] | None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", "manifest")
 
 
 def step_inputs(exp: Experiment, step: Step) -> dict[str, str]:
@@ -243,9 +241,7 @@ def run(args: argparse.Namespace) -> int:
                   + " ".join(shlex.quote(a) for a in argv))
         return 0
 
-    exp.run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(exp.path, exp.run_dir / "experiment.toml.tmp")
-    os.replace(exp.run_dir / "experiment.toml.tmp", exp.run_dir / "experiment.toml")
+    write_bytes_atomic(exp.run_dir / "experiment.toml", Path(exp.path).read_bytes(), "experiment copy")
     summary: list[dict[str, Any]] = []
     t_run = time.perf_counter()
     exit_code = 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from smoothguard.contract import write_text_atomic
 from smoothguard.cli.common import add_data_arguments, load_data, load_model_arg, parse_floats
 
 HELP = "smoothed inference as a defense: accuracy vs sigma, m and vote method under PGD, EPGD, transfer, NAttack"
@@ -245,9 +245,7 @@ def make_compute(args: argparse.Namespace, grid, base: torch.nn.Module, num_clas
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,13 +13,13 @@ change to the process-wide backend.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from smoothguard.contract import atomic_output
 from smoothguard.evaluation.robustness import EpsCurve, RobustnessEvaluation
 
 _NORM_TITLE = {"linf": r"$\ell_\infty$", "l2": r"$\ell_2$"}
@@ -36,13 +36,11 @@ def _new_figure(width: float, height: float):
 
 def _save(fig, stem: str | Path) -> list[Path]:
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "svg"):
         final = stem.with_name(stem.name + "." + ext)
-        tmp = final.with_name(final.name + ".tmp")
-        fig.savefig(tmp, format=ext, bbox_inches="tight")
-        os.replace(tmp, final)
+        with atomic_output(final, "figure") as tmp:
+            fig.savefig(tmp, format=ext, bbox_inches="tight")
         paths.append(final)
     return paths
 

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
+from smoothguard.contract import atomic_output
 from smoothguard.evaluation.analysis import Results, certified_accuracy, legends, run_r_max
 
 _GRID_POINTS = 2000
@@ -94,11 +95,11 @@ def plot_certified_accuracy(results_list: Sequence[Results], labels: Sequence[st
     stem = Path(path_stem)
     if stem.suffix.lower() in (".png", ".svg"):
         stem = stem.with_suffix("")
-    stem.parent.mkdir(parents=True, exist_ok=True)
     out = []
     for ext in (".png", ".svg"):
         target = stem.with_name(stem.name + ext)
-        fig.savefig(target, format=ext[1:], metadata={"Date": None} if ext == ".svg" else None,
-                    bbox_inches="tight" if len(empirical) else None)
+        with atomic_output(target, "figure") as tmp:
+            fig.savefig(tmp, format=ext[1:], metadata={"Date": None} if ext == ".svg" else None,
+                        bbox_inches="tight" if len(empirical) else None)
         out.append(target)
     return out

@@ -21,7 +21,6 @@ import base64
 import html
 import json
 import math
-import os
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 import smoothguard
+from smoothguard.contract import check_output_path, write_text_atomic
 from smoothguard.evaluation.analysis import (
     DEFAULT_RADII,
     Results,
@@ -443,8 +443,9 @@ def envelope_rows(certify: list[tuple[str, Results]], radii: Sequence[float]) ->
 def write_report(root: str | Path, output: str | Path, title: str | None = None) -> dict[str, Any]:
     """Write the HTML report of the run folder ``root`` to ``output`` (figures as PNG and
     SVG next to it). Returns {"sections": {key: bool has data}, "figures": [paths]}."""
+    # refuse a target that is a FIFO, device or folder before any figure is written beside it
+    output = check_output_path(output, "report")
     data = collect(root)
-    output = Path(output)
     out_dir = output.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     figs: list[Path] = []
@@ -666,9 +667,7 @@ def write_report(root: str | Path, output: str | Path, title: str | None = None)
         "abstentions count as wrong.</p>"
         f"<nav><ol>{nav}</ol></nav>{body}"
         + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "") + "</main></body></html>\n")
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, output)
+    write_text_atomic(output, page, "report")
     return {"sections": has, "figures": [str(f) for f in figs]}
 
 

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import smoothguard
+from smoothguard.contract import ContractError, check_output_path, write_text_atomic
 
 
-class ResultFileError(ValueError):
+class ResultFileError(ContractError):
     """A result file cannot be resumed (other settings, unknown origin, bad header)."""
 
 
@@ -29,9 +30,7 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text, "result file")
 
 
 def format_value(v: Any) -> str:
@@ -135,13 +134,15 @@ class ResultWriter:
 
     def open(self) -> "ResultWriter":
         side = sidecar_path(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # a FIFO, device or folder at either path is refused before anything is written
+        check_output_path(self.path, "result file")
+        check_output_path(side, "settings file")
         exists = self.path.exists() and self.path.stat().st_size > 0
         if exists and not self.overwrite:
             self._check_resumable(side)
             self._load_rows()
         else:
-            self.path.write_text("\t".join(self.columns) + "\n")
+            _atomic_write_text(self.path, "\t".join(self.columns) + "\n")
         write_sidecar(self.path, self.kind, self.columns, self.settings, self.key_settings)
         self._fh = open(self.path, "a", encoding="utf-8")
         return self

@@ -16,6 +16,7 @@ code is refused with :class:`CheckpointError`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 from importlib import resources
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 import smoothguard
+from smoothguard.contract import ContractError, atomic_output, check_model_finite
 from smoothguard.models.registry import get_model
 
 FORMAT = "smoothguard-checkpoint/1"
@@ -33,8 +35,9 @@ DEFAULT_MODEL = "lenet_fmnist_gaussian025.pt"
 REQUIRED_META = ("arch", "num_classes", "in_shape", "mean", "std")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is unsafe, malformed or incompatible."""
+class CheckpointError(ContractError):
+    """A checkpoint file is unsafe, malformed or incompatible; the message names the file,
+    what is wrong and what was expected."""
 
 
 def _build_classifier(meta: dict) -> nn.Module:
@@ -73,18 +76,21 @@ def save_checkpoint(
     }
     if train_state is not None:
         payload["train_state"] = train_state
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path, "checkpoint") as tmp:
+        torch.save(payload, tmp)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load the raw checkpoint dict safely (``weights_only=True``) and check its format."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; give the path of a .pt file")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist" if not path.exists()
+                              else f"checkpoint {path} is not a regular file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); expected a smoothguard checkpoint "
+                              "written by `smoothguard train` or save_checkpoint()")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -100,23 +106,79 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         payload["meta"] = json.loads(payload["meta_json"])
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: malformed metadata ({exc})") from exc
+    check_meta(payload["meta"], path)
+    sd = payload.get("state_dict")
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise CheckpointError(f"{path}: state_dict must be a dict of parameter names to tensors; got "
+                              f"{type(sd).__name__}")
     return payload
 
 
+def check_meta(meta: Any, path: str | os.PathLike = "checkpoint") -> dict:
+    """The checkpoint metadata contract: a JSON object whose fields have the types the
+    commands rely on (a classifier: arch, num_classes >= 2, in_shape (C, H, W), one mean
+    and one positive std per channel; ``model_options`` an object; ``noise_sd`` >= 0)."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: metadata must be a JSON object (dict); got a {type(meta).__name__}")
+    kind = meta.get("kind", "classifier")
+    if not isinstance(kind, str):
+        raise CheckpointError(f"{path}: metadata 'kind' must be a string; got {kind!r}")
+    if "model_options" in meta and not isinstance(meta["model_options"], dict):
+        raise CheckpointError(f"{path}: metadata 'model_options' must be a JSON object (dict); got "
+                              f"{type(meta['model_options']).__name__}")
+    if kind == "classifier":
+        missing = [k for k in REQUIRED_META if k not in meta]
+        if missing:
+            raise CheckpointError(f"{path}: metadata lacks {', '.join(missing)} (a classifier needs "
+                                  f"{', '.join(REQUIRED_META)})")
+    shape = meta.get("in_shape")
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 3 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
+        raise CheckpointError(f"{path}: metadata in_shape must be [C, H, W] of positive integers; got {shape!r}")
+    k = meta.get("num_classes")
+    if k is not None and not (isinstance(k, int) and not isinstance(k, bool) and k >= 2):
+        raise CheckpointError(f"{path}: metadata num_classes must be an integer >= 2; got {k!r}")
+    for key in ("mean", "std"):
+        v = meta.get(key)
+        if v is None and kind != "classifier":
+            continue
+        if v is not None and not (isinstance(v, list) and all(
+                isinstance(e, (int, float)) and not isinstance(e, bool) and math.isfinite(e) for e in v)
+                and (shape is None or len(v) == shape[0])):
+            raise CheckpointError(f"{path}: metadata {key} must be a list of one finite number per channel; got {v!r}")
+    if isinstance(meta.get("std"), list) and any(e <= 0 for e in meta["std"]):
+        raise CheckpointError(f"{path}: metadata std must be positive (it divides); got {meta['std']!r}")
+    sd = meta.get("noise_sd")
+    if sd is not None and not (isinstance(sd, (int, float)) and not isinstance(sd, bool) and math.isfinite(sd)
+                               and sd >= 0):
+        raise CheckpointError(f"{path}: metadata noise_sd must be a number >= 0 or absent; got {sd!r}")
+    return meta
+
+
 def load_checkpoint(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
+    path: str | os.PathLike, device: str | torch.device = "cpu", kind: str | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model of a checkpoint, in eval mode on ``device``; returns (model, meta)."""
+    """Rebuild the model of a checkpoint, in eval mode on ``device``; returns (model, meta).
+
+    ``kind`` (``"classifier"``, ``"denoiser"``): the kind of model the caller needs; a
+    checkpoint of another kind is refused with a :class:`CheckpointError` saying which it
+    is. The weights must be finite (a NaN weight makes every logit NaN)."""
     payload = read_checkpoint(path)
     meta = payload["meta"]
-    kind = meta.get("kind", "classifier")
-    if kind not in MODEL_KINDS:
-        raise CheckpointError(f"{path}: unknown model kind {kind!r}; known: {', '.join(MODEL_KINDS)}")
+    found = meta.get("kind", "classifier")
+    if found not in MODEL_KINDS:
+        raise CheckpointError(f"{path}: unknown model kind {found!r}; known: {', '.join(MODEL_KINDS)}")
+    if kind is not None and found != kind:
+        raise CheckpointError(f"{path} is a {found} checkpoint; a {kind} checkpoint is needed here")
     try:
-        model = MODEL_KINDS[kind](meta)
+        model = MODEL_KINDS[found](meta)
         model.load_state_dict(payload["state_dict"])
-    except (KeyError, ValueError, RuntimeError) as exc:
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: cannot rebuild the model from its metadata ({exc})") from exc
+    try:
+        check_model_finite(model, f"checkpoint {path}")
+    except ContractError as exc:
+        raise CheckpointError(str(exc)) from None
     return model.to(device).eval(), meta
 
 

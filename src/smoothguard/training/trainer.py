@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from smoothguard.contract import write_text_atomic
 from smoothguard.data import Dataset
 from smoothguard.distributed import World, barrier
 from smoothguard.models.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
@@ -233,9 +234,7 @@ class Trainer:
         lines = ["\t".join(keys)]
         for row in self.history:
             lines.append("\t".join(_fmt(row.get(k, "")) for k in keys))
-        tmp = out_dir / (LOG_NAME + ".tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        tmp.replace(out_dir / LOG_NAME)
+        write_text_atomic(out_dir / LOG_NAME, "\n".join(lines) + "\n", "training log")
 
     def fit(self, train: Dataset, test: Dataset | None = None, out_dir: str | Path | None = None) -> list[dict[str, Any]]:
         """Train for ``config.epochs`` epochs (from ``start_epoch`` when resumed)."""

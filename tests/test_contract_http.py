@@ -360,7 +360,9 @@ def test_keep_alive_still_works_and_the_client_survives_an_idle_close(our_server
     client = HTTPClassifier(f"http://127.0.0.1:{port}", 10, retries=0)
     assert client(torch.zeros(2, 1, 28, 28)).tolist() == [0, 0]
     assert client(torch.zeros(1, 1, 28, 28)).tolist() == [0]  # same connection
-    time.sleep(1.5)  # the server closes the idle connection after 1 s
+    sock = client._local.conn.sock
+    sock.settimeout(15)
+    assert sock.recv(1, socket.MSG_PEEK) == b""  # the server closed the idle connection (after 1 s)
     assert client(torch.zeros(1, 1, 28, 28)).tolist() == [0]  # reconnects without using a retry
     assert calls == [2, 1, 1]
 
@@ -423,6 +425,26 @@ def test_certify_api_timeout_flag_is_a_whole_request_deadline(tmp_path, capsys):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("status", [404, 500])
+def test_certify_api_accepts_an_endpoint_without_info_but_not_a_failing_one(hostile, tmp_path, capsys, status):
+    configure, url = hostile
+    handler = configure()
+
+    def no_info(self):
+        self._answer(b'{"error": "no such path"}', status)
+
+    handler.do_GET = no_info
+    out = tmp_path / "cert.tsv"
+    rc = main(["certify", "--api", url, "--max", "1", "--n0", "10", "--n", "20", "--threads", "1",
+               "--device", "cpu", "--api-retries", "0", "--out", str(out)])
+    err = capsys.readouterr().err
+    if status == 404:  # a label-only endpoint need not describe itself: num_classes from the data
+        assert rc == 0, err
+        assert len([line for line in out.read_text().splitlines() if line and not line.startswith("idx")]) == 1
+    else:
+        assert rc == 2 and "HTTP 500" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("flags,match", [

@@ -467,3 +467,13 @@ def test_serve_checks_its_flags(capsys):
         assert main(["serve", *flags]) == 2
         err = capsys.readouterr().err
         assert match in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("url", ["", "ftp://127.0.0.1:1", "127.0.0.1:8000"])
+def test_certify_api_refuses_an_empty_or_malformed_url(tmp_path, capsys, url):
+    out = tmp_path / "cert.tsv"
+    rc = main(["certify", "--api", url, "--max", "1", "--n0", "10", "--n", "20", "--device", "cpu",
+               "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--api: API URL must look like http://127.0.0.1:8000" in err and "Traceback" not in err
+    assert not out.exists()

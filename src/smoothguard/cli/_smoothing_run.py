@@ -99,7 +99,7 @@ def _use_jit(args: argparse.Namespace, model: torch.nn.Module) -> bool:
 
 def build_smoothed(args: argparse.Namespace) -> tuple[SmoothedClassifier, dict[str, Any], Any]:
     validate_smoothing_arguments(args)
-    if getattr(args, "api", None):  # a query-only classifier behind an HTTP endpoint
+    if getattr(args, "api", None) is not None:  # a query-only classifier behind an HTTP endpoint ("" is refused)
         from smoothguard.cli._denoised import api_classifier
 
         data = load_data(args)

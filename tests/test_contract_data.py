@@ -120,6 +120,15 @@ def test_a_folder_variable_set_to_empty_is_an_error_not_the_current_folder(tmp_p
     assert len(load_dataset("mnist", "test", root=tmp_path)) == 2  # a real folder still works
 
 
+def test_wrong_types_for_name_split_and_root_are_contract_errors():
+    with pytest.raises(ContractError, match="unknown dataset None; allowed: fashion-mnist"):
+        load_dataset(None)
+    with pytest.raises(ContractError, match=r"unknown split \['test'\]; allowed: train, test"):
+        load_dataset("demo", ["test"])
+    with pytest.raises(DataError, match="root=\\) must be a folder path; got int 3"):
+        load_dataset("mnist", "test", root=3)
+
+
 # ------------------------------------------------------------------------------- CIFAR-10
 
 

@@ -58,6 +58,8 @@ def _env_root(var: str, default: str | None = None) -> str | None:
 
 
 def _check_root(root: str | os.PathLike | None) -> None:
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise DataError(f"--root (Python: root=) must be a folder path; got {type(root).__name__} {root!r}")
     if root is not None and not str(root).strip():
         raise DataError("--root (Python: root=) is empty; give the folder with the data files "
                         "(an empty value is not taken to mean the current folder)")
@@ -355,13 +357,13 @@ def load_dataset(
     variables and ``root`` set to "" are errors, never the current folder. ``image_size``
     must lie in [1, 1024] (``IMAGE_SIZE_RANGE``). Never downloads.
     """
-    key = name.lower().replace("_", "-")
+    key = name.lower().replace("_", "-") if isinstance(name, str) else name
     if key == "fashionmnist":
         key = "fashion-mnist"
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    if not isinstance(key, str) or key not in DATASETS:
+        raise ContractError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+    if not isinstance(split, str) or split not in SPLITS:
+        raise ContractError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     if key in ("fashion-mnist", "mnist"):
         ds = _load_idx_dataset(key, split, root)
     elif key == "cifar10":

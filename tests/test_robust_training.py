@@ -282,7 +282,7 @@ def test_noise_injection_only_for_lenet_and_madry_cnn():
     (["--objective", "smoothadv", "--m-train", "0"], "m_train must be an integer >= 1"),
     (["--objective", "pgd_at", "--adv-weight", "1.5"], "adv_weight must lie in (0, 1]"),
     (["--objective", "standard", "--noise-sd", "0.5"], "--noise-sd does not apply"),
-    (["--objective", "consistency", "--noise-sd", "0"], "noise_sd must be > 0"),
+    (["--objective", "consistency", "--noise-sd", "0"], "noise_sd (pixel units, = the smoothing sigma) must be a positive"),
     (["--objective", "smoothadv", "--warmup-epochs", "0"], "warmup_epochs must be an integer >= 1"),
     (["--objective", "gaussian", "--arch", "cifar_resnet20", "--noise-injection", "cni"], "noise_injection"),
 ])

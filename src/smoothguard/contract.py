@@ -138,10 +138,10 @@ def check_eps(eps: object, norm: str, name: str = "eps") -> float:
     """A perturbation budget in [0, 1] pixel units for ``norm``: positive and finite; an
     l_inf budget above 1 covers the whole [0, 1] box and is refused as a unit mistake."""
     check_norm(norm)
-    v = check_positive(f"{name} ({norm})", eps)
+    v = check_positive(name, eps)
     if norm == "linf" and v > 1:
-        raise ContractError(f"{name} for l_inf must be in (0, 1] (pixel units, images in [0, 1]); got {eps!r}. "
-                            "For an 8/255 budget pass 8/255, not 8")
+        raise ContractError(f"{name}={eps} > 1 for the linf norm covers the whole [0, 1] image box; {name} is in "
+                            "[0, 1] pixel units (did you mean eps/255?); allowed: (0, 1]")
     return v
 
 

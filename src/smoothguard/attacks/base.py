@@ -35,7 +35,7 @@ from smoothguard.utils import make_generator, model_device
 
 # validation helpers: the contract's (re-exported here for the attacks' constructors)
 from smoothguard.contract import (  # noqa: E402
-    ContractError, check_choice, check_fraction, check_images, check_int, check_labels, check_logits as
+    ContractError, check_choice, check_fraction, check_images, check_int, check_labels, check_logits as  # noqa: F401
     _check_finite_logits, check_nonnegative, check_positive)
 
 # ---------------------------------------------------------------------------------------

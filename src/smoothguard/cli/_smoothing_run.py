@@ -186,7 +186,9 @@ def run_rows(
         positions = positions[world.rank::world.size]
         out = f"{args.out}.part{world.rank}-of-{world.size}"
     if out:
-        writer = ResultWriter(out, columns, kind, settings, key_settings, overwrite=args.overwrite).open()
+        # resumed rows must belong to this run's (this rank's) selection of images
+        writer = ResultWriter(out, columns, kind, settings, key_settings, overwrite=args.overwrite,
+                              allowed=[int(data.indices[i]) for i in positions]).open()
     else:
         writer = None
         print("\t".join(columns), flush=True)

@@ -29,7 +29,8 @@ ATTACK_NORMS = {"pgd": ("linf", "l2"), "apgd": ("linf", "l2"), "square": ("linf"
 LOSS_ATTACKS = ("pgd", "apgd", "fgsm", "fgm", "ddn")
 QUERY_ATTACKS = ("square", "nattack")
 KEY_SETTINGS = ["model_sha256", "target_sha256", "data", "root", "split", "skip", "attack", "norm", "eps",
-                "steps", "restarts", "step_size", "loss", "queries", "eot", "seed"]
+                "steps", "restarts", "step_size", "loss", "queries", "eot", "seed",
+                "batch"]  # an attack's random starts are drawn per batch: rows depend on --batch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -184,6 +184,8 @@ def _execute_inprocess(command: str, argv: list[str]) -> tuple[int, str | None, 
         return rc, None if rc == 0 else f"exit code {rc}", info
     except (CLIError, DataError, CheckpointError, ValueError, FileNotFoundError) as exc:
         return 2, str(exc), info
+    except OSError as exc:  # as the command line does: a file-system refusal fails the step, not the runner
+        return 2, f"{exc.strerror or exc}" + (f" ({exc.filename})" if getattr(exc, "filename", None) else ""), info
 
 
 def _torch_threads() -> int:

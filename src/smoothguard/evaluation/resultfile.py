@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import smoothguard
 from smoothguard.contract import ContractError, check_output_path, write_text_atomic
+
+
+class ResultFileWarning(UserWarning):
+    """Rows of a result file were dropped on resume (and will be recomputed)."""
 
 
 class ResultFileError(ContractError):
@@ -40,29 +45,80 @@ def format_value(v: Any) -> str:
     return str(v)
 
 
-def read_complete_rows(path: str | os.PathLike, columns: Sequence[str]) -> tuple[dict[int, list[str]], int, int]:
-    """The complete rows of a result file by idx, the byte length they span (header
-    included) and the file size. A trailing partial row (no newline, wrong field count)
-    ends the scan."""
+def _field_ok(value: str) -> bool:
+    """Every column of our result files is a number (labels, predictions, radii, norms,
+    flags, times; ``nan`` allowed where a value is undefined)."""
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def read_complete_rows(
+    path: str | os.PathLike,
+    columns: Sequence[str],
+    allowed: Iterable[int] | None = None,
+) -> tuple[dict[int, list[str]], int, int]:
+    """The complete, valid rows of a result file by idx, the byte length they span (header
+    included) and the file size. The scan ends at the first row that is partial (no
+    newline), has the wrong field count, a non-integer idx, a field that is not a number,
+    an idx seen before, or (with ``allowed``) an idx outside the selection: everything
+    from there on is not trusted (see :func:`first_bad_row` for the reason)."""
+    rows, keep, size, _ = _scan_rows(path, columns, allowed)
+    return rows, keep, size
+
+
+def first_bad_row(path: str | os.PathLike, columns: Sequence[str],
+                  allowed: Iterable[int] | None = None) -> tuple[int, str] | None:
+    """(line number, reason) of the row where :func:`read_complete_rows` stops trusting
+    the file, or None when every row is valid."""
+    return _scan_rows(path, columns, allowed)[3]
+
+
+def _scan_rows(path, columns, allowed):
     with open(path, "rb") as fh:
         data = fh.read()
     lines = data.split(b"\n")
-    header = lines[0].decode("utf-8").split("\t")
+    try:
+        header = lines[0].decode("utf-8").split("\t")
+    except UnicodeDecodeError:
+        header = None
     if header != list(columns):
         raise ResultFileError(f"{path}: header {header} differs from expected {list(columns)}")
+    allowed_set = None if allowed is None else {int(i) for i in allowed}
     rows: dict[int, list[str]] = {}
     keep = len(lines[0]) + 1
+    bad = None
     # all entries but the last are newline-terminated; the last is a partial row or b""
-    for raw in lines[1:-1]:
-        fields = raw.decode("utf-8").split("\t")
+    for lineno, raw in enumerate(lines[1:-1], start=2):
+        try:
+            fields = raw.decode("utf-8").split("\t")
+        except UnicodeDecodeError:
+            bad = (lineno, "not UTF-8 text")
+            break
         if len(fields) != len(columns):
+            bad = (lineno, f"{len(fields)} fields, expected {len(columns)}")
             break
         try:
-            rows[int(fields[0])] = fields
+            idx = int(fields[0])
         except ValueError:
+            bad = (lineno, f"idx {fields[0]!r} is not an integer")
             break
+        if not all(_field_ok(f) for f in fields[1:]):
+            bad = (lineno, "a field is not a number")
+            break
+        if idx in rows:
+            bad = (lineno, f"idx {idx} appears twice")
+            break
+        if allowed_set is not None and idx not in allowed_set:
+            bad = (lineno, f"idx {idx} is not in this run's selection of images")
+            break
+        rows[idx] = fields
         keep += len(raw) + 1
-    return rows, keep, len(data)
+    if bad is None and lines[-1]:
+        bad = (len(lines), "a partial last row (no newline)")
+    return rows, keep, len(data), bad
 
 
 def write_sidecar(path: str | os.PathLike, kind: str, columns: Sequence[str], settings: dict[str, Any],
@@ -110,6 +166,9 @@ class ResultWriter:
             different value of any of them is refused. Others (device, threads, max)
             may change between runs.
         overwrite: start a fresh file even if one exists.
+        allowed: the idx values this run may write (its selection of images). On resume a
+            kept row must be complete, numeric, unique and in ``allowed``; the file is cut
+            at the first row that is not (with a :class:`ResultFileWarning` naming the line).
     """
 
     def __init__(
@@ -120,6 +179,7 @@ class ResultWriter:
         settings: dict[str, Any],
         key_settings: Iterable[str],
         overwrite: bool = False,
+        allowed: Iterable[int] | None = None,
     ) -> None:
         if not columns or columns[0] != "idx":
             raise ValueError("the first column of a result file must be 'idx'")
@@ -129,6 +189,7 @@ class ResultWriter:
         self.settings = dict(settings)
         self.key_settings = list(key_settings)
         self.overwrite = overwrite
+        self.allowed = None if allowed is None else [int(i) for i in allowed]
         self.done: dict[int, list[str]] = {}
         self._fh = None
 
@@ -169,8 +230,11 @@ class ResultWriter:
                 "Use the same settings, another --out, or --overwrite")
 
     def _load_rows(self) -> None:
-        self.done, keep, size = read_complete_rows(self.path, self.columns)
-        if keep < size:  # cut a partial or corrupt tail written by a killed run
+        self.done, keep, size, bad = _scan_rows(self.path, self.columns, self.allowed)
+        if keep < size:  # cut a partial or corrupt tail (a killed run, a hand edit): it is recomputed
+            if bad is not None and not bad[1].startswith("a partial last row"):
+                warnings.warn(f"{self.path}: line {bad[0]}: {bad[1]}; resuming from the rows before it "
+                              f"({len(self.done)} kept, the rest is recomputed)", ResultFileWarning, stacklevel=3)
             with open(self.path, "r+b") as fh:
                 fh.truncate(keep)
 

@@ -53,6 +53,7 @@ from smoothguard.attacks import (
     check_blackbox_vs_whitebox,
 )
 from smoothguard.attacks.base import eval_mode
+from smoothguard.contract import check_fraction, check_images, check_int, check_labels, check_logits
 from smoothguard.utils import model_device
 
 WHITE_BOX, BLACK_BOX, TRANSFER = "white-box", "black-box", "transfer"
@@ -346,8 +347,9 @@ def json_safe(obj: Any) -> Any:
 
 def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     with torch.no_grad(), eval_mode(model):
-        return torch.cat([model(c).argmax(1) for c in x.split(batch_size)]) if len(x) else \
-            torch.zeros(0, dtype=torch.long, device=x.device)
+        # finite logits only: the argmax of a NaN row would be class 0
+        return torch.cat([check_logits(model(c), count=len(c)).argmax(1) for c in x.split(batch_size)]) \
+            if len(x) else torch.zeros(0, dtype=torch.long, device=x.device)
 
 
 def _top_wrong_classes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, batch_size: int) -> torch.Tensor:
@@ -431,10 +433,8 @@ def evaluate_robustness(
     ``accuracy`` is the running worst case; the final worst case equals, per example,
     "correct and no attack succeeded" (the OR of the rows' successes).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    if not 0 <= masking_tolerance < 1:
-        raise ValueError(f"masking_tolerance must lie in [0, 1); got {masking_tolerance}")
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    masking_tolerance = check_fraction("masking_tolerance", masking_tolerance, low_open=False, high_open=True)
     attacks = list(attacks)
     for ca in attacks:
         if not isinstance(ca, CascadeAttack):
@@ -449,8 +449,10 @@ def evaluate_robustness(
 
     t_start = time.perf_counter()
     device = model_device(model)
+    x = check_images(x, "x", single=False)
+    y = check_labels(y, count=x.shape[0], name="y")
     x = x.detach().to(device)
-    y = torch.as_tensor(y).to(device=device, dtype=torch.long)
+    y = y.to(device=device, dtype=torch.long)
     n = x.shape[0]
     clean_pred = _predict(model, x, batch_size)
     correct = clean_pred == y

@@ -31,12 +31,12 @@ Two ways in:
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 from torch import nn
 
+from smoothguard.contract import check_images, check_int, check_logits, check_nonnegative
 from smoothguard.smoothing.core import SmoothedClassifier
 from smoothguard.utils import make_generator
 
@@ -184,18 +184,14 @@ class SmoothedModel(nn.Module):
         super().__init__()
         if not callable(base):
             raise TypeError(f"base must be an nn.Module or a callable returning logits; got {type(base).__name__}")
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (sigma >= 0) \
-                or not math.isfinite(sigma):
-            raise ValueError(f"sigma must be a number >= 0 in [0, 1] pixel units; got {sigma!r}")
-        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-            raise ValueError(f"m (noise draws per forward) must be an integer >= 1; got {m!r}")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                       or batch_size < 1):
-            raise ValueError(f"batch_size must be an integer >= 1 or None; got {batch_size!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"seed must be an int or None; got {seed!r}")
+        sigma = check_nonnegative("sigma (in [0, 1] pixel units)", sigma)
+        m = check_int("m (noise draws per forward)", m, minimum=1)
+        if batch_size is not None:
+            batch_size = check_int("batch_size", batch_size, minimum=1)
+        if seed is not None:
+            seed = check_int("seed", seed, minimum=-(2**63))
         self.base = base
-        self.sigma = float(sigma)
+        self.sigma = sigma
         self.m = m
         self.method = check_method(method)
         self.batch_size = batch_size
@@ -214,8 +210,7 @@ class SmoothedModel(nn.Module):
         return self._gens[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 2:
-            raise ValueError(f"x must be a batch (N, C, H, W); got shape {tuple(x.shape)}")
+        x = check_images(x, "x", single=False)
         n = x.shape[0]
         m = 1 if self.sigma == 0 else self.m
         per_pass = m if self.batch_size is None else max(1, min(m, self.batch_size // max(n, 1)))
@@ -229,9 +224,7 @@ class SmoothedModel(nn.Module):
             else:
                 noise = torch.randn((k, *x.shape), generator=gen, device=x.device, dtype=x.dtype)
                 batch = (x.unsqueeze(0) + self.sigma * noise).reshape(k * n, *x.shape[1:])
-            out = self.base(batch)
-            if out.dim() != 2 or out.shape[0] != k * n:
-                raise ValueError(f"base must return logits (N, K); got shape {tuple(out.shape)} for {k * n} inputs")
+            out = check_logits(self.base(batch), count=k * n, name="the base model")
             w = draw_weights(out, self.method, out.shape[1]).view(k, n, -1).sum(0)
             total = w if total is None else total + w
             if straight_through:

@@ -19,20 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smoothguard.attacks.base import check_choice, check_fraction, check_int, check_nonnegative, check_positive, project
+from smoothguard.attacks.base import check_fraction, check_int, check_nonnegative, check_positive, project
 from smoothguard.attacks.pgd import PGD
 from smoothguard.training.objectives import Objective, StepContext, StepOutput
 
-NORMS = ("linf", "l2")
-
-
-def _check_eps(eps: float, norm: str) -> float:
-    check_choice("norm", norm, NORMS)
-    eps = check_positive("eps", eps)
-    if norm == "linf" and eps > 1:
-        raise ValueError(f"eps={eps} > 1 for the linf norm covers the whole [0, 1] image box; eps is in pixel "
-                         "units (did you mean eps/255?)")
-    return eps
+from smoothguard.contract import NORMS  # noqa: F401 - re-exported: objectives name their norms
+from smoothguard.contract import check_eps as _check_eps  # the contract's: positive, l_inf in (0, 1]
 
 
 def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

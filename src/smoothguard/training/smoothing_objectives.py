@@ -17,15 +17,14 @@ from torch import nn
 from smoothguard.attacks.base import check_choice, check_int, check_nonnegative, check_positive
 from smoothguard.attacks.smooth import SmoothAdvDDN, SmoothAdvPGD
 from smoothguard.training.adversarial import kl_div_rows
+from smoothguard.contract import check_sigma
 from smoothguard.training.objectives import Objective, StepContext, StepOutput
 
 SMOOTHADV_ATTACKS = ("pgd", "ddn")
 
 
 def _check_sd(noise_sd: float) -> float:
-    if not (isinstance(noise_sd, (int, float)) and noise_sd > 0):
-        raise ValueError(f"noise_sd must be > 0 (pixel units, = the smoothing sigma), got {noise_sd!r}")
-    return float(noise_sd)
+    return check_sigma(noise_sd, "noise_sd (pixel units, = the smoothing sigma)")
 
 
 def _noise(shape: tuple[int, ...], x: torch.Tensor, noise_sd: float, gen: torch.Generator) -> torch.Tensor:

@@ -56,6 +56,7 @@ from scipy.stats import norm
 
 from smoothguard import ABSTAIN
 from smoothguard.smoothing.core import NOISE_BLOCK, SmoothedClassifier
+from smoothguard.smoothing.sequential import BernoulliCS
 from smoothguard.smoothing.stats import binom_pvalues, lower_confidence_bound
 
 
@@ -113,6 +114,79 @@ def grid_level(p_bound, thresholds: np.ndarray) -> np.ndarray:
     """Index of the largest threshold <= p_bound (-1 when below all)."""
     p = np.atleast_1d(np.asarray(p_bound, dtype=np.float64))
     return np.searchsorted(thresholds, p, side="right") - 1
+
+
+def cs_schedule(n_max: int, step: int = NOISE_BLOCK, dense_until: int = 10_000, growth: float = 1.05) -> list[int]:
+    """Looks for the anytime-valid method: every ``step`` samples up to ``dense_until``, then
+    about every ``growth - 1`` of the samples so far (multiples of ``step``), ending at n_max.
+
+    A confidence sequence may be looked at after every sample at no cost in alpha; the
+    schedule only bounds the number of Python rounds. It depends on n_max alone, never on
+    the data or on the other images of a call, so a row does not depend on the grouping.
+    """
+    if n_max < 1:
+        raise ValueError(f"n_max must be >= 1, got {n_max}")
+    if step < 1 or growth <= 1.0:
+        raise ValueError(f"need step >= 1 and growth > 1, got {step} and {growth}")
+    looks, n = [], step
+    while n < n_max:
+        looks.append(n)
+        n = n + step if n < dense_until else max(n + step, int(round(n * growth / step)) * step)
+    looks.append(n_max)
+    return looks
+
+
+class SequentialGridTest:
+    """The decision rule of anytime-valid grid certification, on counts alone.
+
+    ``thresholds`` are the p_A each grid level needs (increasing; level 0 is 1/2, i.e.
+    "predict c_A"). After each look with ``s`` votes for c_A in ``n`` samples,
+    :meth:`update` raises the certified level to the largest i with E_n(t_i) >= 1/alpha
+    (the e-process of :class:`~smoothguard.smoothing.sequential.BernoulliCS`, kept as a
+    running maximum: Ville's inequality bounds the probability that E_n(t) *ever*
+    crosses 1/alpha for t >= p_A by alpha) and says which images stop: those at the top
+    level, at n_max, or whose next level is out of reach (see :meth:`reachable`).
+
+    Validity: certifying level i while p_A < t_i (or p_A <= 1/2 for level 0) requires
+    E_n(t_j) >= 1/alpha at some n for the smallest t_j >= p_A, and since E_n(t) decreases
+    in t, that one e-process crossing is the whole error event: probability <= alpha
+    whatever the stopping rule (no split of alpha over looks or over radii).
+    """
+
+    def __init__(self, thresholds: Sequence[float], alpha: float, n_max: int, futility_alpha: float = 0.05,
+                 cs: BernoulliCS | None = None) -> None:
+        self.thresholds = np.asarray(thresholds, dtype=np.float64)
+        if self.thresholds.ndim != 1 or np.any(np.diff(self.thresholds) <= 0):
+            raise ValueError(f"thresholds must be increasing, got {list(thresholds)}")
+        if not 0.0 < futility_alpha < 1.0:
+            raise ValueError(f"futility_alpha must be in (0, 1), got {futility_alpha}")
+        self.cs = cs if cs is not None else BernoulliCS(alpha)
+        self.futility = BernoulliCS(futility_alpha, self.cs.thetas, self.cs.weights)
+        self.n_max = int(n_max)
+
+    def certified(self, s, n) -> np.ndarray:
+        """Largest level whose threshold the e-process rejects now (-1 when none)."""
+        s, n = np.asarray(s, dtype=np.float64), np.asarray(n, dtype=np.float64)
+        rej = self.cs.rejects_below(s[:, None], n[:, None], self.thresholds[None, :])
+        return rej.sum(1) - 1  # E_n(t) decreases in t: the rejected thresholds are a prefix
+
+    def reachable(self, s, n, level) -> np.ndarray:
+        """Whether level + 1 could still be certified by n_max: with p_A at its anytime upper
+        bound at ``futility_alpha`` for the remaining samples, the e-process at n_max
+        would cross. A stopping rule only; it never changes what a look certifies."""
+        s, n = np.asarray(s, dtype=np.float64), np.asarray(n, dtype=np.float64)
+        nxt = np.asarray(level) + 1
+        top = nxt >= self.thresholds.size
+        t = self.thresholds[np.minimum(nxt, self.thresholds.size - 1)]
+        u = self.futility.upper(s, n)
+        s_end = s + u * (self.n_max - n)
+        return ~top & (self.cs.log_evalue(s_end, np.full(s.shape, float(self.n_max)), t) >= self.cs.log_level)
+
+    def update(self, s, n, level) -> tuple[np.ndarray, np.ndarray]:
+        """(new level, stop) for images with ``s`` of ``n`` votes and running level ``level``."""
+        level = np.maximum(np.asarray(level), self.certified(s, n))
+        stop = (np.asarray(n) >= self.n_max) | ~self.reachable(s, n, level)
+        return level, stop
 
 
 @dataclass
@@ -205,6 +279,173 @@ def certify_adaptive(
     return AdaptiveResult(prediction, radius, torch.as_tensor(p_lower, dtype=torch.float64), n_used, counts0)
 
 
+def certify_sequential(
+    smoothed: SmoothedClassifier,
+    x: torch.Tensor,
+    radii: Sequence[float],
+    n0: int = 100,
+    n_max: int = 100_000,
+    alpha: float = 0.001,
+    batch_size: int = 400,
+    *,
+    schedule: Sequence[int] | None = None,
+    seeds: Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    futility_alpha: float = 0.05,
+    cs: BernoulliCS | None = None,
+) -> AdaptiveResult:
+    """Anytime-valid CERTIFY on a grid of radii (``certify --radii ... --sequential cs``).
+
+    Cohen's selection step (n0 fresh samples pick c_A), then estimation samples in looks
+    (:func:`cs_schedule`: every 100 samples up to 10,000, then every ~5 %) decided by
+    :class:`SequentialGridTest`: the certified level is the largest grid radius r whose
+    threshold Phi(r / sigma) the confidence sequence's e-process has rejected at any look
+    so far; an image stops at the top radius, at n_max, or once the next radius is out of
+    reach by n_max with p_A at its anytime upper bound at ``futility_alpha``.
+
+    For each image, with probability >= 1 - alpha, a non-abstaining answer is g(x) and g
+    is robust within the returned grid radius (Ville's inequality; no Bonferroni split).
+    ``p_lower`` is the confidence sequence's lower bound L_n at the stopping look.
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if n0 < 1:
+        raise ValueError(f"n0 must be >= 1, got {n0}")
+    if n_max < 1:
+        raise ValueError(f"n_max must be >= 1, got {n_max}")
+    grid = sorted({0.0, *(float(r) for r in radii)})
+    if any(r < 0 or not np.isfinite(r) for r in grid):
+        raise ValueError(f"radii must be finite and >= 0, got {list(radii)}")
+    thresholds = norm.cdf(np.asarray(grid) / smoothed.sigma)
+    thresholds[0] = 0.5
+    if np.any(np.diff(thresholds) <= 0):
+        raise ValueError(f"radii {list(radii)} are too large for sigma {smoothed.sigma}: their thresholds "
+                         "Phi(r / sigma) round to 1")
+    if cs is not None and cs.alpha != alpha:
+        raise ValueError(f"the confidence sequence has alpha {cs.alpha}, the call {alpha}")
+    test = SequentialGridTest(thresholds, alpha, n_max, futility_alpha, cs)
+    looks = list(schedule) if schedule is not None else cs_schedule(n_max)
+    if any(b <= a for a, b in zip(looks, looks[1:])) or looks[0] < 1 or looks[-1] != n_max:
+        raise ValueError(f"the schedule must be increasing positive sample counts ending at n_max={n_max}, "
+                         f"got {looks[:3]}...{looks[-1:]}")
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    count = x.shape[0]
+    gens = smoothed._generators(count, seeds, generator)
+    counts0 = smoothed.sample_counts(x, n0, batch_size, generators=gens)
+    c_a = counts0.argmax(1)
+    n_a = np.zeros(count)
+    n_used = np.zeros(count, dtype=np.int64)
+    level = np.full(count, -1)
+    active = np.ones(count, dtype=bool)
+    done_n = 0
+    for look in looks:
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        counts = smoothed.sample_counts(x[idx], look - done_n, batch_size, generators=[gens[i] for i in idx])
+        sel = torch.as_tensor(idx)
+        n_a[idx] += counts.gather(1, c_a[sel][:, None]).squeeze(1).numpy()
+        n_used[idx] = look
+        done_n = look
+        level[idx], stop = test.update(n_a[idx], n_used[idx].astype(np.float64), level[idx])
+        active[idx[stop]] = False
+    p_lower = test.cs.lower(n_a, n_used.astype(np.float64))
+    grid_arr = np.asarray(grid)
+    certified = level >= 0
+    prediction = torch.where(torch.as_tensor(certified), c_a, torch.full_like(c_a, ABSTAIN))
+    radius = torch.as_tensor(np.where(certified, grid_arr[np.maximum(level, 0)], 0.0), dtype=torch.float64)
+    return AdaptiveResult(prediction, radius, torch.as_tensor(p_lower, dtype=torch.float64),
+                          torch.as_tensor(n_used), counts0)
+
+
+def certify_anytime(
+    smoothed: SmoothedClassifier,
+    x: torch.Tensor,
+    n0: int = 100,
+    budget: int = 100_000,
+    alpha: float = 0.001,
+    batch_size: int = 400,
+    *,
+    tolerance: float = 0.01,
+    schedule: Sequence[int] | None = None,
+    seeds: Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    futility_alpha: float = 0.05,
+    cs: BernoulliCS | None = None,
+) -> AdaptiveResult:
+    """Anytime-valid CERTIFY without a grid (``certify --budget N``): a radius per image.
+
+    After Cohen's selection step, estimation samples arrive in looks (:func:`cs_schedule`);
+    the certified radius is sigma * PhiInv(L) with L the largest lower bound of the
+    confidence sequence seen so far (ABSTAIN while L <= 1/2). An image stops at ``budget``
+    samples or as soon as its radius can no longer grow by more than ``tolerance`` (l2,
+    pixel units): with p_A at its anytime upper bound at ``futility_alpha`` for the
+    remaining samples, the lower bound at ``budget`` would not give a radius larger than
+    the current one plus ``tolerance`` (an abstaining image stops once not even 1/2 is
+    reachable). The stopping rule never changes what a look certifies.
+
+    Guarantee: with probability >= 1 - alpha, a non-abstaining answer is g(x) and g is
+    robust within the returned radius, whenever the image stopped (Ville's inequality).
+    The radius is below fixed-n CERTIFY's at the same n (the price of looking at every n):
+    for an image right at its largest radius, fixed n gives a larger radius.
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if n0 < 1 or budget < 1:
+        raise ValueError(f"n0 and budget must be >= 1, got {n0} and {budget}")
+    if not (tolerance >= 0 and np.isfinite(tolerance)):
+        raise ValueError(f"tolerance must be a finite radius >= 0, got {tolerance}")
+    if not 0.0 < futility_alpha < 1.0:
+        raise ValueError(f"futility_alpha must be in (0, 1), got {futility_alpha}")
+    cs = cs if cs is not None else BernoulliCS(alpha)
+    if cs.alpha != alpha:
+        raise ValueError(f"the confidence sequence has alpha {cs.alpha}, the call {alpha}")
+    futility = BernoulliCS(futility_alpha, cs.thetas, cs.weights)
+    looks = list(schedule) if schedule is not None else cs_schedule(budget)
+    if any(b <= a for a, b in zip(looks, looks[1:])) or looks[0] < 1 or looks[-1] != budget:
+        raise ValueError(f"the schedule must be increasing positive sample counts ending at budget={budget}")
+    sigma = smoothed.sigma
+
+    def radius_of(p):
+        return np.where(p > 0.5, sigma * norm.ppf(np.clip(p, 0.5, 1.0)), -np.inf)
+
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    count = x.shape[0]
+    gens = smoothed._generators(count, seeds, generator)
+    counts0 = smoothed.sample_counts(x, n0, batch_size, generators=gens)
+    c_a = counts0.argmax(1)
+    n_a = np.zeros(count)
+    n_used = np.zeros(count, dtype=np.int64)
+    best = np.zeros(count)  # running maximum of L_n (0: nothing shown yet)
+    active = np.ones(count, dtype=bool)
+    done_n = 0
+    for look in looks:
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        counts = smoothed.sample_counts(x[idx], look - done_n, batch_size, generators=[gens[i] for i in idx])
+        n_a[idx] += counts.gather(1, c_a[torch.as_tensor(idx)][:, None]).squeeze(1).numpy()
+        n_used[idx] = look
+        done_n = look
+        s, n = n_a[idx], np.full(idx.size, float(look))
+        best[idx] = np.maximum(best[idx], cs.lower(s, n))
+        if look >= budget:
+            break
+        s_end = s + futility.upper(s, n) * (budget - look)
+        reach = radius_of(cs.lower(s_end, np.full(idx.size, float(budget))))
+        now = radius_of(best[idx])
+        grows = np.where(np.isfinite(now), reach > now + tolerance, np.isfinite(reach))
+        active[idx[~grows]] = False
+    certified = best > 0.5
+    prediction = torch.where(torch.as_tensor(certified), c_a, torch.full_like(c_a, ABSTAIN))
+    radius = torch.as_tensor(np.where(certified, sigma * norm.ppf(np.clip(best, 0.5, 1.0)), 0.0),
+                             dtype=torch.float64)
+    return AdaptiveResult(prediction, radius, torch.as_tensor(best, dtype=torch.float64),
+                          torch.as_tensor(n_used), counts0)
+
+
 @dataclass
 class AdaptivePredictResult:
     """Per-image results of :func:`predict_adaptive`."""
@@ -279,4 +520,82 @@ def predict_adaptive(
         m = np.floor((n1 + n2) * (n_max / look))
         hopeless = binom_pvalues(np.floor(share * m), m - np.floor(share * m)) > alpha_look
         active[idx[decided | hopeless]] = False
+    return AdaptivePredictResult(prediction, torch.as_tensor(p_value, dtype=torch.float64), n_used, counts)
+
+
+def predict_sequential(
+    smoothed: SmoothedClassifier,
+    x: torch.Tensor,
+    n_max: int = 100_000,
+    alpha: float = 0.001,
+    batch_size: int = 400,
+    *,
+    schedule: Sequence[int] | None = None,
+    seeds: Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    futility_alpha: float = 0.05,
+    cs: BernoulliCS | None = None,
+) -> AdaptivePredictResult:
+    """Anytime-valid PREDICT (``predict --adaptive --sequential cs``).
+
+    For classes c != c', the samples that land in {c, c'} are a Bernoulli stream with mean
+    p_c / (p_c + p_c'); the confidence sequence's e-process at t = 1/2 at level
+    alpha / (K - 1) tests "p_c <= p_c'". At every look (:func:`cs_schedule`) the leading
+    class is returned as soon as it beats every other class this way (the runner-up is the
+    binding one: fewer of its votes only raise the e-value); an image abstains at n_max,
+    or once, with the leader's share of the top two at its anytime upper bound at
+    ``futility_alpha``, not even n_max samples would let it beat the runner-up.
+
+    Guarantee: returning c != g(x) needs the e-process of the pair (c, g(x)) to cross
+    (K - 1) / alpha under its null; a union over the K - 1 possible c bounds the
+    probability by alpha, whatever the stopping time (Ville's inequality).
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if n_max < 1:
+        raise ValueError(f"n_max must be >= 1, got {n_max}")
+    if not 0.0 < futility_alpha < 1.0:
+        raise ValueError(f"futility_alpha must be in (0, 1), got {futility_alpha}")
+    k = smoothed.num_classes
+    pair_alpha = alpha / max(k - 1, 1)
+    cs = BernoulliCS(pair_alpha, cs.thetas, cs.weights) if cs is not None else BernoulliCS(pair_alpha)
+    futility = BernoulliCS(futility_alpha, cs.thetas, cs.weights)
+    looks = list(schedule) if schedule is not None else cs_schedule(n_max)
+    if any(b <= a for a, b in zip(looks, looks[1:])) or looks[0] < 1 or looks[-1] != n_max:
+        raise ValueError(f"the schedule must be increasing positive sample counts ending at n_max={n_max}")
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    count = x.shape[0]
+    gens = smoothed._generators(count, seeds, generator)
+    counts = torch.zeros(count, k, dtype=torch.int64)
+    n_used = torch.zeros(count, dtype=torch.int64)
+    prediction = torch.full((count,), ABSTAIN, dtype=torch.int64)
+    log_e = np.zeros(count)
+    active = np.ones(count, dtype=bool)
+    done_n = 0
+    for look in looks:
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        sel = torch.as_tensor(idx)
+        counts[sel] += smoothed.sample_counts(x[idx], look - done_n, batch_size,
+                                              generators=[gens[i] for i in idx]).cpu()
+        n_used[sel] = look
+        done_n = look
+        if k < 2:
+            prediction[sel] = 0
+            active[idx] = False
+            continue
+        top2 = counts[sel].topk(2, dim=1)
+        n1, n2 = top2.values[:, 0].double().numpy(), top2.values[:, 1].double().numpy()
+        m = n1 + n2
+        log_e[idx] = cs.log_evalue(n1, m, 0.5)
+        decided = log_e[idx] >= cs.log_level
+        prediction[sel[torch.as_tensor(decided)]] = top2.indices[torch.as_tensor(decided), 0]
+        share = futility.upper(n1, m)
+        m_end = m * (n_max / look)
+        hopeless = cs.log_evalue(n1 + share * (m_end - m), m_end, 0.5) < cs.log_level
+        active[idx[decided | hopeless | (look >= n_max)]] = False
+    # p_value: 1 / E (an anytime-valid p-value for the binding pair, capped at 1)
+    p_value = np.minimum(1.0, np.exp(-log_e) * max(k - 1, 1))
     return AdaptivePredictResult(prediction, torch.as_tensor(p_value, dtype=torch.float64), n_used, counts)

@@ -240,6 +240,7 @@ def _raw(port, request: bytes, timeout=10.0) -> bytes:
     """Sends ``request`` on a fresh socket and reads until the server closes it."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(request)
+        s.shutdown(socket.SHUT_WR)  # all sent: a server draining a declared body sees its end
         out = b""
         while True:
             chunk = s.recv(65536)
@@ -300,6 +301,23 @@ def test_the_server_answers_400_to_non_finite_pixels(our_server, value):
     body = torch.full((1, 1, 28, 28), 1.8).numpy().astype("<f4").tobytes()
     answer = _raw(port, _post({**ONE_IMAGE, "Content-Length": "3136", "Connection": "close"}, body))
     assert answer.startswith(b"HTTP/1.1 200") and calls == [1]
+
+
+def test_a_large_refused_request_still_gets_its_400_answer():
+    """The server refuses a wrong shape before reading the body; it must still read and drop
+    the body, or closing with megabytes unread resets the connection and the client never
+    sees why."""
+    server = make_server(lambda x: torch.zeros(x.shape[0], dtype=torch.int64), 10, (1, 28, 28), timeout=10)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        client = HTTPClassifier(f"http://127.0.0.1:{server.server_address[1]}", 10, retries=0,
+                                max_request_bytes=16 << 20)
+        with pytest.raises(APIError, match=r"HTTP 400: header X-Smoothguard-Shape must be N,1,28,28"):
+            client(torch.zeros(3000, 1, 28, 29))  # 9.7 MB
+        assert client(torch.zeros(1, 1, 28, 28)).tolist() == [0]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_label_function_with_bad_labels_gives_500():

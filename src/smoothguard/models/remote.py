@@ -51,8 +51,9 @@ Server behaviour (:func:`make_server`): ``400`` for a missing, negative, non-int
 repeated ``Content-Length``, a ``Transfer-Encoding`` body, a shape header that is not
 ``N,C,H,W`` of the served shape, a body whose length is not ``4*N*C*H*W``, or NaN/inf
 pixels (values outside [0, 1] are accepted: noisy images are sent unclipped); ``413`` for a
-``Content-Length`` over ``max_request_bytes``; errors before the body is read close the
-connection. A connection that is idle, or whose request (line, headers and body) is not
+``Content-Length`` over ``max_request_bytes``; after an error found before the body is
+read the connection is closed (a body of valid length is read and dropped first, so the
+answer is not lost to a connection reset). A connection that is idle, or whose request (line, headers and body) is not
 fully received, ``timeout`` seconds (default 30) after the server began waiting for it is
 closed, so slow or stalled clients cannot hold server threads. A label function that
 returns the wrong number of labels or labels outside [0, K) gives ``500``.
@@ -511,14 +512,30 @@ def make_server(
             else:
                 self._send(404, {"error": f"unknown path {self.path}; use GET /info or POST /predict"})
 
-        def _refuse(self, status: int, message: str) -> None:
-            """An error answer before the body was read: the connection cannot be reused."""
-            if self._received():
-                self._send(status, {"error": message}, close=True)
+        def _refuse(self, status: int, message: str, drain: int = 0) -> None:
+            """An error answer before the body was read; the connection is closed after it.
+            ``drain``: the declared body length (<= max_request_bytes), read and dropped after
+            answering (under a fresh deadline) so that closing with unread data does not reset
+            the connection and destroy the answer before a client sending its body reads it."""
+            if not self._received():
+                return
+            self._send(status, {"error": message}, close=True)
+            if drain:
+                self.wfile.flush()
+                deadline = _Deadline(request_timeout)
+                deadline.watch(self.connection)
+                try:
+                    while drain > 0:
+                        chunk = self.rfile.read1(min(drain, 1 << 16))
+                        if not chunk:
+                            break
+                        drain -= len(chunk)
+                except OSError:
+                    pass
+                finally:
+                    deadline.stop()
 
         def do_POST(self) -> None:  # noqa: N802
-            if not self.path.rstrip("/").endswith("/predict"):
-                return self._refuse(404, f"unknown path {self.path}; use POST /predict")
             if self.headers.get("Transfer-Encoding") is not None:
                 return self._refuse(400, "Transfer-Encoding is not supported; send the body with a "
                                          "Content-Length header")
@@ -535,6 +552,8 @@ def make_server(
             length = int(raw)
             if length > max_request_bytes:
                 return self._refuse(413, f"body of {length} bytes exceeds max_request_bytes={max_request_bytes}")
+            if not self.path.rstrip("/").endswith("/predict"):
+                return self._refuse(404, f"unknown path {self.path}; use POST /predict", drain=length)
             header = self.headers.get(SHAPE_HEADER, "")
             try:
                 shape = tuple(int(v) for v in header.split(",")) if len(header) <= 100 else ()
@@ -542,10 +561,10 @@ def make_server(
                 shape = ()
             if len(shape) != 4 or shape[0] < 1 or shape[1:] != in_shape:
                 return self._refuse(400, f"header {SHAPE_HEADER} must be N,{','.join(map(str, in_shape))} "
-                                         f"with N >= 1; got {header[:100]!r}")
+                                         f"with N >= 1; got {header[:100]!r}", drain=length)
             if length != shape[0] * image_bytes:
                 return self._refuse(400, f"Content-Length is {length} bytes; shape {shape} as float32 needs "
-                                         f"{shape[0] * image_bytes}")
+                                         f"{shape[0] * image_bytes}", drain=length)
             try:
                 body = self.rfile.read(length)
             except OSError:  # per-operation timeout or reset

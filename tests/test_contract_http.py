@@ -320,6 +320,14 @@ def test_a_large_refused_request_still_gets_its_400_answer():
         server.server_close()
 
 
+def test_the_client_splits_batches_under_the_limit_the_server_states(our_server):
+    port, calls = our_server  # the server takes at most 8 images per request
+    client = HTTPClassifier(f"http://127.0.0.1:{port}", 10)
+    assert client.info()["max_request_bytes"] == 8 * 3136
+    assert client(torch.zeros(20, 1, 28, 28)).tolist() == [0] * 20  # not a 413
+    assert calls == [8, 8, 4]
+
+
 def test_a_label_function_with_bad_labels_gives_500():
     server = make_server(lambda x: torch.full((x.shape[0],), 12), 10, (1, 28, 28), timeout=5)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()

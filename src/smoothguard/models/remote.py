@@ -31,7 +31,8 @@ The answer is ``200`` with ``Content-Type: application/json`` and body
 larger than the server's ``max_request_bytes``, ``500`` the model failed.
 
 Client behaviour (:class:`HTTPClassifier`): a batch is split into requests of at most
-``max_request_bytes`` (default 4 MiB, i.e. 1,337 Fashion-MNIST images); ``timeout`` is a
+``max_request_bytes`` (default 4 MiB, i.e. 1,337 Fashion-MNIST images; and at most the
+server's ``max_request_bytes`` once ``/info`` has been read); ``timeout`` is a
 **deadline for one whole request** (connect, send, status, headers and body: a server that
 drips its answer byte by byte is cut off at the deadline, not per socket read);
 connection errors, timeouts, HTTP 5xx and 429 are retried ``retries`` times with
@@ -189,6 +190,7 @@ class HTTPClassifier:
         self._scheme, self._host, self._port = parts.scheme, parts.hostname, parts.port
         self._prefix = parts.path.rstrip("/")
         self.requests = 0  # successful requests so far (all threads)
+        self.server_max_request_bytes: int | None = None  # from GET /info, once read
         self._local = threading.local()
         self._lock = threading.Lock()
 
@@ -274,7 +276,10 @@ class HTTPClassifier:
         """``GET /info``: the server's description (num_classes, in_shape, ...), its
         fields checked (see the module docstring)."""
         where = f"GET {self.url}/info"
-        return check_info(_parse_json(self._request("GET", "/info"), where), where)
+        data = check_info(_parse_json(self._request("GET", "/info"), where), where)
+        if data.get("max_request_bytes") is not None:  # requests are split to fit the server's limit too
+            self.server_max_request_bytes = data["max_request_bytes"]
+        return data
 
     def _num_classes(self) -> int:
         if self.num_classes is None:
@@ -292,10 +297,12 @@ class HTTPClassifier:
         k = self._num_classes()
         arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy(), dtype="<f4")
         per_image = int(np.prod(arr.shape[1:])) * 4
-        if per_image > self.max_request_bytes:
-            raise ContractError(f"one image takes {per_image} bytes, more than max_request_bytes="
-                                f"{self.max_request_bytes} (CLI: raise --api-max-request-mb)")
-        rows = max(1, self.max_request_bytes // per_image)
+        limit = min(self.max_request_bytes, self.server_max_request_bytes or self.max_request_bytes)
+        if per_image > limit:
+            raise ContractError(f"one image takes {per_image} bytes, more than max_request_bytes={limit} "
+                                + ("(the server's limit)" if limit < self.max_request_bytes
+                                   else "(CLI: raise --api-max-request-mb)"))
+        rows = max(1, limit // per_image)
         out = []
         for start in range(0, arr.shape[0], rows):
             chunk = arr[start:start + rows]

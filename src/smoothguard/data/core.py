@@ -228,8 +228,6 @@ _IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
 
 
 def _load_imagefolder(split: str, root, image_size, channels) -> Dataset:
-    from PIL import Image
-
     how = "Pass --root DIR naming a folder with one sub-folder per class (optionally DIR/train and DIR/test)."
     _check_root(root)
     if root is None:

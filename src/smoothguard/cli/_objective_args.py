@@ -25,6 +25,8 @@ OBJECTIVE_FLAGS: dict[str, tuple[str, ...]] = {
     "smoothadv": ("noise_sd", "eps", "smoothadv_attack", "m_train", "attack_steps", "warmup_epochs"),
     "stability": ("noise_sd", "lbd"),
     "consistency": ("noise_sd", "m_train", "lbd", "eta"),
+    "ibp": ("eps", "norm", "warmup", "ramp", "kappa_start", "kappa_end"),
+    "crown_ibp": ("eps", "norm", "warmup", "ramp", "kappa_start", "kappa_end", "beta_start", "beta_end"),
 }
 _ALL_FLAGS = sorted({f for flags in OBJECTIVE_FLAGS.values() for f in flags})
 
@@ -35,7 +37,7 @@ def add_objective_arguments(p: argparse.ArgumentParser) -> None:
         "robust-training objectives (defaults: each objective's paper setting, see its docstring)")
     g.add_argument("--eps", type=float, default=None,
                    help="attack radius in [0,1] pixel units (pgd_at/fast_at/trades: default 0.3 l_inf; "
-                        "smoothadv: l_2, default 0.5)")
+                        "smoothadv: l_2, default 0.5; ibp/crown_ibp: training radius, default 0.2 l_inf)")
     g.add_argument("--norm", default=None, choices=["linf", "l2"], help="pgd_at/fast_at/trades threat model (default linf)")
     g.add_argument("--attack-steps", type=int, default=None,
                    help="attack iterations per batch (pgd_at/trades default 40; smoothadv default 2)")
@@ -56,6 +58,19 @@ def add_objective_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lbd", type=float, default=None,
                    help="stability/consistency: weight lambda of the KL term (default 1 / 10)")
     g.add_argument("--eta", type=float, default=None, help="consistency: weight of the entropy term (default 0.5)")
+    g.add_argument("--warmup", type=float, default=None,
+                   help="ibp/crown_ibp: fraction of training steps with eps 0 (default 2/60 ibp, 10/200 crown_ibp)")
+    g.add_argument("--ramp", type=float, default=None,
+                   help="ibp/crown_ibp: fraction of training steps over which eps, kappa (and beta) move "
+                        "(default 10/60 ibp, 50/200 crown_ibp)")
+    g.add_argument("--kappa-start", type=float, default=None, help="ibp/crown_ibp: clean-loss weight at the start "
+                                                                   "of the ramp (default 1)")
+    g.add_argument("--kappa-end", type=float, default=None,
+                   help="ibp/crown_ibp: clean-loss weight after the ramp (default 0.5 ibp, 0 crown_ibp)")
+    g.add_argument("--beta-start", type=float, default=None,
+                   help="crown_ibp: weight of the CROWN-IBP margins at the start of the ramp (default 1)")
+    g.add_argument("--beta-end", type=float, default=None,
+                   help="crown_ibp: weight of the CROWN-IBP margins after the ramp (default 0: pure IBP)")
     p.add_argument("--noise-injection", default=None, choices=list(NOISE_INJECTIONS),
                    help="lenet/madry_cnn: learned noise layers (PNI on weights/activations/both, or CNI "
                         "colored weight noise); active in eval too")

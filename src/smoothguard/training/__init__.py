@@ -9,6 +9,7 @@ from smoothguard.training.objectives import OBJECTIVES, Objective, StepContext, 
 from smoothguard.training.trainer import TrainConfig, Trainer, TrainCallback
 from smoothguard.training.adversarial import PGDAT, TRADES, FastAT
 from smoothguard.training.smoothing_objectives import Consistency, SmoothAdv, Stability
+from smoothguard.training.certified_objectives import IBP, CrownIBP
 
 # robust-training objectives (issue 5): registered here so that every import of the
 # package sees them in OBJECTIVES / get_objective
@@ -19,6 +20,9 @@ OBJECTIVES.update({
     "smoothadv": SmoothAdv,
     "stability": Stability,
     "consistency": Consistency,
+    # certified training (issue 20)
+    "ibp": IBP,
+    "crown_ibp": CrownIBP,
 })
 
-__all__ = ["PGDAT", "TRADES", "FastAT", "SmoothAdv", "Stability", "Consistency", "OBJECTIVES", "Objective", "StepContext", "get_objective", "TrainConfig", "Trainer", "TrainCallback"]
+__all__ = ["IBP", "CrownIBP", "PGDAT", "TRADES", "FastAT", "SmoothAdv", "Stability", "Consistency", "OBJECTIVES", "Objective", "StepContext", "get_objective", "TrainConfig", "Trainer", "TrainCallback"]

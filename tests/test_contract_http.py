@@ -129,6 +129,7 @@ HOSTILE_INFO = [
     ("protocol", {**GOOD_INFO, "protocol": "other/2"}, "speaks protocol"),
     ("sha_dict", {**GOOD_INFO, "model_sha256": {"a": 1}}, "model_sha256 must be a string"),
     ("a_list", [GOOD_INFO], "expected a JSON object"),
+    ("deep_extra", {**GOOD_INFO, "extra": json.loads(_nested(600))}, r"nested too deeply \(at most 32"),
 ]
 
 

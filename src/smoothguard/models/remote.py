@@ -39,7 +39,7 @@ connection errors, timeouts, HTTP 5xx and 429 are retried ``retries`` times with
 exponential backoff (``backoff * 2**attempt`` seconds, at most ``max_backoff``), so one
 call waits at most about ``(retries + 1) * timeout`` plus the backoffs; HTTP 4xx is not
 retried. An answer the client cannot use raises :class:`APIError` at once: not JSON,
-NaN/Infinity, integers of more than 18 digits, nesting too deep to parse, an answer over
+NaN/Infinity, integers of more than 18 digits, nesting deeper than 32 levels, an answer over
 ``1 MiB + 32 bytes per image``, no ``labels`` list, a wrong number of labels, a
 non-integer or out-of-range label, or an ``/info`` object with fields of the wrong type
 (``num_classes`` an integer in [2, 2**20], ``in_shape`` three integers in [1, 65536],
@@ -93,6 +93,7 @@ MAX_NUM_CLASSES = 1 << 20
 MAX_SIDE = 1 << 16
 MAX_INFO_BYTES = 1 << 20
 _MAX_INT_DIGITS = 18  # every integer of the protocol fits in int64
+_MAX_DEPTH = 32  # levels of nested lists/objects in an answer
 
 LabelFunction = Callable[[torch.Tensor], torch.Tensor]  # (N, C, H, W) [0, 1] float -> (N,) int64
 
@@ -365,15 +366,33 @@ def _json_constant(text: str) -> Any:
     raise APIError(f"{text} is not a JSON number")
 
 
+def _too_deep(value: Any, limit: int = _MAX_DEPTH) -> bool:
+    """Nested deeper than ``limit`` lists/objects (checked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (list, dict)):
+            if depth > limit:
+                return True
+            stack.extend((item, depth + 1) for item in (v.values() if isinstance(v, dict) else v))
+    return False
+
+
 def _parse_json(data: bytes, where: str) -> Any:
     """The JSON value of an answer; anything unusable (not JSON, NaN/Infinity, huge
-    integers, nesting too deep) is an :class:`APIError`."""
+    integers, nesting deeper than 32 levels) is an :class:`APIError`. (Deeper values
+    would be copied into result sidecars, where reading them back could hit Python's
+    recursion limit.)"""
     try:
-        return json.loads(data, parse_int=_json_int, parse_constant=_json_constant)
+        value = json.loads(data, parse_int=_json_int, parse_constant=_json_constant)
+        if _too_deep(value):
+            raise RecursionError
+        return value
     except APIError as exc:
         raise APIError(f"{where}: malformed JSON in the answer: {exc}") from None
     except RecursionError:
-        raise APIError(f"{where}: malformed JSON in the answer: nested too deeply") from None
+        raise APIError(f"{where}: malformed JSON in the answer: nested too deeply (at most {_MAX_DEPTH} "
+                       "levels)") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise APIError(f"{where}: malformed JSON in the answer ({exc}): {_excerpt(data)}") from None
 

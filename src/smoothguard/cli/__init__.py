@@ -19,6 +19,7 @@ COMMANDS = [
     ("certify", "smoothguard.cli.certify"),
     ("predict", "smoothguard.cli.predict"),
     ("attack", "smoothguard.cli.attack"),
+    ("verify", "smoothguard.cli.verify"),
     ("evaluate", "smoothguard.cli.evaluate"),
     ("smooth-eval", "smoothguard.cli.smooth_eval"),
     ("analyze", "smoothguard.cli.analyze"),

@@ -37,10 +37,70 @@ from bench_certify import straightforward_certify  # noqa: E402
 from smoothguard.data import load_dataset  # noqa: E402
 from smoothguard.models import load_checkpoint, load_default_model  # noqa: E402
 from smoothguard.smoothing import SmoothedClassifier  # noqa: E402
-from smoothguard.smoothing.adaptive import certify_adaptive  # noqa: E402
+from smoothguard.smoothing.adaptive import certify_adaptive, certify_sequential  # noqa: E402
 from smoothguard.smoothing.core import image_seed  # noqa: E402
 
 SIGMA, ALPHA, N0, N_FIXED = 0.25, 0.001, 100, 100_000
+
+
+def simulate(args) -> int:
+    """The issue's simulated table: Bernoulli vote streams at a known p_A through the same
+    decision code as the library (no model), for each method, and fixed n = 100,000."""
+    from scipy.stats import norm
+
+    from smoothguard.smoothing import lower_confidence_bound
+    from smoothguard.smoothing.adaptive import (
+        SequentialGridTest,
+        grid_level,
+        grid_schedule,
+        upper_confidence_bound,
+    )
+    from smoothguard.smoothing.adaptive import cs_schedule
+
+    radii = [float(r) for r in args.radii.split(",")]
+    grid = np.array([0.0, *radii])
+    th = norm.cdf(grid / args.sigma)
+    th[0] = 0.5
+    n_max, reps = args.n_max, args.sim_images
+    print(f"simulated: sigma {args.sigma}, alpha {ALPHA}, grid {radii}, n_max {n_max:,}, {reps} images per row\n")
+    print("| true p_A (true radius) | method | mean samples | median | certifies the true grid radius |"
+          " fixed n = 100k certifies it |")
+    print("|---|---|---:|---:|---:|---:|")
+    for p in [float(v) for v in args.sim_p.split(",")]:
+        true_level = int(np.searchsorted(th, p, side="right") - 1)
+        rng = np.random.default_rng(args.seed)
+        fixed = grid_level(lower_confidence_bound(rng.binomial(N_FIXED, p, reps), N_FIXED, ALPHA), th)
+        for method in ("bonferroni", "cs"):
+            rng = np.random.default_rng(args.seed + 1)
+            if method == "cs":
+                looks, test = cs_schedule(n_max), SequentialGridTest(th, ALPHA, n_max, args.futility_alpha)
+            else:
+                looks = grid_schedule(n_max, th, ALPHA)
+            s, level = np.zeros(reps), np.full(reps, -1)
+            used, active, done = np.zeros(reps, dtype=np.int64), np.ones(reps, dtype=bool), 0
+            for look in looks:
+                idx = np.flatnonzero(active)
+                if idx.size == 0:
+                    break
+                s[idx] += rng.binomial(look - done, p, idx.size)
+                done, used[idx] = look, look
+                n = np.full(idx.size, float(look))
+                if method == "cs":
+                    level[idx], stop = test.update(s[idx], n, level[idx])
+                else:  # certify_adaptive's rule, on counts
+                    a = ALPHA / len(looks)
+                    lv = grid_level(lower_confidence_bound(s[idx], n, a), th)
+                    high = np.atleast_1d(upper_confidence_bound(s[idx], n, args.futility_alpha))
+                    reach = lower_confidence_bound(np.floor(high * n_max), np.full(idx.size, n_max), a)
+                    level[idx] = lv
+                    stop = lv >= np.maximum(lv, grid_level(reach, th))
+                active[idx[stop]] = False
+            radius = grid[true_level] if true_level >= 0 else float("nan")
+            print(f"| {p} ({args.sigma * norm.ppf(p):.3f}) | {method} | {used.mean():,.0f} | {np.median(used):,.0f} | "
+                  f"{radius:g} for {100 * np.mean(level == true_level):.1f} % | "
+                  f"{100 * np.mean(fixed == true_level):.1f} % |")
+    print("\ncommand: python benchmarks/bench_adaptive.py " + " ".join(sys.argv[1:]))
+    return 0
 
 
 def _sync(device: torch.device) -> None:
@@ -66,7 +126,16 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--root", default=None, help="Fashion-MNIST directory")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sigma", type=float, default=SIGMA, help="noise sd (the model should be trained for it)")
+    ap.add_argument("--sequential", choices=["cs", "bonferroni"], default="cs",
+                    help="adaptive method: anytime-valid confidence sequence or Bonferroni over looks")
+    ap.add_argument("--futility-alpha", type=float, default=0.05)
+    ap.add_argument("--simulate", action="store_true", help="only the simulated table (no model)")
+    ap.add_argument("--sim-images", type=int, default=1000, help="simulated images per p_A")
+    ap.add_argument("--sim-p", default="0.999,0.98,0.85,0.99999")
     args = ap.parse_args(argv)
+    if args.simulate:
+        return simulate(args)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     radii = [float(r) for r in args.radii.split(",")]
@@ -79,7 +148,7 @@ def main(argv=None) -> int:
     # the reference keeps its own NCHW copy: SmoothedClassifier converts the module it is given to
     # channels_last in place on a CPU, which would speed the straightforward side up too
     reference = copy.deepcopy(model).eval()
-    smoothed = SmoothedClassifier(model, 10, SIGMA, jit=device.type == "cpu", workers=workers)
+    smoothed = SmoothedClassifier(model, 10, args.sigma, jit=device.type == "cpu", workers=workers)
 
     def ours(fn):  # (result, seconds) of our call; the workers share the cores, the reference gets them all
         torch.set_num_threads(max(1, args.threads // workers))
@@ -99,15 +168,16 @@ def main(argv=None) -> int:
     for start in range(0, len(y_all), args.chunk):
         sl = slice(start, min(start + args.chunk, len(y_all)))
         seeds = [image_seed(args.seed, int(i)) for i in idx_all[sl]]
-        res, sec = ours(lambda: certify_adaptive(smoothed, x_all[sl].to(device), radii, n0=N0, n_max=args.n_max,
-                                                 alpha=ALPHA, batch_size=args.batch, seeds=seeds))
+        method = certify_sequential if args.sequential == "cs" else certify_adaptive
+        res, sec = ours(lambda: method(smoothed, x_all[sl].to(device), radii, n0=N0, n_max=args.n_max, alpha=ALPHA,
+                                       batch_size=args.batch, seeds=seeds, futility_alpha=args.futility_alpha))
         t_adaptive += sec
         pred_a[sl], rad_a[sl], used_a[sl] = res.prediction.numpy(), res.radius.numpy(), res.n_used.numpy()
         for i in range(sl.start, sl.stop):
-            if i % args.every == 0:
+            if args.every > 0 and i % args.every == 0:
                 _sync(device)
                 t0 = time.perf_counter()
-                c, r = straightforward_certify(reference, x_all[i].to(device), N0, N_FIXED, ALPHA, SIGMA)
+                c, r = straightforward_certify(reference, x_all[i].to(device), N0, N_FIXED, ALPHA, args.sigma)
                 _sync(device)
                 straight.append((i, c, r, time.perf_counter() - t0))
         print(f"  {sl.stop}/{len(y_all)} images: adaptive {t_adaptive:.1f} s, straightforward "
@@ -127,6 +197,8 @@ def main(argv=None) -> int:
         fixed = (pf, rf)
 
     n_img = len(y_all)
+    if not straight:  # --every 0: no straightforward reference
+        straight = [(0, -1, 0.0, float("nan"))]
     s_idx = np.array([s[0] for s in straight])
     s_pred = np.array([s[1] for s in straight])
     s_rad = np.array([s[2] for s in straight])
@@ -135,12 +207,12 @@ def main(argv=None) -> int:
     passes_adaptive = int(used_a.sum()) + N0 * n_img
     passes_fixed = (N0 + N_FIXED) * n_img
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
-    print(f"\n{args.model or 'embedded LeNet'}; {n_img} Fashion-MNIST test images (--skip 20); sigma {SIGMA}; "
+    print(f"\n{args.model or 'embedded LeNet'}; {n_img} Fashion-MNIST test images (--skip 20); sigma {args.sigma}; "
           f"alpha {ALPHA}; grid {radii}; {where}; torch {torch.__version__}\n")
     print("| run | images | " + " | ".join(f"cert. acc. r={r:g} (%)" for r in grid)
           + " | forward passes | wall time (s) |")
     print("|---|---:|" + "---:|" * len(grid) + "---:|---:|")
-    print(f"| adaptive (n_max {args.n_max:,}) | {n_img} | "
+    print(f"| adaptive {args.sequential} (n_max {args.n_max:,}) | {n_img} | "
           + " | ".join(f"{100 * cert_acc(pred_a, rad_a, y_all, r):.1f}" for r in grid)
           + f" | {passes_adaptive:,} | {t_adaptive:.1f} |")
     if fixed is not None:

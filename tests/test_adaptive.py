@@ -198,3 +198,73 @@ def test_adaptive_predict_validation():
         predict_adaptive(g, torch.zeros(1, 1, 1), alpha=0.0)
     with pytest.raises(ValueError, match="must end at n_max"):
         predict_adaptive(g, torch.zeros(1, 1, 1), n_max=1000, schedule=[100, 500])
+
+
+def _lenet_checkpoint(tmp_path):
+    from smoothguard.models import get_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = get_model("lenet", 10, (1, 28, 28), [0.286], [0.353])
+    path = tmp_path / "lenet.pt"
+    save_checkpoint(path, model, {"arch": "lenet", "num_classes": 10, "in_shape": [1, 28, 28],
+                                  "mean": [0.286], "std": [0.353], "dataset": "fashion-mnist"})
+    return path
+
+
+def test_cli_sequential_cs_and_budget_rows_match_the_library_and_the_method_is_a_resume_key(tmp_path, capsys):
+    from smoothguard.cli import main
+    from smoothguard.data import load_dataset
+    from smoothguard.models import load_checkpoint
+    from smoothguard.smoothing import image_seed
+    from smoothguard.smoothing.adaptive import certify_anytime, certify_sequential, predict_sequential
+
+    ckpt = _lenet_checkpoint(tmp_path)
+    c, p, b = tmp_path / "c.tsv", tmp_path / "p.tsv", tmp_path / "b.tsv"
+    common = ["--model", str(ckpt), "--max", "3", "--skip", "5", "--threads", "1", "--seed", "7", "--batch", "400"]
+    assert main(["certify", *common, "--radii", "0.25,0.5", "--n-max", "2000", "--sequential", "cs", "--out", str(c)]) == 0
+    assert main(["predict", *common, "--adaptive", "--n-max", "2000", "--out", str(p)]) == 0  # cs: the default
+    assert main(["certify", *common, "--budget", "2000", "--tolerance", "0.05", "--out", str(b)]) == 0
+    data = load_dataset("demo").subset(skip=5, max_count=3)
+    seeds = [image_seed(7, int(i)) for i in data.indices]
+    g = SmoothedClassifier(load_checkpoint(ckpt)[0], 10, 0.25)
+    cert = certify_sequential(g, data.images, [0.25, 0.5], n0=100, n_max=2000, alpha=0.001, seeds=seeds)
+    pred = predict_sequential(g, data.images, n_max=2000, alpha=0.001, seeds=seeds)
+    anyt = certify_anytime(g, data.images, n0=100, budget=2000, alpha=0.001, tolerance=0.05, seeds=seeds)
+
+    def rows(path):
+        lines = path.read_text().splitlines()
+        return lines[0].split("\t"), [line.split("\t") for line in lines[1:]]
+
+    head, rc = rows(c)
+    assert head == ["idx", "label", "predict", "radius", "correct", "n_used", "time"]
+    assert [int(r[2]) for r in rc] == cert.prediction.tolist()
+    assert [float(r[3]) for r in rc] == cert.radius.tolist()
+    assert [int(r[5]) for r in rc] == cert.n_used.tolist()
+    _, rp = rows(p)
+    assert [int(r[2]) for r in rp] == pred.prediction.tolist() and [int(r[4]) for r in rp] == pred.n_used.tolist()
+    _, rb = rows(b)
+    assert [float(r[3]) for r in rb] == anyt.radius.tolist() and [int(r[5]) for r in rb] == anyt.n_used.tolist()
+    # resuming the cs file with the other method is refused (the method is a resume key)
+    code = main(["certify", *common, "--radii", "0.25,0.5", "--n-max", "2000", "--sequential", "bonferroni",
+                 "--out", str(c)])
+    assert code == 2 and "sequential" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["certify", "--budget", "1000", "--n", "1000"], "--budget (anytime certification) replaces --n"),
+    (["certify", "--budget", "1000", "--radii", "0.25"], "drop --radii"),
+    (["certify", "--budget", "0"], "--budget must be an integer >= 1"),
+    (["certify", "--budget", "100", "--tolerance", "-1"], "--tolerance must be a finite radius >= 0"),
+    (["certify", "--radii", "0.25", "--sequential", "sprt"], "invalid choice"),
+])
+def test_cli_sequential_bad_input_exits_2_with_a_clear_message(argv, message, tmp_path, capsys):
+    from smoothguard.cli import main
+
+    try:
+        code = main([*argv, "--max", "1", "--out", str(tmp_path / "never.tsv")])
+    except SystemExit as exc:  # argparse refuses an unknown choice itself, with exit code 2
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "never.tsv").exists()

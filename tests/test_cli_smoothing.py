@@ -98,8 +98,9 @@ def test_adaptive_certify_and_predict_rows_record_samples_and_match_the_library(
 
     c, p = tmp_path / "c.tsv", tmp_path / "p.tsv"
     common = ["--model", str(ckpt), "--max", "4", "--skip", "5", "--threads", "1", "--seed", "7", "--batch", "400"]
-    assert main(["certify", *common, "--radii", "0.25,0.5", "--n-max", "3000", "--out", str(c)]) == 0
-    assert main(["predict", *common, "--adaptive", "--n-max", "3000", "--out", str(p)]) == 0
+    bonf = ["--sequential", "bonferroni"]  # the --sequential cs rows are checked in tests/test_adaptive.py
+    assert main(["certify", *common, "--radii", "0.25,0.5", "--n-max", "3000", *bonf, "--out", str(c)]) == 0
+    assert main(["predict", *common, "--adaptive", "--n-max", "3000", *bonf, "--out", str(p)]) == 0
     header_c, rows_c = _rows(c)
     header_p, rows_p = _rows(p)
     assert header_c == "idx\tlabel\tpredict\tradius\tcorrect\tn_used\ttime"

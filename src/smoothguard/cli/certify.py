@@ -40,10 +40,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--futility-alpha", type=float, default=0.05,
                    help="adaptive mode: stop early once a larger radius is out of reach with this confidence "
                         "level (does not affect the guarantee; smaller = closer to fixed n_max, more samples)")
+    g.add_argument("--sequential", choices=["cs", "bonferroni"], default="cs",
+                   help="adaptive mode's test: 'cs' (default) an anytime-valid confidence sequence looked at after "
+                        "every 100 samples at no cost in alpha; 'bonferroni' Clopper-Pearson at alpha / (number of "
+                        "looks) on a geometric schedule (the method is a resume key; see BENCHMARKS.md)")
+    g.add_argument("--budget", type=int, default=None,
+                   help="anytime mode without a grid: up to this many estimation samples per image, stopping once "
+                        "the certified radius (confidence-sequence bound) can no longer grow by more than "
+                        "--tolerance; rows add n_used. Not with --n or --radii")
+    g.add_argument("--tolerance", type=float, default=0.01,
+                   help="anytime mode (--budget): stop when the radius could grow by at most this much (l2, pixels)")
 
 
 def run(args: argparse.Namespace) -> int:
     check_int("--n0", args.n0, minimum=1)
+    if getattr(args, "budget", None) is not None:
+        if args.n is not None or getattr(args, "radii", None):
+            raise ContractError("--budget (anytime certification) replaces --n and --radii; drop "
+                                + ("--n" if args.n is not None else "--radii"))
+        return _run_anytime(args)
     if getattr(args, "radii", None):
         if args.n is not None:  # it would be silently ignored: the adaptive budget is --n-max
             raise ContractError(f"--n {args.n} has no effect with --radii (adaptive certification); its sample "
@@ -69,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_adaptive(args: argparse.Namespace) -> int:
     from smoothguard.cli.common import parse_floats
     from smoothguard.smoothing import image_seed
-    from smoothguard.smoothing.adaptive import certify_adaptive, grid_schedule
+    from smoothguard.smoothing.adaptive import certify_adaptive, certify_sequential, cs_schedule, grid_schedule
 
     radii = parse_floats(args.radii, "--radii")
     if not radii or any(r < 0 for r in radii):
@@ -82,21 +97,55 @@ def _run_adaptive(args: argparse.Namespace) -> int:
     from scipy.stats import norm
 
     thresholds = [0.5, *(float(norm.cdf(r / args.sigma)) for r in sorted(set(radii)) if r > 0)]
-    schedule = grid_schedule(args.n_max, thresholds, args.alpha)
+    sequential = getattr(args, "sequential", "bonferroni")
+    if sequential == "cs":
+        schedule, method = cs_schedule(args.n_max), certify_sequential
+    else:
+        schedule, method = grid_schedule(args.n_max, thresholds, args.alpha), certify_adaptive
     settings.update(n0=args.n0, n=args.n_max, n_max=args.n_max, radii=sorted(radii), schedule=schedule,
-                    futility_alpha=args.futility_alpha, mode="adaptive")
+                    futility_alpha=args.futility_alpha, mode="adaptive", sequential=sequential)
 
     def compute(x, y, idx):
-        res = certify_adaptive(smoothed, x, radii, args.n0, args.n_max, args.alpha, args.batch, schedule=schedule,
-                               seeds=[image_seed(args.seed, i) for i in idx.tolist()],
-                               futility_alpha=args.futility_alpha)
+        res = method(smoothed, x, radii, args.n0, args.n_max, args.alpha, args.batch, schedule=schedule,
+                     seeds=[image_seed(args.seed, i) for i in idx.tolist()], futility_alpha=args.futility_alpha)
         return [[int(i), int(lab), int(p), float(r), int(p == lab), int(u)]
                 for i, lab, p, r, u in zip(idx.tolist(), y.tolist(), res.prediction.tolist(), res.radius.tolist(),
                                            res.n_used.tolist())]
 
-    run_rows(args, data, ADAPTIVE_COLUMNS, "certify", settings, KEY_SETTINGS + ["n0", "n_max", "radii", "schedule", "futility_alpha", "mode"],
+    run_rows(args, data, ADAPTIVE_COLUMNS, "certify", settings, KEY_SETTINGS + ["n0", "n_max", "radii", "schedule", "futility_alpha", "mode", "sequential"],
              ADAPTIVE_GROUP, compute)
     return 0
 
 
 ADAPTIVE_COLUMNS = ["idx", "label", "predict", "radius", "correct", "n_used", "time"]
+
+
+def _run_anytime(args: argparse.Namespace) -> int:
+    """``certify --budget N``: a radius per image from the confidence sequence, no grid."""
+    import math
+
+    from smoothguard.smoothing import image_seed
+    from smoothguard.smoothing.adaptive import certify_anytime, cs_schedule
+
+    budget = check_int("--budget", args.budget, minimum=1)
+    if not (isinstance(args.tolerance, float) and math.isfinite(args.tolerance) and args.tolerance >= 0):
+        raise ContractError(f"--tolerance must be a finite radius >= 0 (l2, pixel units), got {args.tolerance}")
+    if not 0.0 < args.futility_alpha < 1.0:
+        raise ContractError(f"--futility-alpha must be in (0, 1), got {args.futility_alpha}")
+    smoothed, settings, data = build_smoothed(args)
+    schedule = cs_schedule(budget)
+    settings.update(n0=args.n0, n=budget, budget=budget, tolerance=args.tolerance, schedule=schedule,
+                    futility_alpha=args.futility_alpha, mode="anytime", sequential="cs")
+
+    def compute(x, y, idx):
+        res = certify_anytime(smoothed, x, args.n0, budget, args.alpha, args.batch, tolerance=args.tolerance,
+                              schedule=schedule, seeds=[image_seed(args.seed, i) for i in idx.tolist()],
+                              futility_alpha=args.futility_alpha)
+        return [[int(i), int(lab), int(p), float(r), int(p == lab), int(u)]
+                for i, lab, p, r, u in zip(idx.tolist(), y.tolist(), res.prediction.tolist(), res.radius.tolist(),
+                                           res.n_used.tolist())]
+
+    run_rows(args, data, ADAPTIVE_COLUMNS, "certify", settings,
+             KEY_SETTINGS + ["n0", "budget", "tolerance", "schedule", "futility_alpha", "mode", "sequential"],
+             ADAPTIVE_GROUP, compute)
+    return 0

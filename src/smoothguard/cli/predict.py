@@ -35,6 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--futility-alpha", type=float, default=0.05,
                    help="adaptive mode: abstain early once the test cannot reject by n_max with this confidence "
                         "level (does not affect the guarantee)")
+    g.add_argument("--sequential", choices=["cs", "bonferroni"], default="cs",
+                   help="adaptive mode's test: 'cs' (default) anytime-valid confidence sequences (leader against "
+                        "every other class at alpha / (K - 1)) looked at after every 100 samples; 'bonferroni' "
+                        "Cohen's binomial test at alpha / (number of looks) on a geometric schedule (a resume key)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,23 +68,27 @@ ADAPTIVE_COLUMNS = ["idx", "label", "predict", "correct", "n_used", "time"]
 
 def _run_adaptive(args: argparse.Namespace) -> int:
     from smoothguard.smoothing import image_seed
-    from smoothguard.smoothing.adaptive import default_schedule, predict_adaptive
+    from smoothguard.smoothing.adaptive import cs_schedule, default_schedule, predict_adaptive, predict_sequential
 
     if args.n_max < 1:
         raise ValueError(f"--n-max must be >= 1, got {args.n_max}")
     if not 0.0 < args.futility_alpha < 1.0:
         raise ValueError(f"--futility-alpha must be in (0, 1), got {args.futility_alpha}")
     smoothed, settings, data = build_smoothed(args)
-    settings.update(n=args.n_max, n_max=args.n_max, schedule=default_schedule(args.n_max),
-                    futility_alpha=args.futility_alpha, mode="adaptive")
+    sequential = getattr(args, "sequential", "bonferroni")
+    if sequential == "cs":
+        schedule, method = cs_schedule(args.n_max), predict_sequential
+    else:
+        schedule, method = default_schedule(args.n_max), predict_adaptive
+    settings.update(n=args.n_max, n_max=args.n_max, schedule=schedule,
+                    futility_alpha=args.futility_alpha, mode="adaptive", sequential=sequential)
 
     def compute(x, y, idx):
-        res = predict_adaptive(smoothed, x, args.n_max, args.alpha, args.batch,
-                               seeds=[image_seed(args.seed, i) for i in idx.tolist()],
-                               futility_alpha=args.futility_alpha)
+        res = method(smoothed, x, args.n_max, args.alpha, args.batch, schedule=schedule,
+                     seeds=[image_seed(args.seed, i) for i in idx.tolist()], futility_alpha=args.futility_alpha)
         return [[int(i), int(lab), int(p), int(p == lab), int(u)]
                 for i, lab, p, u in zip(idx.tolist(), y.tolist(), res.prediction.tolist(), res.n_used.tolist())]
 
-    run_rows(args, data, ADAPTIVE_COLUMNS, "predict", settings, KEY_SETTINGS + ["n_max", "futility_alpha", "mode"],
+    run_rows(args, data, ADAPTIVE_COLUMNS, "predict", settings, KEY_SETTINGS + ["n_max", "futility_alpha", "mode", "sequential"],
              ADAPTIVE_GROUP, compute)
     return 0

@@ -232,6 +232,27 @@ def check_logits(out: object, *, num_classes: int | None = None, count: int | No
     return out
 
 
+def model_in_shape(model: object) -> tuple[int, ...] | None:
+    """The (C, H, W) a model states it takes (models built by ``get_model`` carry
+    ``in_shape``), or None."""
+    shape = getattr(model, "in_shape", None)
+    return None if shape is None else tuple(int(v) for v in shape)
+
+
+@contextmanager
+def forward_errors(shape: Sequence[int], name: str = "the model") -> Iterator[None]:
+    """Turns the shape error torch raises deep inside a model (a Linear of the wrong width,
+    a convolution given the wrong channels) into a ContractError naming the input shape."""
+    try:
+        yield
+    except RuntimeError as exc:
+        msg = str(exc)
+        if not any(word in msg for word in ("shape", "size", "Expected", "channels")):
+            raise
+        raise ContractError(f"{name} cannot run on images of shape {tuple(shape)}: {msg.splitlines()[0]} "
+                            "(pass images of the shape it was built for)") from exc
+
+
 def check_model_data(model_classes: int, model_shape: Sequence[int] | None, data_classes: int,
                      data_shape: Sequence[int], *, model: str = "the model", data: str = "the data") -> None:
     """A model and a dataset that belong together: the same number of classes and, when
@@ -291,7 +312,10 @@ def check_output_path(path: str | os.PathLike, what: str = "output") -> Path:
         st = os.stat(p)
     except FileNotFoundError:
         st = None
-    except OSError as exc:  # e.g. a path component is a file
+    except NotADirectoryError:  # a path component is a file
+        blocker = next((a for a in reversed(p.parents) if a.exists() and not a.is_dir()), p.parent)
+        raise OutputError(f"cannot write {what} {p}: {blocker} is not a folder") from None
+    except OSError as exc:
         raise OutputError(f"cannot write {what} {p}: {exc.strerror or exc}") from None
     if st is not None and not stat.S_ISREG(st.st_mode):
         kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)

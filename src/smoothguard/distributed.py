@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from smoothguard.contract import ContractError
+
 
 @dataclass(frozen=True)
 class World:
@@ -24,11 +26,26 @@ class World:
         return self.size > 1
 
 
+def _env_int(name: str, default: str, minimum: int) -> int:
+    text = os.environ.get(name, default)
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise ContractError(f"environment variable {name}={text!r} must be an integer >= {minimum} (torchrun sets "
+                            "it; unset it for a single-process run)")
+    return value
+
+
 def world_from_env() -> World:
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    size = _env_int("WORLD_SIZE", "1", 1)
     if size <= 1:
         return World()
-    return World(int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", "0")))
+    rank = _env_int("RANK", "0", 0)
+    if rank >= size:
+        raise ContractError(f"environment variable RANK={rank} must be < WORLD_SIZE={size}")
+    return World(rank, size, _env_int("LOCAL_RANK", "0", 0))
 
 
 def init_distributed(device: torch.device) -> tuple[World, torch.device]:

@@ -36,7 +36,7 @@ from smoothguard.utils import make_generator, model_device
 # validation helpers: the contract's (re-exported here for the attacks' constructors)
 from smoothguard.contract import (  # noqa: E402
     ContractError, check_choice, check_fraction, check_images, check_int, check_labels, check_logits as  # noqa: F401
-    _check_finite_logits, check_nonnegative, check_positive)
+    _check_finite_logits, check_nonnegative, check_positive, forward_errors, model_in_shape)
 
 # ---------------------------------------------------------------------------------------
 # geometry of the threat model
@@ -268,7 +268,7 @@ class Attack:
         x, y, targets = self._validate_inputs(x, y, targets, device)
         gen = make_generator(self.seed, device)
         with eval_mode(self.model) if isinstance(self.model, nn.Module) else _null():
-            with torch.no_grad():
+            with torch.no_grad(), forward_errors(x.shape[1:]):
                 clean_out = _check_finite_logits(self.model(x), count=x.shape[0])
             check_labels(y, clean_out.shape[1], name="y")
             if targets is not None:
@@ -337,9 +337,12 @@ class Attack:
 
     def _validate_inputs(self, x, y, targets, device):
         # the one input contract: float images (N, C, H, W) in [0, 1], finite; integer labels
-        x = check_images(x, "x", single=False)
+        x = check_images(x, "x", single=False, in_shape=model_in_shape(self.model))
         y = check_labels(y, count=x.shape[0], name="y")
-        x = x.detach().to(device).clone()  # the caller's tensor is never touched
+        # float32 or float64 images both meet the contract: attack in the model's own precision
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), x.dtype) \
+            if isinstance(self.model, nn.Module) else x.dtype
+        x = x.detach().to(device=device, dtype=dtype).clone()  # the caller's tensor is never touched
         y = y.to(device=device, dtype=torch.long)
         if targets is not None:
             targets = check_labels(targets, count=x.shape[0], name="targets")

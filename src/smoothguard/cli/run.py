@@ -247,13 +247,21 @@ def run(args: argparse.Namespace) -> int:
     summary: list[dict[str, Any]] = []
     t_run = time.perf_counter()
     exit_code = 0
+    failed: set[str] = set()  # failed steps and the steps that depend on them
     try:
         for i, step in enumerate(exp.steps, 1):
+            blocked = [d for d in step.deps if d in failed]
+            if blocked:  # its inputs are missing; the steps that do not need them still run
+                failed.add(step.id)
+                print(f"[{i}/{n}] {step.id}: not run (depends on failed {', '.join(blocked)})", flush=True)
+                summary.append({"step": step.id, "status": "blocked", "wall_s": 0.0,
+                                "reason": "depends on failed " + ", ".join(blocked)})
+                continue
             res = _run_step(exp, step, i, n, args, step.id in forced)
             summary.append(res)
             if res["status"] == "failed":
                 exit_code = 1
-                break
+                failed.add(step.id)
     except KeyboardInterrupt:
         exit_code = 130
         raise
@@ -343,11 +351,13 @@ def _print_summary(exp: Experiment, summary: list[dict[str, Any]], wall: float) 
     if not summary:
         return
     done = {s["step"] for s in summary}
-    rows = [(s["step"], s["status"], _fmt_s(s["wall_s"]) if s["status"] != "skipped" else "-") for s in summary]
+    rows = [(s["step"], s["status"], _fmt_s(s["wall_s"]) if s["status"] not in ("skipped", "blocked") else "-")
+            for s in summary]
     rows += [(s.id, "not run", "-") for s in exp.steps if s.id not in done]
     w = max(len(r[0]) for r in rows)
     lines = [f"{'step'.ljust(w)}  {'status':<8}  wall"] + [f"{a.ljust(w)}  {b:<8}  {c}" for a, b, c in rows]
-    counts = {k: sum(1 for s in summary if s["status"] == k) for k in ("ran", "resumed", "skipped", "failed")}
+    counts = {k: sum(1 for s in summary if s["status"] == k)
+              for k in ("ran", "resumed", "skipped", "failed", "blocked")}
     lines.append(f"{len(summary)}/{len(exp.steps)} steps: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
                  + f"; total {_fmt_s(wall)}; run folder {exp.run_dir}")
     print("\n".join(lines), flush=True)

@@ -53,7 +53,8 @@ from smoothguard.attacks import (
     check_blackbox_vs_whitebox,
 )
 from smoothguard.attacks.base import eval_mode
-from smoothguard.contract import check_fraction, check_images, check_int, check_labels, check_logits
+from smoothguard.contract import (check_fraction, check_images, check_int, check_labels, check_logits, forward_errors,
+                                  model_in_shape)
 from smoothguard.utils import model_device
 
 WHITE_BOX, BLACK_BOX, TRANSFER = "white-box", "black-box", "transfer"
@@ -348,8 +349,9 @@ def json_safe(obj: Any) -> Any:
 def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     with torch.no_grad(), eval_mode(model):
         # finite logits only: the argmax of a NaN row would be class 0
-        return torch.cat([check_logits(model(c), count=len(c)).argmax(1) for c in x.split(batch_size)]) \
-            if len(x) else torch.zeros(0, dtype=torch.long, device=x.device)
+        with forward_errors(x.shape[1:]):
+            return torch.cat([check_logits(model(c), count=len(c)).argmax(1) for c in x.split(batch_size)]) \
+                if len(x) else torch.zeros(0, dtype=torch.long, device=x.device)
 
 
 def _top_wrong_classes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, batch_size: int) -> torch.Tensor:
@@ -449,7 +451,7 @@ def evaluate_robustness(
 
     t_start = time.perf_counter()
     device = model_device(model)
-    x = check_images(x, "x", single=False)
+    x = check_images(x, "x", single=False, in_shape=model_in_shape(model))
     y = check_labels(y, count=x.shape[0], name="y")
     x = x.detach().to(device)
     y = y.to(device=device, dtype=torch.long)

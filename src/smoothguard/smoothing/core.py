@@ -29,7 +29,7 @@ from torch import nn
 
 from smoothguard import ABSTAIN
 from smoothguard.contract import (ContractError, check_alpha, check_choice, check_images, check_int, check_logits,
-                                  check_sigma)
+                                  check_sigma, forward_errors)
 from smoothguard.models.rewrite import pool_before_relu, strided_max_pools
 from smoothguard.smoothing.stats import binom_pvalue, lower_confidence_bound, radius_from_bound
 from smoothguard.utils import cpu_has_native_bf16, derive_seed, make_generator, model_device
@@ -202,13 +202,8 @@ class SmoothedClassifier:
             return self._forward(batch)
 
     def _classify(self, batch: torch.Tensor) -> torch.Tensor:
-        try:
+        with forward_errors(batch.shape[1:], "the base classifier"):
             out = self._raw(batch)
-        except RuntimeError as exc:
-            if "shape" not in str(exc) and "size" not in str(exc):
-                raise
-            raise ContractError(f"the base classifier cannot run on images of shape {tuple(batch.shape[1:])}: "
-                                f"{str(exc).splitlines()[0]} (pass images of the shape it was built for)") from exc
         if out.dim() == 1:  # a label function (query-only classifier): check before counting
             if out.dtype.is_floating_point or out.dtype.is_complex or out.dtype == torch.bool:
                 raise ContractError(f"base classifier returned labels of dtype {out.dtype}; expected integers")

@@ -36,7 +36,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from smoothguard.contract import check_images, check_int, check_logits, check_nonnegative
+from smoothguard.contract import (check_images, check_int, check_logits, check_nonnegative, forward_errors,
+                                  model_in_shape)
 from smoothguard.smoothing.core import SmoothedClassifier
 from smoothguard.utils import make_generator
 
@@ -210,7 +211,7 @@ class SmoothedModel(nn.Module):
         return self._gens[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = check_images(x, "x", single=False)
+        x = check_images(x, "x", single=False, in_shape=model_in_shape(self.base))
         n = x.shape[0]
         m = 1 if self.sigma == 0 else self.m
         per_pass = m if self.batch_size is None else max(1, min(m, self.batch_size // max(n, 1)))
@@ -224,7 +225,8 @@ class SmoothedModel(nn.Module):
             else:
                 noise = torch.randn((k, *x.shape), generator=gen, device=x.device, dtype=x.dtype)
                 batch = (x.unsqueeze(0) + self.sigma * noise).reshape(k * n, *x.shape[1:])
-            out = check_logits(self.base(batch), count=k * n, name="the base model")
+            with forward_errors(x.shape[1:], "the base model"):
+                out = check_logits(self.base(batch), count=k * n, name="the base model")
             w = draw_weights(out, self.method, out.shape[1]).view(k, n, -1).sum(0)
             total = w if total is None else total + w
             if straight_through:

@@ -27,7 +27,9 @@ _SUFFIX_FORMATS = {".md": "markdown", ".markdown": "markdown", ".tex": "latex", 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", metavar="FILE", help="certify or predict result files (.tsv)")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="certify or predict result files (.tsv); verify and attack files make a table of "
+                        "verified vs robust accuracy per eps")
     p.add_argument("--radii", default="0,0.25,0.5,0.75,1.0",
                    help="comma-separated l2 radii (pixel units) of the certified-accuracy columns")
     p.add_argument("--format", default=None, choices=["table", "markdown", "latex", "csv"],
@@ -78,6 +80,22 @@ def run(args: argparse.Namespace) -> int:
     from smoothguard.evaluation.analysis import read_results, summary_table
 
     radii = _check(args)
+    # verify and attack files (issue 20): verified accuracy beside robust accuracy per eps
+    from smoothguard.evaluation.verified import format_sandwich, is_sandwich_file, read_runs
+
+    sandwich = [p for p in args.files if is_sandwich_file(p)]
+    if sandwich:
+        fmt = args.format or (_SUFFIX_FORMATS.get(Path(args.out_table).suffix.lower(), "table")
+                              if args.out_table else "table")
+        text = format_sandwich(read_runs(sandwich), "csv" if fmt == "csv" else
+                               "markdown" if fmt == "markdown" else "table")
+        print(text, end="")
+        args.files = [p for p in args.files if p not in sandwich]
+        if not args.files:
+            if args.out_table is not None:
+                write_text_atomic(Path(args.out_table), text, "--out-table")
+                print(f"wrote {args.out_table}", file=sys.stderr)
+            return 0
     results = [read_results(p).with_settings(sigma=args.sigma, n=args.n, alpha=args.alpha) for p in args.files]
     for res in results:
         if res.skipped_partial_line is not None:

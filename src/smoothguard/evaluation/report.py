@@ -42,6 +42,7 @@ from smoothguard.evaluation.analysis import (
 )
 
 ATTACK_COLUMNS = ("idx", "label", "clean_pred", "adv_pred", "norm", "success", "time")
+from smoothguard.evaluation.verified import VERIFY_COLUMNS  # noqa: E402
 #: Attack names whose rows are decisions of the smoothed classifier (plotted dashed on
 #: the certified-accuracy axes when the norm is l2).
 SMOOTHED_ATTACKS = ("smoothadv", "smoothadv-pgd", "smoothadv-ddn", "epgd")
@@ -51,6 +52,7 @@ SECTIONS = (
     ("envelope", "Best sigma per radius"),
     ("models", "Per-model certification tables"),
     ("attacks", "Attacks"),
+    ("verified", "Verified vs empirical robustness"),
     ("evaluations", "Robustness evaluations"),
     ("losses", "Restart-loss distributions"),
     ("examples", "Adversarial examples"),
@@ -89,6 +91,7 @@ class RunData:
     certify: list[tuple[str, Results]] = field(default_factory=list)  # (label, results)
     predict: list[tuple[str, Results]] = field(default_factory=list)
     attacks: list[AttackRun] = field(default_factory=list)
+    verify: list[Path] = field(default_factory=list)  # smoothguard verify result files
     evaluations: list[tuple[str, Path, dict[str, Any]]] = field(default_factory=list)
     logs: list[tuple[str, Path, dict[str, list[float]]]] = field(default_factory=list)
     smoothed: list[tuple[str, Path, dict[str, Any]]] = field(default_factory=list)
@@ -207,6 +210,8 @@ def collect(root: str | Path) -> RunData:
                 log = _read_log(p)
                 if log:
                     data.logs.append((step or rel, p, log))
+            elif tuple(head) == VERIFY_COLUMNS:
+                data.verify.append(p)
             elif head == list(ATTACK_COLUMNS):
                 a = _read_attack(p, step or rel)
                 if a:
@@ -551,6 +556,24 @@ def write_report(root: str | Path, output: str | Path, title: str | None = None)
     else:
         parts["attacks"] = _empty("No attack results (smoothguard attack) in this folder.")
         has["attacks"] = False
+
+    # --- verified accuracy (smoothguard verify) beside the attacks' robust accuracy
+    if data.verify:
+        from smoothguard.evaluation.verified import plot_sandwich, read_runs, sandwich_table
+
+        runs = read_runs(data.verify + [a.path for a in data.attacks if not a.smoothed])
+        header, srows = sandwich_table(runs)
+        body = _table(header, [[_pct(v) if 4 <= i < len(header) - 1 else (v if v is not None else "-")
+                                for i, v in enumerate(r)] for r in srows], left=2)
+        p = plot_sandwich(runs, out_dir / "verified_vs_attacks")[0]
+        figs += [p, p.with_suffix(".svg")]
+        body += _figure(p, "Verified accuracy (solid; IBP/CROWN bounds, a proof) and robust accuracy under "
+                           "attack (dashed; an upper bound on the true robust accuracy) vs eps")
+        parts["verified"] = body
+        has["verified"] = True
+    else:
+        parts["verified"] = _empty("No verification results (smoothguard verify) in this folder.")
+        has["verified"] = False
 
     # --- evaluations, losses, examples
     ev_parts, loss_parts, ex_parts = [], [], []

@@ -135,10 +135,12 @@ files = ["@certify.bad"]
     assert (tmp_path / "run" / "certify" / "good" / "certify.tsv").exists()
 
 
-def test_a_five_class_model_on_ten_class_data_is_refused(ckpts, tmp_path, capsys):
-    out = tmp_path / "c.tsv"
-    assert main(["certify", "--model", str(ckpts["five_classes"]), "--max", "1", "--n", "100",
-                 "--out", str(out)]) == 2
+@pytest.mark.parametrize("command", ["certify", "attack", "evaluate", "smooth-eval"])
+def test_a_five_class_model_on_ten_class_data_is_refused(command, ckpts, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = [command, "--model", str(ckpts["five_classes"]), "--max", "1"]
+    argv += ["--out-dir", str(out)] if command in ("evaluate", "smooth-eval") else ["--out", str(out)]
+    assert main(argv) == 2
     assert "has 5 classes but --data demo has 10" in capsys.readouterr().err
     assert not out.exists()
 
@@ -271,6 +273,9 @@ def test_attack_batch_is_a_resume_key(tmp_path, capsys):
     (["certify", "--batch", "0"], "--batch must be an integer >= 1"),
     (["certify", "--workers", "0"], "--workers must be an integer >= 1"),
     (["attack", "--eps", "8"], "did you mean eps/255"),
+    (["certify", "--denoiser", ""], "--denoiser is empty"),
+    (["certify", "--model", ""], "--model is empty"),
+    (["attack", "--model", ""], "--model is empty"),
 ])
 def test_bad_flags_exit_2_with_the_allowed_values(argv, message, tmp_path, capsys):
     out = tmp_path / "never.tsv"

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from smoothguard.contract import check_alpha, check_int, check_model_data, check_sigma
+from smoothguard.contract import ContractError, check_alpha, check_int, check_model_data, check_sigma
 from smoothguard.cli.common import add_data_arguments, load_data, load_model_arg, progress, validate_selection
 from smoothguard.distributed import World, barrier
 from smoothguard.evaluation.resultfile import ResultWriter, format_value, merge_parts, read_complete_rows
@@ -60,6 +60,9 @@ def file_sha256(path: str | Path) -> str:
 
 def validate_smoothing_arguments(args: argparse.Namespace) -> None:
     """Check the numeric options before any model or data is loaded."""
+    for flag in ("model", "denoiser"):  # "" would silently mean "the embedded model" / "no denoiser"
+        if getattr(args, flag, None) == "":
+            raise ContractError(f"--{flag} is empty; give a checkpoint path or leave the option out")
     if args.sigma is not None:
         check_sigma(args.sigma, "--sigma")
     check_alpha(args.alpha, "--alpha")

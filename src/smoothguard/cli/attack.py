@@ -146,9 +146,11 @@ def model_settings(path: str | None) -> tuple[str, str]:
 
 
 def check_shape(meta: dict, data, option: str) -> None:
-    if tuple(meta.get("in_shape", data.info.input_shape)) != tuple(data.info.input_shape):
-        raise ValueError(f"{option} expects inputs of shape {tuple(meta['in_shape'])} but --data has "
-                         f"{tuple(data.info.input_shape)}")
+    """The model of ``option`` and the data belong together: classes and (C, H, W) (the contract's rule)."""
+    from smoothguard.contract import check_model_data
+
+    check_model_data(meta.get("num_classes", data.info.num_classes), meta.get("in_shape"), data.info.num_classes,
+                     data.info.input_shape, model=option, data=f"--data {data.info.name}")
 
 
 def summarize(rows: list[list[str]], eps: float | None) -> dict:

@@ -74,6 +74,9 @@ def load_model_arg(path: str | None, device: torch.device):
         return load_default_model(device)
     from smoothguard.models.checkpoint import CheckpointError, read_checkpoint
 
+    if str(path) == "":
+        raise CheckpointError("--model is empty; give a checkpoint path or leave the option out (embedded model)")
+
     kind = read_checkpoint(path)["meta"].get("kind", "classifier")
     if kind != "classifier":
         raise CheckpointError(f"--model {path} is a {kind} checkpoint, not a classifier"
@@ -83,10 +86,11 @@ def load_model_arg(path: str | None, device: torch.device):
 
 def validate_selection(args: argparse.Namespace) -> None:
     """The --skip/--max selection every per-image command takes."""
-    if args.skip < 1:
-        raise ValueError(f"--skip must be an integer >= 1; got {args.skip}")
+    from smoothguard.contract import ContractError, check_int
+
+    check_int("--skip", args.skip, minimum=1)
     if args.max < -1 or args.max == 0:
-        raise ValueError(f"--max must be a positive count or -1 (all); got {args.max}")
+        raise ContractError(f"--max must be a positive count or -1 (all); got {args.max}")
 
 
 def add_channels_last_argument(p: argparse.ArgumentParser) -> None:

@@ -14,6 +14,7 @@ from smoothguard.smoothing.core import (
     image_seed,
 )
 from smoothguard.smoothing.inference import VOTE_METHODS, SmoothedModel, smoothed_scores, vote_scores
+from smoothguard.smoothing.sequential import BernoulliCS
 from smoothguard.smoothing.stats import (
     binom_pvalue,
     certified_accuracy_lower_bound,
@@ -24,6 +25,7 @@ from smoothguard.smoothing.stats import (
 
 __all__ = [
     "ABSTAIN",
+    "BernoulliCS",
     "NOISE_BLOCK",
     "CertifyResult",
     "PredictResult",

@@ -134,9 +134,7 @@ def smoothed_scores(
     included) with the vote weights of each noisy pass in place of its argmax.
     """
     check_method(method)
-    if int(m) < 1:
-        raise ValueError(f"the number of noise samples m must be >= 1, got {m}")
-    m, k = int(m), smoothed.num_classes
+    m, k = check_int("the number of noise samples m", m, minimum=1), smoothed.num_classes
     x, gens = smoothed._prepare(x, m, batch_size, generators, seeds, generator)
     scores = smoothed._noise_sum(x, gens, m, batch_size,
                                  score=lambda batch: draw_weights(_outputs(smoothed, batch), method, k))

@@ -13,6 +13,7 @@ from scipy.stats import beta as _beta
 from scipy.stats import binom, binomtest, norm
 
 
+from smoothguard.contract import check_alpha, check_int, check_sigma
 from smoothguard.contract import check_alpha as _check_alpha
 
 
@@ -46,9 +47,8 @@ def r_max(sigma: float, n: int, alpha: float) -> float:
     """Largest radius any CERTIFY run with n estimation samples can return:
     sigma * PhiInv(alpha ** (1 / n)) (reached when all n samples vote for one class)."""
     _check_alpha(alpha)
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    return float(sigma * norm.ppf(alpha ** (1.0 / n)))
+    n = check_int("n", n, minimum=1)
+    return float(check_sigma(sigma) * norm.ppf(alpha ** (1.0 / n)))
 
 
 def binom_pvalue(n_a: int, n_b: int) -> float:
@@ -79,12 +79,9 @@ def certified_accuracy_lower_bound(y_certified: int, m: int, alpha: float, rho: 
 
     (Cohen's analysis script drops the factor 2 and the 1/(1 - alpha); this does not.)
     """
-    if m < 1:
-        raise ValueError(f"m must be >= 1, got {m}")
-    if not 0 <= y_certified <= m:
-        raise ValueError(f"need 0 <= y_certified <= m, got {y_certified} and {m}")
-    if not 0.0 < rho < 1.0:
-        raise ValueError(f"rho must be in (0, 1), got {rho}")
+    m = check_int("m", m, minimum=1)
+    y_certified = check_int("y_certified", y_certified, minimum=0, maximum=m)
+    rho = check_alpha(rho, "rho")
     log_term = math.log(1.0 / rho)
     value = y_certified / m - alpha - math.sqrt(2.0 * alpha * (1.0 - alpha) * log_term / m) - log_term / (3.0 * m)
     return value / (1.0 - alpha)

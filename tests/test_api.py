@@ -99,6 +99,7 @@ class _Bad(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     mode = "ok"
     hits = 0
+    release: threading.Event  # a "timeout" answer waits for it: never before the client gives up
 
     def log_message(self, *args):
         pass
@@ -121,7 +122,7 @@ class _Bad(BaseHTTPRequestHandler):
         if mode == "400":
             return self._answer(400, b'{"error": "bad shape"}')
         if mode == "timeout":
-            time.sleep(1.0)
+            cls.release.wait(60)  # not a sleep: no load can make this answer arrive in time
         labels = [0] * n
         if mode == "wrong_count":
             labels = [0] * (n + 1)
@@ -137,11 +138,12 @@ class _Bad(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def bad_server():
-    handler = type("Handler", (_Bad,), {"mode": "ok", "hits": 0})
+    handler = type("Handler", (_Bad,), {"mode": "ok", "hits": 0, "release": threading.Event()})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield handler, f"http://127.0.0.1:{server.server_address[1]}"
+    handler.release.set()
     server.shutdown()
     server.server_close()
 
@@ -162,6 +164,12 @@ def test_each_misbehaving_endpoint_gives_its_error(bad_server, mode, match, hits
     client = HTTPClassifier(url, 10, timeout=0.2, retries=retries, backoff=0.01)
     with pytest.raises(APIError, match=match):
         client(torch.zeros(2, 1, 28, 28))
+    if mode == "timeout":
+        # the client gave up on a request the server may not have read yet: wait for it
+        # (on a condition, not a time: the deadline only bounds a hang)
+        deadline = time.monotonic() + 60
+        while handler.hits < hits and time.monotonic() < deadline:
+            time.sleep(0.01)
     assert handler.hits == hits
 
 

@@ -4,13 +4,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from smoothguard.cli import main
 from smoothguard.models import get_model, save_checkpoint
+
+KILL_AFTER_ROWS = Path(__file__).with_name("kill_after_rows.py")
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +55,12 @@ def test_resume_after_kill_gives_the_rows_of_an_uninterrupted_run(ckpt, tmp_path
 
     part = tmp_path / "part.tsv"
     env = dict(os.environ, SMOOTHGUARD_NO_PROGRESS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "smoothguard", "certify", *args, "--out", str(part)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if part.exists() and len(part.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # the run SIGKILLs itself right after its 3rd row: interrupted mid-file on any machine
+    proc = subprocess.run([sys.executable, str(KILL_AFTER_ROWS), "3", "--", "certify", *args, "--out", str(part)],
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
     _, done = _rows(part)
-    assert 1 <= len(done) < 8, "the run was not interrupted mid-file"
+    assert len(done) == 3, "the run was not interrupted after its 3rd row"
     with open(part, "a") as fh:  # a row cut in the middle, as a kill during a write leaves it
         fh.write("999\t3\t3\t0.12")
     assert main(["certify", *args, "--out", str(part)]) == 0
@@ -124,8 +121,11 @@ def test_adaptive_certify_and_predict_rows_record_samples_and_match_the_library(
     (["certify", "--radii", "0.25,-1", "--max", "1"], "--radii needs radii >= 0"),
     (["predict", "--adaptive", "--n-max", "0", "--max", "1"], "--n-max must be >= 1"),
     (["predict", "--adaptive", "--futility-alpha", "1", "--max", "1"], "--futility-alpha must be in (0, 1)"),
-    (["certify", "--n", "0", "--max", "1"], "--n0 and --n must be >= 1"),
-    (["certify", "--alpha", "2", "--max", "1", "--n", "10"], "alpha must be in (0, 1)"),
+    (["certify", "--n", "0", "--max", "1"], "--n must be an integer >= 1"),
+    (["certify", "--n0", "0", "--max", "1"], "--n0 must be an integer >= 1"),
+    (["certify", "--alpha", "2", "--max", "1", "--n", "10"], "--alpha must lie in (0, 1)"),
+    (["certify", "--radii", "0.25", "--n", "1000", "--max", "1"], "--n 1000 has no effect with --radii"),
+    (["predict", "--adaptive", "--n", "1000", "--max", "1"], "--n 1000 has no effect with --adaptive"),
     (["certify", "--model", "/nonexistent.pt"], "does not exist"),
     (["certify", "--data", "fashion-mnist", "--root", "/nonexistent", "--max", "1"], "t10k-images-idx3-ubyte"),
     (["certify", "--max", "0"], "--max must be a positive count or -1"),

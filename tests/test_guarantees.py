@@ -22,6 +22,14 @@ from torch import nn
 
 from smoothguard.attacks import APGD, PGD
 from smoothguard.smoothing import ABSTAIN, SmoothedClassifier
+from smoothguard.smoothing.stats import (
+    binom_pvalue,
+    binom_pvalues,
+    certified_accuracy_lower_bound,
+    lower_confidence_bound,
+    r_max,
+    radius_from_bound,
+)
 from smoothguard.training import StepContext, get_objective
 from smoothguard.training.adversarial import TradesPGD, kl_div_rows
 
@@ -46,6 +54,42 @@ class Scripted:
 def _script(*runs):
     """Concatenate runs of (label, count)."""
     return torch.cat([torch.full((count,), label, dtype=torch.int64) for label, count in runs])
+
+
+# ----------------------------------------------------------------------------- statistics edges
+def test_statistics_domains_and_return_types():
+    """Each statistic accepts the edges of its domain, refuses what lies outside with a
+    message naming the argument, and returns a float for scalars, an array for arrays."""
+    assert isinstance(lower_confidence_bound(3, 10, 0.05), float)
+    assert lower_confidence_bound(0, 1, 0.05) == 0.0 and lower_confidence_bound(1, 1, 0.05) == pytest.approx(0.05)
+    arr = lower_confidence_bound(np.array([0, 5, 10]), 10, 0.05)
+    assert isinstance(arr, np.ndarray) and arr.shape == (3,)
+    np.testing.assert_allclose(arr, [0.0, beta_dist.ppf(0.05, 5, 6), 0.05 ** 0.1], rtol=1e-12)
+    for n_a, n in ((-1, 10), (11, 10), (0, 0)):
+        with pytest.raises(ValueError, match=r"^need 0 <= n_a <= n and n >= 1$"):
+            lower_confidence_bound(n_a, n, 0.05)
+    assert isinstance(radius_from_bound(0.9, 0.5), float)
+    assert radius_from_bound(0.9, 0.5) == pytest.approx(0.5 * norm.ppf(0.9), rel=1e-12)
+    np.testing.assert_allclose(radius_from_bound(np.array([0.5, 0.975]), 2.0), [0.0, 2 * norm.ppf(0.975)])
+    assert r_max(1.0, 1, 0.5) == pytest.approx(0.0, abs=1e-12)  # one sample: PhiInv(alpha)
+    with pytest.raises(ValueError, match=r"^n must be .*1.*got 0$"):
+        r_max(1.0, 0, 0.5)
+    for fn, args in ((lower_confidence_bound, (1, 2)), (r_max, (1.0, 10))):
+        for alpha in (0.0, 1.0):
+            with pytest.raises(ValueError, match="alpha"):
+                fn(*args, alpha)
+    # certified accuracy bound: m >= 1, 0 <= y <= m, rho in (0, 1), default rho = 0.001
+    assert certified_accuracy_lower_bound(1, 1, 0.001) == certified_accuracy_lower_bound(1, 1, 0.001, 0.001)
+    assert certified_accuracy_lower_bound(0, 5, 0.001, 0.5) < 0 < certified_accuracy_lower_bound(5, 5, 0.001, 0.5)
+    for y, m, rho, msg in ((1, 0, 0.5, r"^m must .*got 0$"),
+                           (-1, 5, 0.5, r"^y_certified must .*got -1$"),
+                           (6, 5, 0.5, r"^y_certified must .*got 6$"),
+                           (1, 5, 0.0, r"^rho must .*got 0.0$"),
+                           (1, 5, 1.0, r"^rho must .*got 1.0$")):
+        with pytest.raises(ValueError, match=msg):
+            certified_accuracy_lower_bound(y, m, 0.001, rho)
+    # vectorized p-values: no trials -> 1, and equal to the scalar test
+    np.testing.assert_array_equal(binom_pvalues([0, 3, 7], [0, 3, 1]), [1.0, 1.0, binom_pvalue(7, 1)])
 
 
 # ----------------------------------------------------------------------------- CERTIFY
@@ -127,6 +171,105 @@ def test_certify_on_a_threshold_classifier_around_one_half(p_a, certified):
         assert 0.0 < float(res.radius[0]) < sigma * norm.ppf(p_a)
     else:
         assert int(res.prediction[0]) == ABSTAIN and float(res.radius[0]) == 0.0
+
+
+def test_certify_at_p_lower_exactly_one_half_certifies_with_radius_zero():
+    """Cohen's rule abstains only when p_lower < 1/2: with 2 of 3 votes at alpha = 1/2 the
+    bound is the median of Beta(2, 2), exactly 1/2 (kills `>= 0.5` -> `> 0.5`)."""
+    assert beta_dist.ppf(0.5, 2, 2) == 0.5
+    g = SmoothedClassifier(Scripted(_script((1, 5), (1, 2), (0, 1))), 2, 0.5)
+    res = g.certify_batch(torch.zeros(1, 1, 1, 1), 5, 3, 0.5)
+    assert float(res.p_lower[0]) == 0.5
+    assert int(res.prediction[0]) == 1 and float(res.radius[0]) == 0.0
+
+
+class _Recording(_Threshold):
+    """_Threshold that records the size of every forward batch it is given."""
+
+    def __init__(self, t):
+        super().__init__(t)
+        self.sizes = []
+
+    def __call__(self, z):
+        self.sizes.append(z.shape[0])
+        return super().__call__(z)
+
+
+def test_seeds_and_generators_make_each_images_answer_reproducible():
+    """Per-image seeds: certify_batch equals certify image by image, and predict likewise;
+    the same generator seed reproduces a run, another seed changes the counts."""
+    g = SmoothedClassifier(_Threshold(0.0), 3, 0.5)
+    xs = torch.zeros(2, 1, 1, 2)
+    batch = g.certify_batch(xs, 30, 300, 0.01, seeds=[5, 9])
+    for i, seed in enumerate((5, 9)):
+        one = g.certify_batch(xs[i:i + 1], 30, 300, 0.01, seeds=[seed])
+        assert torch.equal(one.counts_selection[0], batch.counts_selection[i])
+        assert torch.equal(one.counts_estimation[0], batch.counts_estimation[i])
+        assert g.certify(xs[i], 30, 300, 0.01, seed=seed) == (int(batch.prediction[i]), float(batch.radius[i]))
+    assert not torch.equal(batch.counts_estimation[0], batch.counts_estimation[1])
+    # selection and estimation are different draws of one stream
+    assert not torch.equal(batch.counts_selection * 10, batch.counts_estimation)
+
+    pb = g.predict_batch(xs, 300, 0.01, seeds=[5, 9])
+    for i, seed in enumerate((5, 9)):
+        assert torch.equal(g.predict_batch(xs[i:i + 1], 300, 0.01, seeds=[seed]).counts[0], pb.counts[i])
+        assert g.predict(xs[i], 300, 0.01, seed=seed) == int(pb.prediction[i])
+
+    def counts(fn, seed, **kw):
+        return fn(xs, *kw.pop("args"), generator=torch.Generator().manual_seed(seed), **kw)
+
+    c1 = counts(g.certify_batch, 3, args=(30, 300, 0.01))
+    c2 = counts(g.certify_batch, 3, args=(30, 300, 0.01))
+    c3 = counts(g.certify_batch, 4, args=(30, 300, 0.01))
+    assert torch.equal(c1.counts_estimation, c2.counts_estimation)
+    assert not torch.equal(c1.counts_estimation, c3.counts_estimation)
+    p1 = counts(g.predict_batch, 3, args=(300, 0.01))
+    assert torch.equal(p1.counts, counts(g.predict_batch, 3, args=(300, 0.01)).counts)
+    assert not torch.equal(p1.counts, counts(g.predict_batch, 4, args=(300, 0.01)).counts)
+    gen_a, gen_b = torch.Generator().manual_seed(8), torch.Generator().manual_seed(8)
+    assert g.certify(xs[0], 30, 300, 0.01, generator=gen_a) == g.certify(xs[0], 30, 300, 0.01, generator=gen_b)
+    assert g.predict(xs[0], 300, 0.01, generator=gen_a) == g.predict(xs[0], 300, 0.01, generator=gen_b)
+    draws = {g.certify_batch(xs[:1], 30, 300, 0.01, generator=torch.Generator().manual_seed(s)).counts_estimation[0, 0]
+             for s in range(4)}
+    assert len(draws) > 1
+
+
+@pytest.mark.parametrize("batch_size", [40, 250])
+def test_forward_batches_never_exceed_batch_size(batch_size):
+    f = _Recording(0.0)
+    g = SmoothedClassifier(f, 3, 0.5)
+    g.certify_batch(torch.zeros(2, 1, 1, 2), 30, 500, 0.01, batch_size, seeds=[1, 2])
+    g.certify(torch.zeros(1, 1, 2), 30, 500, 0.01, batch_size, seed=1)
+    g.predict_batch(torch.zeros(2, 1, 1, 2), 500, 0.01, batch_size, seeds=[1, 2])
+    g.predict(torch.zeros(1, 1, 2), 500, 0.01, batch_size, seed=1)
+    assert min(batch_size, 200) <= max(f.sizes) <= batch_size  # (blocks of min(100, batch_size) packed)
+    assert sum(f.sizes) == 2 * 530 + 530 + 2 * 500 + 500
+
+
+def test_certify_and_predict_validate_their_arguments():
+    g = SmoothedClassifier(_Threshold(0.0), 3, 0.5, in_shape=(1, 1, 2))
+    x = torch.zeros(1, 1, 2)
+    for n0, n, bad in ((0, 10, "n0"), (10, 0, "n")):
+        with pytest.raises(ValueError, match=rf"^{bad} must be an integer >= 1; got 0$"):
+            g.certify(x, n0, n, 0.01)
+    with pytest.raises(ValueError, match=r"^n must be an integer >= 1; got 0$"):
+        g.predict(x, 0, 0.01)
+    assert g.certify(x, 1, 1, 0.01, seed=0) == (ABSTAIN, 0.0)  # n0 = n = 1 are allowed
+    assert g.predict(x, 1, 0.01, seed=0) == ABSTAIN
+    for alpha in (0.0, 1.0):
+        with pytest.raises(ValueError, match="alpha"):
+            g.certify(x, 10, 10, alpha)
+        with pytest.raises(ValueError, match="alpha"):
+            g.predict(x, 10, alpha)
+    with pytest.raises(ValueError, match=r"^x must be a torch.Tensor"):
+        g.certify_batch([[0.0, 0.0]], 10, 10, 0.01)
+    with pytest.raises(ValueError, match=r"^x has images of shape \(1, 2, 1\)"):
+        g.certify_batch(torch.zeros(1, 1, 2, 1), 10, 10, 0.01)
+    two = torch.zeros(2, 1, 1, 2)
+    with pytest.raises(ValueError, match=r"^certify\(\) takes one image.*Use certify_batch\(\)"):
+        g.certify(two, 10, 10, 0.01)
+    with pytest.raises(ValueError, match=r"^predict\(\) takes one image.*Use predict_batch\(\)"):
+        g.predict(two, 10, 0.01)
 
 
 # ----------------------------------------------------------------------------- PREDICT

@@ -135,6 +135,27 @@ def test_project_exact_repairs_float_rounding_above_eps():
     assert float(lp_norms(out2 - x2, "l2")[0]) >= eps * (1 - 1e-4)
 
 
+@pytest.mark.parametrize("eps", [0.1, 0.5])
+def test_project_exact_l2_repairs_rounding_along_the_same_direction(eps):
+    """x + eps * d / ||d|| rounds to a norm above eps for many float32 points (box
+    inactive here): project_exact brings each below eps by a relative 1e-4 at most, along
+    the same direction, and leaves the points that were already inside untouched."""
+    g = torch.Generator().manual_seed(8)
+    x = 0.3 + 0.4 * torch.rand(300, 3, 8, 8, generator=g)
+    d = torch.randn(x.shape, generator=g)
+    d = d / lp_norms(d, "l2").view(-1, 1, 1, 1) * (1.5 * eps)
+    plain = project(x + d, x, eps, "l2")
+    over = lp_norms(plain - x, "l2").double() > eps
+    assert int(over.sum()) >= 10  # the repair is exercised
+    out = project_exact(x + d, x, eps, "l2")
+    n = lp_norms(out - x, "l2").double()
+    assert bool((n <= eps).all()) and bool((n >= eps * (1 - 1e-4)).all())
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert torch.equal(out[~over], plain[~over])
+    cos = ((out - x).flatten(1).double() * d.flatten(1).double()).sum(1) / (n * (1.5 * eps))
+    assert float(cos.min()) > 1 - 1e-6
+
+
 def test_lp_norms_per_example():
     g = torch.Generator().manual_seed(7)
     d = torch.randn(5, 2, 3, 3, generator=g)

@@ -1,27 +1,24 @@
 """torchrun sharding of certify: the rows of a single-process run, resumable per rank."""
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import pytest
 
 from smoothguard.cli import main
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# --standalone: torchrun's rendezvous store binds port 0 itself and the ranks connect to
+# that store, so no port is chosen here and released for torchrun to grab (which raced)
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+KILL_AFTER_ROWS = Path(__file__).with_name("kill_after_rows.py")
 
 
-def _torchrun(args, out, command="certify"):
+def _torchrun(args, out, command="certify", launcher=("-m", "smoothguard")):
     env = dict(os.environ, SMOOTHGUARD_NO_PROGRESS="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "smoothguard", command, *args, "--out", str(out)]
+    cmd = [*TORCHRUN, *launcher, command, *args, "--out", str(out)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
@@ -50,16 +47,12 @@ def test_killing_a_rank_and_rerunning_resumes_without_duplicates(tmp_path):
     single = tmp_path / "single.tsv"
     assert main(["certify", *args, "--out", str(single)]) == 0
     out = tmp_path / "sharded.tsv"
-    proc = _torchrun(args, out)
+    # rank 1 SIGKILLs itself right after its first row; torchrun then stops rank 0
+    proc = _torchrun(args, out, launcher=(str(KILL_AFTER_ROWS), "1", "1", "--"))
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0, log
     part1 = tmp_path / "sharded.tsv.part1-of-2"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (part1.exists() and len(part1.read_text().splitlines()) >= 2):
-        time.sleep(0.05)
-    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    assert workers, "no worker processes found"
-    os.kill(int(workers[-1]), signal.SIGKILL)  # one rank dies; torchrun stops the other
-    proc.communicate(timeout=120)
-    assert proc.returncode != 0
+    assert len(_rows(part1)) == 1
     assert not out.exists() or len(_rows(out)) < len(_rows(single))
     proc = _torchrun(args, out)
     log = proc.communicate(timeout=300)[0]
@@ -91,8 +84,7 @@ def test_torchrun_training_averages_gradients_like_one_process(tmp_path):
             "--max-train", "202", "--max-test", "50", "--lr", "0.05", "--seed", "5", "--threads", "1"]
     assert main(["train", *args, "--out", str(tmp_path / "single")]) == 0
     env = dict(os.environ, SMOOTHGUARD_NO_PROGRESS="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "smoothguard", "train", *args, "--out", str(tmp_path / "ddp")]
+    cmd = [*TORCHRUN, "-m", "smoothguard", "train", *args, "--out", str(tmp_path / "ddp")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     import torch
@@ -123,8 +115,7 @@ def test_torchrun_training_runs_multi_pass_objectives_under_ddp(tmp_path, object
     args = ["--data", "fashion-mnist", "--arch", "lenet", "--objective", objective, "--epochs", "2", "--batch", "32",
             "--max-train", "96", "--max-test", "20", "--attack-steps", "2", "--seed", "3", "--threads", "1"]
     env = dict(os.environ, SMOOTHGUARD_NO_PROGRESS="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "smoothguard", "train", *args, "--out", str(tmp_path / "ddp")]
+    cmd = [*TORCHRUN, "-m", "smoothguard", "train", *args, "--out", str(tmp_path / "ddp")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     import math

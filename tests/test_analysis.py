@@ -415,7 +415,7 @@ def test_cli_table_csv_and_plot(tmp_path, capsys):
     out_csv = tmp_path / "out" / "table.csv"
     rc = main(["analyze", str(a), str(b), str(tmp_path / "cohen.tsv"), "--radii", "0,0.5",
                "--out-table", str(out_csv), "--sigma", "0.25", "--n", "100000", "--alpha", "0.001",
-               "--lower-bound"])
+               "--lower-bound", "--plot"])
     captured = capsys.readouterr()
     assert rc == 0
     assert captured.out.splitlines()[0].split()[:4] == ["file", "images", "r=0", "r=0.5"]

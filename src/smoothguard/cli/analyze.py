@@ -19,8 +19,8 @@ high-probability lower bound on certified accuracy (Cohen et al., Appendix D, Th
 Reads smoothguard's files (settings from FILE.tsv.json) and Cohen et al.'s original files
 (give --sigma/--n/--alpha for R_max and the lower bound). Radii are l2, in [0,1] pixel
 units. Best value per column: '*' in the terminal table, bold in Markdown/LaTeX, not
-marked in CSV. Writes a certified-accuracy plot (PNG and SVG) next to the first file
-unless --no-plot."""
+marked in CSV. With --plot, also writes a certified-accuracy plot (PNG and SVG): next to
+the first certify file, or at --plot PATH_STEM."""
 
 _SUFFIX_FORMATS = {".md": "markdown", ".markdown": "markdown", ".tex": "latex", ".csv": "csv",
                    ".txt": "table"}
@@ -37,10 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         ".md/.tex/.csv/.txt)")
     p.add_argument("--out-table", default=None, metavar="PATH",
                    help="write the table in --format to PATH (the terminal table is still printed)")
-    p.add_argument("--plot", default=None, metavar="PATH_STEM",
-                   help="write the plot to PATH_STEM.png and PATH_STEM.svg (default: next to the first certify "
-                        "file, e.g. results/certify.tsv -> results/certify_certified_accuracy.png)")
-    p.add_argument("--no-plot", action="store_true", help="do not write a plot")
+    p.add_argument("--plot", nargs="?", const="", default=None, metavar="PATH_STEM",
+                   help="also write the certified-accuracy plot: to PATH_STEM.png and PATH_STEM.svg, or with no "
+                        "value next to the first certify file (results/certify.tsv -> "
+                        "results/certify_certified_accuracy.png). Default: no plot")
+    p.add_argument("--no-plot", action="store_true", help="write no plot even with --plot (the default without "
+                                                          "--plot; kept for older scripts)")
     g = p.add_argument_group("settings for files without a sidecar (a sidecar's values win)")
     g.add_argument("--sigma", type=float, default=None, help="noise level sigma of the run (pixel units)")
     g.add_argument("--n", type=int, default=None, help="number of estimation samples n of the run")
@@ -71,6 +73,11 @@ def _check(args: argparse.Namespace) -> list[float]:
     return radii
 
 
+def _ends_line(text: str) -> str:
+    """``text`` ending in a newline, so the next message (stderr's "wrote ...") starts a line."""
+    return text if text.endswith("\n") else text + "\n"
+
+
 def _default_stem(path: Path) -> Path:
     name = path.name[: -len(".tsv")] if path.name.lower().endswith(".tsv") else path.name
     return path.with_name(name + "_certified_accuracy")
@@ -89,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                               if args.out_table else "table")
         text = format_sandwich(read_runs(sandwich), "csv" if fmt == "csv" else
                                "markdown" if fmt == "markdown" else "table")
-        print(text, end="")
+        print(_ends_line(text), end="")
         args.files = [p for p in args.files if p not in sandwich]
         if not args.files:
             if args.out_table is not None:
@@ -115,12 +122,12 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out_table)
         fmt = fmt or _SUFFIX_FORMATS.get(out.suffix.lower(), "table")
         write_text_atomic(out, table.render(fmt), "--out-table")
-        print(table.render("table"), end="")
+        print(_ends_line(table.render("table")), end="", flush=True)
         print(f"wrote {out} ({fmt})", file=sys.stderr)
     else:
-        print(table.render(fmt or "table"), end="")
+        print(_ends_line(table.render(fmt or "table")), end="", flush=True)
 
-    if not args.no_plot:
+    if args.plot is not None and not args.no_plot:
         certify = [r for r in results if r.kind == "certify"]
         if not certify:
             print("note: no certify file among the inputs: no certified-accuracy plot", file=sys.stderr)
@@ -128,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             from smoothguard.evaluation.plots import plot_certified_accuracy
 
             labels = [row.label for row, r in zip(table.rows, results) if r.kind == "certify"]
-            stem = Path(args.plot) if args.plot else _default_stem(Path(certify[0].path))
+            stem = Path(args.plot) if args.plot else _default_stem(Path(certify[0].path))  # --plot alone: beside
             paths = plot_certified_accuracy(certify, labels, stem)
             print("wrote " + " and ".join(str(p) for p in paths), file=sys.stderr)
     return 0

@@ -122,4 +122,12 @@ def fit_in_out_dir(trainer: Trainer, train, test, args: argparse.Namespace) -> N
             print(f"resuming from {out / CHECKPOINT_NAME} after epoch {trainer.start_epoch}")
     elif (out / CHECKPOINT_NAME).exists():
         raise ValueError(f"{out / CHECKPOINT_NAME} exists: pass --resume to continue it, or choose another --out")
-    trainer.fit(train, test, out)
+    try:
+        trainer.fit(train, test, out)
+    except KeyboardInterrupt:
+        # the message main() prints: what a rerun does here (a rerun without --resume is refused)
+        if (out / CHECKPOINT_NAME).exists():
+            raise KeyboardInterrupt(f"{out / CHECKPOINT_NAME} holds the last finished epoch; rerun the same "
+                                    "command with --resume to continue from it") from None
+        raise KeyboardInterrupt("no epoch finished and no checkpoint was written; rerun the same command to "
+                                "start again") from None

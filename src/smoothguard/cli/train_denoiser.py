@@ -58,6 +58,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        lr_help="initial learning rate (paper: Adam 1e-3 from scratch; 1e-5 fine-tuning on ImageNet)")
 
 
+class _DenoiserBar(_Bar):
+    """The epoch log of a denoiser: loss, test MSE/PSNR on noisy images, and accuracies of
+    f(D(x)) only when a classifier is there to measure them (MSE training has none)."""
+
+    def on_step(self, epoch: int, step: int, loss: float, acc: float) -> None:
+        self.bar.update(1)
+        if step % 20 == 0:
+            post = {"loss": f"{loss:.4g}"}
+            if acc == acc:  # not NaN: the objective returned logits
+                post["acc"] = f"{acc:.3f}"
+            self.bar.set_postfix(**post)
+
+    def on_epoch_end(self, epoch: int, row: dict) -> None:
+        self.bar.close()
+        fmt = {"train_loss": ".5f", "test_mse": ".5f", "test_psnr": ".2f", "train_acc": ".4f", "test_acc": ".4f",
+               "noisy_test_acc": ".4f", "seconds": ".1f"}
+        print(f"epoch {row['epoch']}: lr {row['lr']:.4g} " + " ".join(
+            f"{k} {row[k]:{f}}" + (" dB" if k == "test_psnr" else "") for k, f in fmt.items() if k in row),
+            flush=True)
+
+
 def _load_classifier(path: str, device, info, role: str):
     model, meta = load_checkpoint(path, device)
     if meta.get("kind", "classifier") != "classifier":
@@ -129,11 +150,16 @@ def run(args: argparse.Namespace) -> int:
     }
     world = getattr(args, "world", None)  # torchrun: the minibatches are split across the ranks
     rank0 = world is None or world.rank == 0
-    trainer = Trainer(denoiser, objective, config, meta=meta, callback=_Bar() if rank0 else None, world=world)
+    trainer = Trainer(denoiser, objective, config, meta=meta, callback=_DenoiserBar() if rank0 else None, world=world)
     fit_in_out_dir(trainer, train, test, args)
     objective.assert_frozen()
     out = Path(args.out)
-    what = f"{len(classifiers)} surrogate classifiers" if surrogate_paths else (
-        "the classifier" if classifiers else "no classifier")
-    print(f"wrote {out / MODEL_NAME} and {out / LOG_NAME} ({what}: weights verified unchanged)")
+    if surrogate_paths:
+        what = f" (the {len(classifiers)} surrogate classifiers' weights verified unchanged)"
+    elif classifiers:
+        what = " (the classifier's weights verified unchanged)"
+    else:
+        what = ""
+    if rank0:
+        print(f"wrote {out / MODEL_NAME} and {out / LOG_NAME}{what}")
     return 0

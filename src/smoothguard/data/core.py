@@ -98,12 +98,16 @@ class DatasetInfo:
         }
 
 
-@dataclass
-class Dataset:
+@dataclass(repr=False, eq=False)
+class Dataset(torch.utils.data.Dataset):
     """Images float32 (N, C, H, W) in [0, 1], labels int64 (N,), and the original indices.
 
     ``indices[i]`` is the position of example i in the full split, so result files can
     name examples by their index in the published dataset even after subset selection.
+
+    A ``torch.utils.data.Dataset``: ``len(ds)``, ``ds[i] -> (image (C, H, W), label)``, so
+    ``DataLoader(ds, batch_size=128)`` works; the whole split is also at hand as
+    ``ds.images`` / ``ds.labels``.
     """
 
     images: torch.Tensor
@@ -117,6 +121,24 @@ class Dataset:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Example ``i`` (a position in this dataset, negative counts from the end) as
+        ``(image (C, H, W) float32 in [0, 1], label int64 scalar)``."""
+        if isinstance(i, torch.Tensor) and i.numel() == 1 and not i.is_floating_point():
+            i = int(i.item())
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"Dataset index must be an integer position; got {type(i).__name__} {i!r} "
+                            "(for a selection use ds.subset(skip=, max_count=) or ds.images[...])")
+        n = len(self)
+        if not -n <= int(i) < n:
+            raise IndexError(f"Dataset index {int(i)} out of range for {n} examples")
+        return self.images[int(i)], self.labels[int(i)]
+
+    def __repr__(self) -> str:
+        c, h, w = self.info.input_shape
+        return (f"Dataset({self.info.name!r}, {len(self)} images {c}x{h}x{w} in [0, 1], "
+                f"{self.info.num_classes} classes)")
 
     def subset(self, skip: int = 1, max_count: int = -1, start: int = 0) -> "Dataset":
         """Every ``skip``-th example from ``start``, at most ``max_count`` of them (-1: all)."""

@@ -98,9 +98,13 @@ def get_denoiser(name: str, in_shape: Sequence[int], **options) -> nn.Module:
     if len(in_shape) != 3:
         raise ValueError(f"in_shape must be (C, H, W), got {in_shape}")
     try:
-        return _DENOISERS[name](in_shape, **options)
+        den = _DENOISERS[name](in_shape, **options)
     except TypeError as exc:
         raise ValueError(f"denoiser {name!r} does not take options {sorted(options)} ({exc})") from exc
+    # the checkpoint metadata that rebuilds it (Trainer writes it; no meta= needed)
+    den.in_shape = in_shape
+    den.build_meta = {"kind": "denoiser", "arch": name, "in_shape": list(in_shape), "model_options": dict(options)}
+    return den
 
 
 def _build_denoiser(meta: dict) -> nn.Module:

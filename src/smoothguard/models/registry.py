@@ -56,4 +56,9 @@ def get_model(
     model = nn.Sequential(Normalize(mean, std), net)
     # what the contract checks inputs against (plain attributes: not in the state dict)
     model.in_shape, model.num_classes = in_shape, int(num_classes)
+    # what load_checkpoint needs to rebuild it with no user code: Trainer and import-model
+    # write it into the checkpoint, so a model from get_model needs no hand-written meta=
+    model.build_meta = {"kind": "classifier", "arch": name, "num_classes": int(num_classes),
+                        "in_shape": list(in_shape), "mean": [float(v) for v in mean],
+                        "std": [float(v) for v in std], "model_options": dict(options)}
     return model

@@ -119,6 +119,28 @@ def evaluate_accuracy(
     return total_loss / n, correct / n
 
 
+@torch.no_grad()
+def evaluate_denoiser(
+    model: nn.Module, data: Dataset, noise_sd: float, batch_size: int = 1000, seed: int = 0,
+) -> tuple[float, float]:
+    """(MSE, PSNR in dB) of a denoiser on noisy test images: mean over pixels of
+    (D(x + d) - x)^2, d ~ N(0, noise_sd^2 I), and 10 log10(1 / MSE) for [0, 1] pixels (the
+    noisy input itself has MSE noise_sd^2, e.g. 12.0 dB at noise_sd 0.25)."""
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    gen = make_generator(seed, device)
+    total, count = 0.0, 0
+    for start in range(0, len(data), batch_size):
+        x = data.images[start:start + batch_size].to(device)
+        out = model(x + noise_sd * torch.randn(x.shape, generator=gen, device=device))
+        total += float(((out - x) ** 2).sum())
+        count += x.numel()
+    model.train(was_training)
+    mse = total / max(count, 1)
+    return mse, (10 * math.log10(1 / mse) if mse > 0 else float("inf"))
+
+
 class ObjectiveStep(nn.Module):
     """One training step's loss as the forward of a module: ``objective(model, x, y, ctx)``.
 
@@ -167,7 +189,9 @@ class Trainer:
         self.world = world or World()
         self.objective = objective
         self.config = config
-        self.meta = dict(meta or {})
+        # a model from get_model / get_denoiser carries the metadata that rebuilds it
+        # (``model.build_meta``); an explicit ``meta`` adds to it and wins on conflicts
+        self.meta = {**dict(getattr(model, "build_meta", None) or {}), **dict(meta or {})}
         self.callback = callback
         self.optimizer = _make_optimizer(model, config)
         self.scheduler = _make_scheduler(self.optimizer, config)
@@ -189,6 +213,21 @@ class Trainer:
             meta["epochs_trained"] = last["epoch"]
         meta["train_seconds"] = round(self.elapsed, 3)
         return meta
+
+    def _check_meta_for_checkpoints(self) -> None:
+        """Checkpoints must rebuild the model with no user code: refuse before training when
+        the metadata for that is missing (a model not built by get_model/get_denoiser)."""
+        from smoothguard.models.checkpoint import REQUIRED_META
+
+        kind = self.meta.get("kind", "classifier")
+        need = REQUIRED_META if kind == "classifier" else ("arch", "in_shape")
+        missing = [k for k in need if k not in self.meta]
+        if missing:
+            raise CheckpointError(
+                f"Trainer cannot write checkpoints for this {type(self.model).__name__}: its metadata lacks "
+                f"{', '.join(missing)}. Models from get_model()/get_denoiser() carry it (model.build_meta); for "
+                "another nn.Module pass Trainer(..., meta={...}) with arch, num_classes, in_shape, mean, std "
+                "(README: 'Your own model'), or call fit(train, test) without out_dir to write no files")
 
     def _train_state(self) -> dict[str, Any]:
         return {
@@ -241,6 +280,7 @@ class Trainer:
         cfg = self.config
         out = Path(out_dir) if out_dir is not None else None
         if out is not None:
+            self._check_meta_for_checkpoints()  # before epoch 1, not after it
             out.mkdir(parents=True, exist_ok=True)
         device = model_device(self.model)
         n = len(train)
@@ -260,7 +300,7 @@ class Trainer:
             noise_gen = make_generator(derive_seed(cfg.seed, "noise", epoch, *(
                 [world.rank] if world.distributed else [])), device)
             lr = self.optimizer.param_groups[0]["lr"]
-            sums: dict[str, float] = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+            sums: dict[str, float] = {"loss": 0.0, "correct": 0.0, "count": 0.0, "acc_count": 0.0}
             extra: dict[str, float] = {}
             if self.callback:
                 self.callback.on_epoch_start(epoch, steps)
@@ -293,6 +333,7 @@ class Trainer:
                 if out_step.logits is not None:
                     corr = float((out_step.logits.detach().argmax(1) == y).sum())
                     sums["correct"] += corr
+                    sums["acc_count"] += bs
                     acc_v = corr / bs
                 for k, v in out_step.stats.items():
                     extra[k] = extra.get(k, 0.0) + float(v) * bs
@@ -306,8 +347,9 @@ class Trainer:
                 "epoch": epoch + 1,
                 "lr": lr,
                 "train_loss": sums["loss"] / sums["count"],
-                "train_acc": sums["correct"] / sums["count"],
             }
+            if sums.get("acc_count", 0.0) > 0:  # objectives without logits (denoiser MSE) have no accuracy
+                row["train_acc"] = sums["correct"] / sums["acc_count"]
             row.update({k: v / sums["count"] for k, v in extra.items()})
             eval_model = self.objective.eval_model(self.model)  # a denoiser is evaluated as f(D(x))
             if test is not None and len(test) and eval_model is not None and world.rank == 0:
@@ -316,6 +358,10 @@ class Trainer:
                     row["noise_sd"] = eval_sd
                     row["noisy_test_loss"], row["noisy_test_acc"] = evaluate_accuracy(
                         eval_model, test, eval_sd, cfg.eval_batch_size, seed=derive_seed(cfg.seed, "eval"))
+            if test is not None and len(test) and self.meta.get("kind") == "denoiser" and world.rank == 0 \
+                    and eval_sd > 0:
+                row["test_mse"], row["test_psnr"] = evaluate_denoiser(
+                    self.model, test, eval_sd, cfg.eval_batch_size, seed=derive_seed(cfg.seed, "eval"))
             seconds = time.perf_counter() - t0
             row["seconds"] = seconds
             if world.distributed:  # every rank keeps rank 0's row (its test metrics and time)

@@ -26,6 +26,7 @@ COMMANDS = [
     ("report", "smoothguard.cli.report"),
     ("run", "smoothguard.cli.run"),
     ("info", "smoothguard.cli.info"),
+    ("import-model", "smoothguard.cli.import_model"),
     ("serve", "smoothguard.cli.serve"),
 ]
 
@@ -90,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         print(f"smoothguard {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"smoothguard {args.command}: interrupted (results written so far are kept; rerun to resume)",
+    except KeyboardInterrupt as exc:  # a command may say what a rerun does (train: --resume)
+        print(f"smoothguard {args.command}: interrupted ({exc or 'results written so far are kept; rerun to resume'})",
               file=sys.stderr)
         return 130
     finally:

@@ -14,16 +14,17 @@ from typing import Any, Callable, Sequence
 import torch
 
 from smoothguard.contract import ContractError, check_alpha, check_int, check_model_data, check_sigma
-from smoothguard.cli.common import add_data_arguments, load_data, load_model_arg, progress, validate_selection
+from smoothguard.cli.common import (add_data_arguments, add_model_factory_arguments, load_data, load_model_arg,
+                                    progress, validate_selection)
 from smoothguard.distributed import World, barrier
 from smoothguard.evaluation.resultfile import ResultWriter, format_value, merge_parts, read_complete_rows
-from smoothguard.models.checkpoint import default_model_path
 from smoothguard.smoothing import NOISE_BLOCK, SmoothedClassifier
 from smoothguard.utils import model_device
 
 
 def add_smoothing_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="checkpoint (default: the embedded Fashion-MNIST LeNet, sigma 0.25)")
+    add_model_factory_arguments(p)
     add_data_arguments(p, default="demo")
     p.add_argument("--sigma", type=float, default=None,
                    help="noise sd in [0,1] pixel units. Default: the noise_sd the checkpoint (or, with --denoiser, "
@@ -108,7 +109,7 @@ def build_smoothed(args: argparse.Namespace) -> tuple[SmoothedClassifier, dict[s
         data = load_data(args)
         model, meta, extra = api_classifier(args, data.info)
     else:
-        model, meta = load_model_arg(args.model, args.device)
+        model, meta = load_model_arg(args.model, args.device, args.model_factory, args.weights)
         data = load_data(args)
         extra = {}
     check_model_data(meta["num_classes"], meta.get("in_shape"), data.info.num_classes, data.info.input_shape,
@@ -139,10 +140,12 @@ def build_smoothed(args: argparse.Namespace) -> tuple[SmoothedClassifier, dict[s
     smoothed = SmoothedClassifier(model, meta["num_classes"], args.sigma, precision=args.precision,
                                   jit=_use_jit(args, model) if is_module else False, workers=workers,
                                   device=None if is_module else args.device, in_shape=data.info.input_shape)
-    model_path = Path(args.model) if args.model else default_model_path()
+    from smoothguard.cli.attack import model_settings
+
+    model_name, model_sha = model_settings(args.model, args.model_factory, args.weights)
     settings = {
-        "model": str(model_path.resolve()) if args.model else "embedded:" + model_path.name,
-        "model_sha256": None if extra.get("api") else file_sha256(model_path),
+        "model": model_name,
+        "model_sha256": None if extra.get("api") else model_sha,
         "model_arch": meta.get("arch"),
         "model_noise_sd": meta.get("noise_sd"),
         "data": args.data, "root": args.root, "split": args.split, "skip": args.skip, "max": args.max,

@@ -10,7 +10,8 @@ from pathlib import Path
 
 
 from smoothguard.contract import write_text_atomic
-from smoothguard.cli.common import (add_channels_last_argument, add_data_arguments, prepare_for_speed, load_data,
+from smoothguard.cli.common import (add_channels_last_argument, add_data_arguments, add_model_factory_arguments,
+                                    prepare_for_speed, load_data,
                                     load_model_arg, validate_selection)
 
 HELP = "attack a model (PGD, APGD, C&W, Square, ...): per-image adversarial rows and robust accuracy"
@@ -36,6 +37,7 @@ KEY_SETTINGS = ["model_sha256", "target_sha256", "data", "root", "split", "skip"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="checkpoint to attack (default: the embedded Fashion-MNIST LeNet)")
+    add_model_factory_arguments(p)
     add_data_arguments(p, default="demo")
     g = p.add_argument_group("attack")
     g.add_argument("--attack", default="pgd", help=f"one of: {', '.join(ATTACK_NAMES)}")
@@ -137,10 +139,15 @@ def build_attack(name: str, model, norm: str, eps: float | None, *, steps: int |
     raise ValueError(f"--attack must be one of {', '.join(ATTACK_NAMES)}; got {name!r}")
 
 
-def model_settings(path: str | None) -> tuple[str, str]:
+def model_settings(path: str | None, factory: str | None = None, weights: str | None = None) -> tuple[str, str | None]:
+    """(name, sha256) recorded for the model (and compared on resume): the checkpoint file,
+    or the factory reference and its weights file (no weights: no hash to compare)."""
     from smoothguard.cli._smoothing_run import file_sha256
     from smoothguard.models.checkpoint import default_model_path
 
+    if factory is not None:
+        name = f"factory:{factory}" + (f" weights:{Path(weights).resolve()}" if weights else "")
+        return name, file_sha256(weights) if weights else None
     p = Path(path) if path else default_model_path()
     return (str(p.resolve()) if path else "embedded:" + p.name), file_sha256(p)
 
@@ -192,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     from smoothguard.cli._smoothing_run import run_rows
 
     validate(args)
-    model, meta = load_model_arg(args.model, args.device)
+    model, meta = load_model_arg(args.model, args.device, args.model_factory, args.weights)
     model = prepare_for_speed(model, args)
     data = load_data(args)
     check_shape(meta, data, "--model")
@@ -206,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     if target is not None:
         atk = TransferAttack(atk, target)
 
-    model_name, model_sha = model_settings(args.model)
+    model_name, model_sha = model_settings(args.model, args.model_factory, args.weights)
     target_name, target_sha = model_settings(args.target_model) if args.target_model else (None, None)
     settings = {
         "command": "smoothguard " + " ".join(getattr(args, "argv", [])),

@@ -66,13 +66,34 @@ def load_data(args: argparse.Namespace, split: str | None = None, select: bool =
     return ds
 
 
-def load_model_arg(path: str | None, device: torch.device):
-    """Load ``--model`` (default: the embedded model)."""
-    from smoothguard.models import load_checkpoint, load_default_model
+def add_model_factory_arguments(p: argparse.ArgumentParser) -> None:
+    """``--model-factory`` / ``--weights`` beside a command's ``--model`` (read by load_model_arg)."""
+    p.add_argument("--model-factory", default=None, metavar="MODULE:CALLABLE",
+                   help="instead of --model: your architecture, built by MODULE:CALLABLE (or path/to/file.py:CALLABLE; "
+                        "your code is imported and called with no arguments; its model takes [0, 1] images)")
+    p.add_argument("--weights", default=None,
+                   help="with --model-factory: a state dict of its model, or a checkpoint written by "
+                        "`smoothguard import-model --factory`")
 
+
+def load_model_arg(path: str | None, device: torch.device, factory: str | None = None,
+                   weights: str | None = None):
+    """Load ``--model`` (default: the embedded model), or the model of ``--model-factory``
+    (with ``--weights``): the one loader every command's ``--model`` goes through."""
+    from smoothguard.models import load_checkpoint, load_default_model
+    from smoothguard.models.checkpoint import CheckpointError, read_checkpoint
+
+    if factory is not None:
+        if path is not None:
+            raise CheckpointError("give --model CHECKPOINT or --model-factory MODULE:CALLABLE, not both")
+        from smoothguard.models.foreign import load_factory_model
+
+        return load_factory_model(factory, weights, device)
+    if weights is not None:
+        raise CheckpointError("--weights goes with --model-factory; a smoothguard checkpoint is --model FILE (import "
+                              "other weights with `smoothguard import-model`)")
     if path is None:
         return load_default_model(device)
-    from smoothguard.models.checkpoint import CheckpointError, read_checkpoint
 
     if str(path) == "":
         raise CheckpointError("--model is empty; give a checkpoint path or leave the option out (embedded model)")

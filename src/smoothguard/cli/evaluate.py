@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from smoothguard.contract import write_text_atomic
-from smoothguard.cli.common import (add_channels_last_argument, add_data_arguments, prepare_for_speed, load_data,
+from smoothguard.cli.common import (add_channels_last_argument, add_data_arguments, add_model_factory_arguments,
+                                    prepare_for_speed, load_data,
                                     load_model_arg, parse_floats, progress)
 
 HELP = "evaluate robustness: a cascade of attacks (FGSM, PGD, APGD, Square, transfer) -> worst-case table + plots"
@@ -35,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from smoothguard.evaluation.robustness import CASCADE_ATTACKS, DEFAULT_CASCADE
 
     p.add_argument("--model", default=None, help="checkpoint (default: the embedded Fashion-MNIST LeNet)")
+    add_model_factory_arguments(p)
     add_data_arguments(p, default="demo")
     g = p.add_argument_group("threat model and attacks")
     g.add_argument("--norm", default="linf", help="linf or l2")
@@ -174,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
 
     validate(args)
     t_all = time.perf_counter()
-    model, meta = load_model_arg(args.model, args.device)
+    model, meta = load_model_arg(args.model, args.device, args.model_factory, args.weights)
     model = prepare_for_speed(model, args)
     data = load_data(args)
     check_shape(meta, data, "--model")
@@ -186,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         sources.append((Path(s).name, sm))
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_name, model_sha = model_settings(args.model)
+    model_name, model_sha = model_settings(args.model, args.model_factory, args.weights)
 
     rows = build_cascade(model, args.norm, args.eps, attacks=args.attack_list, steps=args.steps,
                          restarts=args.restarts, step_size=args.step_size, apgd_steps=args.apgd_steps,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 HELP = "serve a checkpoint as a label-only HTTP API on 127.0.0.1 (for certify --api)"
 DESCRIPTION = (
@@ -18,6 +17,9 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="classifier checkpoint (default: the embedded model)")
+    from smoothguard.cli.common import add_model_factory_arguments
+
+    add_model_factory_arguments(p)
     p.add_argument("--denoiser", default=None, help="denoiser checkpoint: serve the labels of model(denoiser(x))")
     p.add_argument("--port", type=int, default=8000, help="TCP port on 127.0.0.1 (0: any free port)")
     p.add_argument("--max-request-mb", type=float, default=64.0, help="largest request body accepted (MiB); larger: 413")
@@ -31,10 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from smoothguard.cli._smoothing_run import file_sha256
     from smoothguard.cli.common import load_model_arg
     from smoothguard.contract import check_int, check_output_path, check_positive, write_text_atomic
-    from smoothguard.models.checkpoint import default_model_path
     from smoothguard.models.remote import make_server, model_labels
 
     check_int("--port (0: any free port)", args.port, 0, 65535)
@@ -42,12 +42,14 @@ def run(args: argparse.Namespace) -> int:
     check_positive("--request-timeout (seconds)", args.request_timeout)
     if args.ready_file:
         check_output_path(args.ready_file, "--ready-file")
-    model, meta = load_model_arg(args.model, args.device)
+    model, meta = load_model_arg(args.model, args.device, args.model_factory, args.weights)
     if meta.get("kind", "classifier") != "classifier":
         raise ValueError(f"--model {args.model} is a {meta.get('kind')!r} checkpoint; serve needs a classifier")
-    model_path = Path(args.model) if args.model else default_model_path()
-    info = {"model": str(model_path.resolve()) if args.model else "embedded:" + model_path.name,
-            "model_sha256": file_sha256(model_path), "arch": meta.get("arch"), "dataset": meta.get("dataset"),
+    from smoothguard.cli.attack import model_settings
+
+    model_name, model_sha = model_settings(args.model, args.model_factory, args.weights)
+    info = {"model": model_name,
+            "model_sha256": model_sha, "arch": meta.get("arch"), "dataset": meta.get("dataset"),
             "denoiser": None, "denoiser_sha256": None}
     if args.denoiser:
         from smoothguard.cli._denoised import load_denoiser_arg

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from smoothguard.contract import write_text_atomic
-from smoothguard.cli.common import add_data_arguments, load_data, load_model_arg, parse_floats
+from smoothguard.cli.common import (add_data_arguments, add_model_factory_arguments, load_data, load_model_arg,
+                                    parse_floats)
 
 HELP = "smoothed inference as a defense: accuracy vs sigma, m and vote method under PGD, EPGD, transfer, NAttack"
 DESCRIPTION = (
@@ -44,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from smoothguard.smoothing.inference import VOTE_METHODS
 
     p.add_argument("--model", default=None, help="checkpoint (default: the embedded Fashion-MNIST LeNet, sigma 0.25)")
+    add_model_factory_arguments(p)
     add_data_arguments(p, default="demo")
     g = p.add_argument_group("grid")
     g.add_argument("--sigmas", default=DEFAULTS["sigmas"],
@@ -264,13 +266,13 @@ def run(args: argparse.Namespace) -> int:
     grid = validate(args)
     t_all = time.perf_counter()
     torch.manual_seed(args.seed)  # the global generator feeds noise-injection layers (PNI / CNI)
-    base, meta = load_model_arg(args.model, args.device)
+    base, meta = load_model_arg(args.model, args.device, args.model_factory, args.weights)
     base.eval()
     data = load_data(args)
     check_shape(meta, data, "--model")
     out_dir = Path(args.out_dir)
     args.out = args.out or str(out_dir / "smooth_eval.tsv")
-    model_name, model_sha = model_settings(args.model)
+    model_name, model_sha = model_settings(args.model, args.model_factory, args.weights)
     settings = {
         "command": "smoothguard " + " ".join(getattr(args, "argv", [])),
         "model": model_name, "model_sha256": model_sha, "model_arch": meta.get("arch"),

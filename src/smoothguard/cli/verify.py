@@ -17,13 +17,17 @@ DESCRIPTION = (
     "with the same --out resumes; under torchrun each rank verifies its share."
 )
 COLUMNS = ["idx", "label", "clean_pred", "verified", "margin_lb", "time"]
+# as a step of ``smoothguard run`` (cli/experiment.py): where the step writes
+RUN_OUTPUTS = {"out": "{step_dir}/verify.tsv"}
+RUN_PRIMARY = "verify.tsv"
 KEY_SETTINGS = ["model_sha256", "data", "root", "split", "skip", "norm", "eps", "method"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from smoothguard.cli.common import add_data_arguments
+    from smoothguard.cli.common import add_data_arguments, add_model_factory_arguments
 
     p.add_argument("--model", default=None, help="checkpoint to verify (default: the embedded Fashion-MNIST LeNet)")
+    add_model_factory_arguments(p)
     add_data_arguments(p, default="demo")
     g = p.add_argument_group("verification")
     g.add_argument("--norm", default="linf", help="threat model: linf or l2")
@@ -76,13 +80,13 @@ def run(args: argparse.Namespace) -> int:
     from smoothguard.verification import MAX_FLOATS, to_ops, verify
 
     validate(args)
-    model, meta = load_model_arg(args.model, args.device)
+    model, meta = load_model_arg(args.model, args.device, args.model_factory, args.weights)
     model.eval()
     data = load_data(args)
     check_shape(meta, data, "--model")
     to_ops(model, tuple(data.info.input_shape))  # an unsupported layer fails before any row
     max_floats = args.max_floats or MAX_FLOATS
-    model_name, model_sha = model_settings(args.model)
+    model_name, model_sha = model_settings(args.model, args.model_factory, args.weights)
     settings = {
         "command": "smoothguard " + " ".join(getattr(args, "argv", [])),
         "model": model_name, "model_sha256": model_sha, "data": args.data, "root": args.root, "split": args.split,

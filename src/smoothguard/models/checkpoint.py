@@ -41,6 +41,10 @@ class CheckpointError(ContractError):
 
 
 def _build_classifier(meta: dict) -> nn.Module:
+    if meta.get("arch") == "factory":  # import-model --factory: the file holds weights and a reference, no code
+        raise CheckpointError(f"its model was built by your factory {meta.get('factory')!r}, not a registry "
+                              f"architecture; load it with --model-factory {meta.get('factory')} --weights FILE "
+                              "(Python: smoothguard.models.foreign.load_factory_model(factory, FILE))")
     return get_model(meta["arch"], meta["num_classes"], meta["in_shape"], meta["mean"], meta["std"],
                      **meta.get("model_options", {}))
 
@@ -101,7 +105,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - zip errors, truncated files, ...
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a smoothguard checkpoint (expected format {FORMAT!r})")
+        raise CheckpointError(f"{path} is not a smoothguard checkpoint (expected format {FORMAT!r}); weights trained "
+                              "elsewhere (a state dict, Cohen et al.'s checkpoint) become one with `smoothguard "
+                              "import-model` (README: 'Your own model')")
     try:
         payload["meta"] = json.loads(payload["meta_json"])
     except (KeyError, TypeError, json.JSONDecodeError) as exc:

@@ -18,7 +18,7 @@ _KEYWORD = {"smoothadv_attack": "attack"}
 # objective -> the flags (argparse dests) it takes
 OBJECTIVE_FLAGS: dict[str, tuple[str, ...]] = {
     "standard": (),
-    "gaussian": ("noise_sd",),
+    "gaussian": ("noise_sd", "noise"),
     "pgd_at": ("eps", "norm", "attack_steps", "step_size", "adv_weight", "no_random_start"),
     "fast_at": ("eps", "norm", "step_size", "adv_weight"),
     "trades": ("beta", "eps", "norm", "attack_steps", "step_size"),

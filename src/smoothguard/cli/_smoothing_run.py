@@ -18,6 +18,7 @@ from smoothguard.cli.common import (add_data_arguments, add_model_factory_argume
                                     progress, validate_selection)
 from smoothguard.distributed import World, barrier
 from smoothguard.evaluation.resultfile import ResultWriter, format_value, merge_parts, read_complete_rows
+from smoothguard.noise import NOISES
 from smoothguard.smoothing import NOISE_BLOCK, SmoothedClassifier
 from smoothguard.utils import model_device
 
@@ -29,6 +30,9 @@ def add_smoothing_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sigma", type=float, default=None,
                    help="noise sd in [0,1] pixel units. Default: the noise_sd the checkpoint (or, with --denoiser, "
                         "the denoiser) was trained at, else 0.25; a different explicit value is allowed and noted")
+    p.add_argument("--noise", default=None, choices=sorted(NOISES),
+                   help="noise distribution with sd --sigma: gaussian certifies l2 radii, uniform and laplace l1 "
+                        "radii (smoothguard.noise). Default: the noise the model was trained with, else gaussian")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
     p.add_argument("--batch", type=int, default=400,
                    help="noisy images per forward pass (results do not depend on it for batches >= 100; on CPUs "
@@ -129,6 +133,14 @@ def build_smoothed(args: argparse.Namespace) -> tuple[SmoothedClassifier, dict[s
         extra.update(den_settings)
         trained_sd, sd_source = den_settings.get("denoiser_noise_sd"), "the denoiser"
     args.sigma, sigma_source = resolve_sigma(args, trained_sd, sd_source)
+    trained_noise = meta.get("noise", "gaussian") if not getattr(args, "denoiser", None) else "gaussian"
+    noise = getattr(args, "noise", None) or trained_noise
+    if noise != trained_noise:
+        print(f"{getattr(args, 'command', 'certify')}: note: --noise {noise} differs from the {trained_noise} noise "
+              "the model was trained with (allowed; recorded in the result sidecar)", file=sys.stderr)
+    if noise != "gaussian" and (getattr(args, "radii", None) or getattr(args, "budget", None) is not None):
+        raise ContractError(f"--noise {noise}: adaptive certification (--radii, --budget) supports gaussian noise "
+                            "only; use fixed-n certify (--n) for l1 certificates")
     workers = getattr(args, "workers", None)
     total = torch.get_num_threads()  # --threads, applied already
     if workers is None:  # the pipeline measured 1.2-1.9x faster on 2 CPU threads (BENCHMARKS.md)
@@ -139,7 +151,8 @@ def build_smoothed(args: argparse.Namespace) -> tuple[SmoothedClassifier, dict[s
     is_module = isinstance(model, torch.nn.Module)
     smoothed = SmoothedClassifier(model, meta["num_classes"], args.sigma, precision=args.precision,
                                   jit=_use_jit(args, model) if is_module else False, workers=workers,
-                                  device=None if is_module else args.device, in_shape=data.info.input_shape)
+                                  device=None if is_module else args.device, in_shape=data.info.input_shape,
+                                  noise=noise)
     from smoothguard.cli.attack import model_settings
 
     model_name, model_sha = model_settings(args.model, args.model_factory, args.weights)
@@ -149,7 +162,8 @@ def build_smoothed(args: argparse.Namespace) -> tuple[SmoothedClassifier, dict[s
         "model_arch": meta.get("arch"),
         "model_noise_sd": meta.get("noise_sd"),
         "data": args.data, "root": args.root, "split": args.split, "skip": args.skip, "max": args.max,
-        "sigma": args.sigma, "sigma_source": sigma_source, "alpha": args.alpha, "seed": args.seed, "precision": args.precision,
+        "sigma": args.sigma, "sigma_source": sigma_source, "noise": noise, "norm": smoothed.noise.norm,
+        "alpha": args.alpha, "seed": args.seed, "precision": args.precision,
         "batch": args.batch, "noise_block": min(NOISE_BLOCK, args.batch), "denoiser": None,
         "device": str(args.device),
     }
@@ -161,7 +175,7 @@ def build_smoothed(args: argparse.Namespace) -> tuple[SmoothedClassifier, dict[s
 # per image, so many images must share the forward batches (rows are flushed per group)
 ADAPTIVE_GROUP = 64
 
-KEY_SETTINGS = ["model_sha256", "data", "root", "split", "skip", "sigma", "alpha", "seed", "precision",
+KEY_SETTINGS = ["model_sha256", "data", "root", "split", "skip", "sigma", "noise", "alpha", "seed", "precision",
                 "noise_block", "denoiser", "denoiser_sha256"]
 
 

@@ -12,14 +12,14 @@ from smoothguard.cli._smoothing_run import (
     run_rows,
 )
 from smoothguard.contract import ContractError, check_int
-from smoothguard.smoothing import r_max
 
 DEFAULT_N = 100_000
 
-HELP = "certify the smoothed classifier (Cohen et al. CERTIFY): l2 radius per image, TSV rows"
+HELP = "certify the smoothed classifier (Cohen et al. CERTIFY): certified radius per image, TSV rows"
 DESCRIPTION = (
-    "For each selected image: predicted class of the smoothed classifier and a certified l2 radius "
-    "(pixel units), valid with probability >= 1 - alpha. Rows: idx label predict radius correct time "
+    "For each selected image: predicted class of the smoothed classifier and a certified radius "
+    "(pixel units; l2 for --noise gaussian, l1 for uniform and laplace: the sidecar's 'norm'), valid with "
+    "probability >= 1 - alpha. Rows: idx label predict radius correct time "
     "(Cohen et al.'s format; predict -1 = abstain). With --out, rows are flushed one by one and "
     "rerunning resumes after the last complete row."
 )
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_adaptive(args)
     args.n = DEFAULT_N if args.n is None else check_int("--n", args.n, minimum=1)
     smoothed, settings, data = build_smoothed(args)
-    settings.update(n0=args.n0, n=args.n, r_max=r_max(args.sigma, args.n, args.alpha))
+    settings.update(n0=args.n0, n=args.n, r_max=smoothed.noise.r_max(args.n, args.alpha))
     from smoothguard.smoothing import image_seed
 
     def compute(x, y, idx):

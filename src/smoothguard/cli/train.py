@@ -11,6 +11,7 @@ import torch
 from smoothguard.cli._objective_args import add_objective_arguments, objective_kwargs
 from smoothguard.cli.common import add_data_arguments, load_data, progress
 from smoothguard.models import MODELS, get_model
+from smoothguard.noise import NOISES
 from smoothguard.training import OBJECTIVES, TrainConfig, Trainer, get_objective
 from smoothguard.training.objectives import DENOISER_OBJECTIVES
 from smoothguard.training.trainer import CHECKPOINT_NAME, MODEL_NAME, LOG_NAME
@@ -31,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--noise-sd", type=float, default=None,
                    help="Gaussian noise sd in pixel units, = the certification sigma (gaussian, smoothadv, "
                         "stability, consistency; default 0.25)")
+    p.add_argument("--noise", default=None, choices=sorted(NOISES),
+                   help="gaussian objective: the noise distribution at sd --noise-sd (default gaussian: l2 "
+                        "certificates; uniform or laplace: l1 certificates, see smoothguard.noise)")
     add_objective_arguments(p)
     add_loop_arguments(p)
 

@@ -41,6 +41,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from smoothguard import ABSTAIN
+from smoothguard.noise import get_noise
 from smoothguard.smoothing.stats import certified_accuracy_lower_bound, r_max
 from smoothguard.evaluation.resultfile import sidecar_path
 
@@ -396,7 +397,14 @@ def run_r_max(results: Results, sigma: float | None = None, n: int | None = None
     s, nn, a = _setting(res, "sigma", float), _setting(res, "n", int), _setting(res, "alpha", float)
     if s is None or nn is None or a is None:
         return None
-    return r_max(s, nn, a)
+    noise = res.settings.get("noise") or "gaussian"
+    return r_max(s, nn, a) if noise == "gaussian" else get_noise(noise, s).r_max(nn, a)
+
+
+def radius_norm(results: Results) -> str:
+    """The norm a file's radii are certified in: its sidecar's ``norm`` (l1 for uniform and
+    Laplace noise), l2 for Gaussian noise and for files without one (Cohen's)."""
+    return str(results.settings.get("norm") or "l2")
 
 
 def certified_accuracy_lower_bounds(results: Results, radii: Sequence[float], rho: float = 0.001,
@@ -450,10 +458,14 @@ def legend(results: Results) -> str:
     if st.get("denoiser"):
         head += "+" + _short_name(st["denoiser"])
     parts = [head]
+    if st.get("noise") and st["noise"] != "gaussian":
+        parts.append(str(st["noise"]))
     if st.get("sigma") is not None:
         parts.append(f"sigma={st['sigma']:g}" if isinstance(st["sigma"], (int, float)) else f"sigma={st['sigma']}")
     if st.get("n") is not None:
         parts.append(f"n={st['n']}")
+    if radius_norm(results) != "l2":  # radii in another norm: say so wherever the label appears
+        parts.append(f"({radius_norm(results)} radii)")
     return " ".join(parts)
 
 

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from smoothguard.contract import atomic_output
-from smoothguard.evaluation.analysis import Results, certified_accuracy, legends, run_r_max
+from smoothguard.evaluation.analysis import Results, certified_accuracy, legends, radius_norm, run_r_max
 
 _GRID_POINTS = 2000
 
@@ -48,6 +48,10 @@ def plot_certified_accuracy(results_list: Sequence[Results], labels: Sequence[st
     if not pairs:
         raise ValueError("nothing to plot: certified accuracy needs at least one certify file (with radii)")
 
+    norms = sorted({radius_norm(r) for r, _ in pairs})
+    if len(norms) > 1:  # one axis, one norm: an l1 radius and an l2 radius are not comparable
+        raise ValueError(f"these files certify radii in different norms ({', '.join(norms)}); plot each norm "
+                         "separately")
     r_maxes = [run_r_max(r) for r, _ in pairs]
     if radii_max is None:
         top = max([float(r.radius.max()) for r, _ in pairs if len(r)] + [m for m in r_maxes if m is not None]
@@ -81,7 +85,7 @@ def plot_certified_accuracy(results_list: Sequence[Results], labels: Sequence[st
                 marker="o", markersize=3, linewidth=1.3, color=color, label=lab)
     ax.set_xlim(0.0, radii_max)
     ax.set_ylim(-0.01, 1.01)  # keep curves at 0 and 1 off the frame
-    ax.set_xlabel(r"$\ell_2$ radius (pixel units, inputs in [0, 1])")
+    ax.set_xlabel(rf"$\ell_{{{norms[0][1:]}}}$ radius (pixel units, inputs in [0, 1])")
     ax.set_ylabel("certified accuracy")
     ax.set_title("Certified (solid) and empirical (dashed, under attack) accuracy; dotted: $R_{max}$"
                  if len(empirical) else "Approximate certified accuracy (dotted: $R_{max}$ of the run)", fontsize=10)

@@ -37,6 +37,7 @@ from smoothguard.evaluation.analysis import (
     ResultsFileError,
     certified_accuracy,
     legend,
+    radius_norm,
     read_results,
     summary_table,
 )
@@ -459,7 +460,13 @@ def write_report(root: str | Path, output: str | Path, title: str | None = None)
     from smoothguard.evaluation.plots import plot_certified_accuracy
 
     # --- certified accuracy (+ empirical dashed lines)
-    certify = data.certify
+    # one norm per figure: the l2 certificates (Gaussian noise) are the main figure, and l1
+    # certificates (uniform / Laplace noise) get figures of their own, never a shared axis
+    by_norm: dict[str, list[tuple[str, Results]]] = {}
+    for lab, res in data.certify:
+        by_norm.setdefault(radius_norm(res), []).append((lab, res))
+    main_norm = "l2" if "l2" in by_norm or not by_norm else sorted(by_norm)[0]
+    certify = by_norm.pop(main_norm, [])
     smoothed_attacks: dict[tuple, list[AttackRun]] = {}
     for a in data.attacks:
         if a.smoothed and a.settings.get("norm", "l2") == "l2" and a.eps is not None:
@@ -487,10 +494,17 @@ def write_report(root: str | Path, output: str | Path, title: str | None = None)
         figs += paths
         note = ("" if empirical else
                 "<p class=\"note\">No attack on the smoothed classifier in this run (no empirical dashed lines).</p>")
-        parts["certified"] = _figure(paths[0], "Approximate certified accuracy vs l2 radius, one curve per "
+        parts["certified"] = _figure(paths[0], f"Approximate certified accuracy vs {main_norm} radius, one curve per "
                                      "certification" + ("; dashed: empirical robust accuracy of the smoothed "
                                                         "classifier under attack vs eps" if empirical else "")) + note
         has["certified"] = True
+        for norm, group in sorted(by_norm.items()):
+            extra = plot_certified_accuracy([r for _, r in group], [lab for lab, _ in group],
+                                            out_dir / f"certified_accuracy_{norm}")
+            figs += extra
+            parts["certified"] += _figure(extra[0], f"Approximate certified accuracy vs {norm} radius (certificates "
+                                          f"of {', '.join(sorted({str(r.settings.get('noise')) for _, r in group}))} "
+                                          "noise), one curve per certification")
         radii = _radius_grid([r for _, r in certify])
         parts["envelope"] = (
             "<p>For each radius, the certification (model and sigma) with the highest certified accuracy: the "
@@ -504,7 +518,7 @@ def write_report(root: str | Path, output: str | Path, title: str | None = None)
         has["certified"] = has["envelope"] = False
 
     # --- per-model tables (certify + predict files)
-    allres = certify + data.predict
+    allres = data.certify + data.predict  # every norm: each row's label names its noise and norm
     if allres:
         radii = _radius_grid([r for _, r in certify]) if certify else list(DEFAULT_RADII)
         table = summary_table([r for _, r in allres], radii, labels=[lab for lab, _ in allres])

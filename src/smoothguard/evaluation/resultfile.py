@@ -22,6 +22,10 @@ import smoothguard
 from smoothguard.contract import ContractError, check_output_path, write_text_atomic
 
 
+# resume keys introduced after files were first written, with the value those files implied
+KEY_DEFAULTS = {"noise": "gaussian"}
+
+
 class ResultFileWarning(UserWarning):
     """Rows of a result file were dropped on resume (and will be recomputed)."""
 
@@ -221,7 +225,8 @@ class ResultWriter:
             raise ResultFileError(
                 f"{self.path} was written by '{old.get('kind')}' with columns {old.get('columns')}; "
                 f"this run is '{self.kind}' with columns {self.columns}. Choose another --out or pass --overwrite")
-        old_settings = old.get("settings", {})
+        # a key added after a file was written takes its value of that time (e.g. noise: gaussian)
+        old_settings = {**KEY_DEFAULTS, **old.get("settings", {})}
         diff = [k for k in self.key_settings if old_settings.get(k) != self.settings.get(k)]
         if diff:
             detail = "; ".join(f"{k}: file {old_settings.get(k)!r}, now {self.settings.get(k)!r}" for k in diff)

@@ -31,7 +31,8 @@ from smoothguard import ABSTAIN
 from smoothguard.contract import (ContractError, check_alpha, check_choice, check_images, check_int, check_logits,
                                   check_sigma, forward_errors)
 from smoothguard.models.rewrite import pool_before_relu, strided_max_pools
-from smoothguard.smoothing.stats import binom_pvalue, lower_confidence_bound, radius_from_bound
+from smoothguard.noise import Noise, get_noise
+from smoothguard.smoothing.stats import binom_pvalue, lower_confidence_bound
 from smoothguard.utils import cpu_has_native_bf16, derive_seed, make_generator, model_device
 
 NOISE_BLOCK = 100  # noise samples per block of one image (see the module docstring)
@@ -50,6 +51,7 @@ class CertifyResult:
     p_lower: torch.Tensor  # float64 (B,), the Clopper-Pearson lower bound on p_A
     counts_selection: torch.Tensor  # int64 (B, K)
     counts_estimation: torch.Tensor  # int64 (B, K)
+    norm: str = "l2"  # the norm the radius is certified in (the noise's: l2 for Gaussian, l1 for uniform/Laplace)
 
 
 @dataclass
@@ -62,7 +64,7 @@ class PredictResult:
 
 
 class SmoothedClassifier:
-    """The smoothed classifier g of a base classifier f under Gaussian noise sigma.
+    """The smoothed classifier g of a base classifier f under noise of sd sigma (Gaussian by default).
 
     Args:
         base_classifier: ``nn.Module`` or callable on [0, 1] images (N, C, H, W) returning
@@ -96,6 +98,9 @@ class SmoothedClassifier:
             pooling without aten's index tensor: equal values; the sampler takes no
             gradients). Shared weights, the module itself untouched; LeNet 1.5x faster on
             the AVX-512 CPU, a further ~1.1x on the AVX2 one. ``False`` runs it as given.
+        noise: ``"gaussian"`` (default; l_2 certificates), ``"uniform"`` or ``"laplace"``
+            (l_1 certificates), or a :class:`smoothguard.noise.Noise`; ``sigma`` is its
+            standard deviation per pixel (see :mod:`smoothguard.noise`).
         in_shape: (C, H, W) of the inputs, checked on every call (default: the module's
             ``in_shape`` attribute, which models built by ``get_model`` carry).
 
@@ -117,6 +122,7 @@ class SmoothedClassifier:
         rewrite: bool = True,
         device: torch.device | str | None = None,
         in_shape: Sequence[int] | None = None,
+        noise: str | Noise = "gaussian",
     ) -> None:
         if not callable(base_classifier):
             raise TypeError("base_classifier must be an nn.Module or a callable")
@@ -127,6 +133,7 @@ class SmoothedClassifier:
         self.base_classifier = base_classifier
         self.num_classes = num_classes
         self.sigma = sigma
+        self.noise = get_noise(noise, sigma)  # what is added, and the norm and radius it certifies
         # (C, H, W) the inputs must have: given, else the model's own (models from get_model carry it)
         shape = in_shape if in_shape is not None else getattr(base_classifier, "in_shape", None)
         self.in_shape = None if shape is None else tuple(check_int("in_shape", v) for v in shape)
@@ -299,7 +306,7 @@ class SmoothedClassifier:
             offset = 0
             for img, size in plan:
                 seg = buf[offset:offset + size]
-                seg.normal_(0.0, self.sigma, generator=gens[img])
+                self.noise.sample_(seg, gens[img])
                 seg.add_(x[img])
                 offset += size
             return buf[:offset]
@@ -428,7 +435,8 @@ class SmoothedClassifier:
         generator: torch.Generator | None = None,
     ) -> CertifyResult:
         """CERTIFY for each image of a batch: for each image, with probability >= 1 - alpha
-        a non-abstaining answer is g(x_i) and g is constant on the l2 ball of the radius."""
+        a non-abstaining answer is g(x_i) and g is constant on the ball of the radius in the
+        noise's norm (``result.norm``: l2 for Gaussian noise, l1 for uniform and Laplace)."""
         check_alpha(alpha)
         n0, n = check_int("n0", n0, minimum=1), check_int("n", n, minimum=1)
         x = check_images(x, "x", in_shape=self.in_shape)
@@ -440,11 +448,10 @@ class SmoothedClassifier:
         n_a = counts.gather(1, c_a[:, None]).squeeze(1)
         p_lower = torch.as_tensor(np.atleast_1d(lower_confidence_bound(n_a.numpy(), n, alpha)), dtype=torch.float64)
         certified = p_lower >= 0.5
-        radius = torch.where(certified, torch.as_tensor(np.atleast_1d(
-            radius_from_bound(np.clip(p_lower.numpy(), 0.5, 1.0), self.sigma)), dtype=torch.float64),
-            torch.zeros_like(p_lower))
+        radius = torch.where(certified, torch.as_tensor(np.atleast_1d(self.noise.radius(p_lower.numpy())),
+                                                        dtype=torch.float64), torch.zeros_like(p_lower))
         prediction = torch.where(certified, c_a, torch.full_like(c_a, ABSTAIN))
-        return CertifyResult(prediction, radius, p_lower, counts0, counts)
+        return CertifyResult(prediction, radius, p_lower, counts0, counts, self.noise.norm)
 
     def certify(
         self,
@@ -458,8 +465,8 @@ class SmoothedClassifier:
         generator: torch.Generator | None = None,
     ) -> tuple[int, float]:
         """Cohen's CERTIFY: with probability >= 1 - alpha, a non-abstaining class is g(x)
-        and g(x + delta) = g(x) for all ||delta||_2 < radius; returns (ABSTAIN, 0.0) when
-        the lower bound on p_A is below 1/2."""
+        and g(x + delta) = g(x) for all ||delta|| < radius in the noise's norm (l_2 for the
+        default Gaussian noise); returns (ABSTAIN, 0.0) when the lower bound on p_A is below 1/2."""
         res = self.certify_batch(_one_image(x, "certify"), n0, n, alpha, batch_size,
                                  seeds=None if seed is None else [seed], generator=generator)
         return int(res.prediction[0]), float(res.radius[0])

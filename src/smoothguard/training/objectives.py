@@ -16,6 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from smoothguard.contract import check_sigma
+from smoothguard.noise import get_noise
+
 
 @dataclass
 class StepContext:
@@ -67,24 +70,32 @@ class Standard(Objective):
 
 
 class Gaussian(Objective):
-    """Cross-entropy on x + N(0, noise_sd^2 I), a fresh draw for every minibatch.
+    """Cross-entropy on x + d, d ~ N(0, noise_sd^2 I), a fresh draw for every minibatch.
 
     Cohen, Rosenfeld and Kolter (ICML 2019), the base classifier for randomized
     smoothing; train noise_sd = the certification sigma. Noise is in pixel units and
-    not clipped, exactly as at certification time.
+    not clipped, exactly as at certification time. ``noise`` trains under another
+    distribution of the same sd per pixel (``uniform`` or ``laplace``, for l_1
+    certificates: Yang et al. 2020 train with the noise they certify with; see
+    :mod:`smoothguard.noise`); the checkpoint records it and ``certify`` uses it by default.
     """
 
     name = "gaussian"
 
-    def __init__(self, noise_sd: float = 0.25) -> None:
-        if not noise_sd > 0:
-            raise ValueError(f"gaussian objective needs noise_sd > 0 (pixel units), got {noise_sd}")
-        self.noise_sd = float(noise_sd)
+    def __init__(self, noise_sd: float = 0.25, noise: str = "gaussian") -> None:
+        self.noise_dist = get_noise(noise, check_sigma(noise_sd, "gaussian objective noise_sd (pixel units)"))
+        self.noise_sd = self.noise_dist.sigma
+        self.noise = self.noise_dist.name
 
     def __call__(self, model, x, y, ctx):
-        noise = torch.randn(x.shape, generator=ctx.generator, device=x.device, dtype=x.dtype)
-        logits = model(x + self.noise_sd * noise)
+        logits = model(x + self.noise_dist.draw(x.shape, x, ctx.generator))
         return StepOutput(F.cross_entropy(logits, y), logits)
+
+    def settings(self) -> dict[str, Any]:
+        out = super().settings()
+        if self.noise != "gaussian":  # recorded only when not the default (older checkpoints resume unchanged)
+            out["noise"] = self.noise
+        return out
 
 
 class _DenoiserObjective(Objective):

@@ -24,6 +24,7 @@ from smoothguard.data import Dataset
 from smoothguard.distributed import World, barrier
 from smoothguard.models.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from smoothguard.models.noise import noise_generator
+from smoothguard.noise import get_noise
 from smoothguard.training.objectives import Objective, StepContext
 from smoothguard.utils import derive_seed, make_generator, model_device
 
@@ -98,8 +99,10 @@ def evaluate_accuracy(
     noise_sd: float = 0.0,
     batch_size: int = 1000,
     seed: int = 0,
+    noise: str = "gaussian",
 ) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of the base model on clean (noise_sd=0) or noisy images."""
+    """(mean cross-entropy, accuracy) of the base model on clean (noise_sd=0) or noisy images
+    (``noise``: the distribution, see :mod:`smoothguard.noise`)."""
     was_training = model.training
     model.eval()
     device = model_device(model)
@@ -109,7 +112,7 @@ def evaluate_accuracy(
         x = data.images[start:start + batch_size].to(device)
         y = data.labels[start:start + batch_size].to(device)
         if noise_sd > 0:
-            x = x + noise_sd * torch.randn(x.shape, generator=gen, device=device)
+            x = x + get_noise(noise, noise_sd).draw(x.shape, x, gen)
         with noise_generator(model, gen):  # noise-injection layers (if any) draw from gen too
             logits = model(x)
         total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
@@ -205,6 +208,8 @@ class Trainer:
         meta["training"] = {**asdict(self.config), **self.objective.settings()}
         meta["objective"] = self.objective.name
         meta["noise_sd"] = self.objective.noise_sd
+        if getattr(self.objective, "noise", "gaussian") != "gaussian":  # what certify must add by default
+            meta["noise"] = self.objective.noise
         meta["seed"] = self.config.seed
         meta["world_size"] = self.world.size  # torchrun ranks that shared each minibatch
         if self.history:
@@ -357,7 +362,8 @@ class Trainer:
                 if eval_sd > 0:
                     row["noise_sd"] = eval_sd
                     row["noisy_test_loss"], row["noisy_test_acc"] = evaluate_accuracy(
-                        eval_model, test, eval_sd, cfg.eval_batch_size, seed=derive_seed(cfg.seed, "eval"))
+                        eval_model, test, eval_sd, cfg.eval_batch_size, seed=derive_seed(cfg.seed, "eval"),
+                        noise=getattr(self.objective, "noise", "gaussian"))
             if test is not None and len(test) and self.meta.get("kind") == "denoiser" and world.rank == 0 \
                     and eval_sd > 0:
                 row["test_mse"], row["test_psnr"] = evaluate_denoiser(

@@ -222,7 +222,7 @@ def test_cli_sequential_cs_and_budget_rows_match_the_library_and_the_method_is_a
     c, p, b = tmp_path / "c.tsv", tmp_path / "p.tsv", tmp_path / "b.tsv"
     common = ["--model", str(ckpt), "--max", "3", "--skip", "5", "--threads", "1", "--seed", "7", "--batch", "400"]
     assert main(["certify", *common, "--radii", "0.25,0.5", "--n-max", "2000", "--sequential", "cs", "--out", str(c)]) == 0
-    assert main(["predict", *common, "--adaptive", "--n-max", "2000", "--out", str(p)]) == 0  # cs: the default
+    assert main(["predict", *common, "--adaptive", "--n-max", "2000", "--sequential", "cs", "--out", str(p)]) == 0
     assert main(["certify", *common, "--budget", "2000", "--tolerance", "0.05", "--out", str(b)]) == 0
     data = load_dataset("demo").subset(skip=5, max_count=3)
     seeds = [image_seed(7, int(i)) for i in data.indices]

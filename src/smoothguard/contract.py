@@ -156,9 +156,11 @@ def check_images(
     in_shape: Sequence[int] | None = None,
     single: bool = True,
     allow_empty: bool = True,
+    unit_range: bool = True,
 ) -> torch.Tensor:
     """Checked images, always 4-D (N, C, H, W) (a single (C, H, W) image gets N = 1 when
-    ``single``). The tensor itself is returned (no copy) apart from that view."""
+    ``single``). The tensor itself is returned (no copy) apart from that view.
+    ``unit_range=False`` skips the [0, 1] check (noisy images, see :func:`check_noisy_images`)."""
     if not isinstance(x, torch.Tensor):
         hint = " (convert with torch.as_tensor(x, dtype=torch.float32))" if hasattr(x, "shape") else ""
         raise ContractError(f"{name} must be a torch.Tensor of images in [0, 1]; got {type(x).__name__}{hint}")
@@ -185,7 +187,7 @@ def check_images(
             bad = int((~finite).sum())
             raise ContractError(f"{name} has {bad} non-finite pixel value(s) (NaN or inf); images must be "
                                 "finite and in [0, 1]")
-        lo, hi = float(x.min()), float(x.max())
+        lo, hi = (float(x.min()), float(x.max())) if unit_range else (0.0, 1.0)
         if lo < 0 or hi > 1:
             hint = (" (it looks like 0..255 pixels: divide by 255)" if hi > 1 and hi <= 255 and lo >= 0
                     else " (normalization belongs inside the model: pass [0, 1] pixels)")
@@ -282,20 +284,7 @@ def check_noisy_images(x: object, name: str = "x", *, in_shape: Sequence[int] | 
     """Noisy images (x + noise) as a base classifier receives them during smoothing: a
     float32 or float64 tensor (N, C, H, W), every value finite. Unlike
     :func:`check_images` values may leave [0, 1]: the noise is never clipped."""
-    if not isinstance(x, torch.Tensor) or x.dtype not in IMAGE_DTYPES:
-        what = f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ContractError(f"{name} must be a float32 or float64 torch.Tensor (N, C, H, W); got {what}")
-    if x.dim() != 4:
-        raise ContractError(f"{name} must have shape (N, C, H, W); got shape {tuple(x.shape)}")
-    if in_shape is not None and tuple(x.shape[1:]) != tuple(int(s) for s in in_shape):
-        raise ContractError(f"{name} has images of shape {tuple(x.shape[1:])}; expected (C, H, W) = "
-                            f"{tuple(int(s) for s in in_shape)}")
-    if x.numel():
-        finite = torch.isfinite(x)
-        if not bool(finite.all()):
-            raise ContractError(f"{name} has {int((~finite).sum())} non-finite value(s) (NaN or inf); "
-                                "every value must be finite")
-    return x
+    return check_images(x, name, in_shape=in_shape, single=False, unit_range=False)
 
 
 # ---------------------------------------------------------------------------------------

@@ -37,11 +37,17 @@ def run(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     tsv = out_dir / "certify.tsv"
     skip = max(1, 500 // args.count)
-    ns = argparse.Namespace(
-        model=None, data="demo", root=None, split="test", image_size=32, channels=1, skip=skip, max=args.count,
-        sigma=0.25, alpha=0.001, n0=100, n=args.n, batch=args.batch, precision=args.precision,
-        out=str(tsv), overwrite=False, jit=None, workers=None, threads=args.threads, device=args.device, seed=args.seed,
-    )
+    # certify's own parser fills every option it has, so the demo cannot miss one certify gains
+    from smoothguard.cli.common import common_parent
+
+    parser = argparse.ArgumentParser(prog="smoothguard certify", parents=[common_parent()])
+    certify_cmd.add_arguments(parser)
+    ns = parser.parse_args(["--data", "demo", "--skip", str(skip), "--max", str(args.count), "--sigma", "0.25",
+                            "--alpha", "0.001", "--n0", "100", "--n", str(args.n), "--batch", str(args.batch),
+                            "--precision", args.precision, "--out", str(tsv), "--seed", str(args.seed)])
+    # the common options were applied already (threads, device, torchrun world)
+    ns.threads, ns.device, ns.command = args.threads, args.device, "certify"
+    ns.world, ns.argv = getattr(args, "world", None), ["certify"]
     print(f"Certifying {args.count} bundled Fashion-MNIST test images with the embedded LeNet "
           f"(sigma 0.25, n {args.n}, alpha 0.001) ...", file=sys.stderr)
     t0 = time.perf_counter()

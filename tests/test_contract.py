@@ -362,3 +362,20 @@ def test_sampler_checks_shape_against_the_model_and_accepts_numpy_sigma():
     plain = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
     with pytest.raises(ContractError, match=r"cannot run on images of shape \(1, 32, 32\)"):
         SmoothedClassifier(plain, 10, 0.25).certify(torch.rand(1, 32, 32), 10, 100, 0.01)
+
+
+def test_a_full_disk_is_an_output_error_and_the_old_file_survives(tmp_path, monkeypatch):
+    import errno
+
+    target = tmp_path / "table.md"
+    write_text_atomic(target, "complete table\n")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OutputError, match=r"cannot write output .*table.md: No space left on device"):
+        write_text_atomic(target, "new table\n")
+    monkeypatch.undo()
+    assert target.read_text() == "complete table\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.md"]  # the temporary was removed

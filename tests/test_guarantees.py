@@ -125,6 +125,23 @@ def test_certify_abstains_just_below_one_half_and_certifies_just_above(n, alpha)
     assert 0.0 <= radius < 0.01 * sigma
 
 
+@pytest.mark.parametrize("n,alpha", [(1000, 0.001)])
+def test_adaptive_certify_with_one_look_has_the_same_boundary(n, alpha):
+    """The adaptive path with a single look at n (alpha / 1) is CERTIFY at radius 0: it
+    abstains at n_star - 1 votes and certifies at n_star."""
+    from smoothguard.smoothing.adaptive import certify_adaptive
+
+    n0 = 50
+    n_star, below, above = _certify_boundary(n, alpha)
+    for votes, certified, bound in ((n_star - 1, False, below), (n_star, True, above)):
+        g = SmoothedClassifier(Scripted(_script((2, n0), (2, votes), (0, n - votes))), 3, 0.25)
+        res = certify_adaptive(g, torch.zeros(1, 1, 2, 2), [], n0=n0, n_max=n, alpha=alpha, batch_size=n,
+                               schedule=[n])
+        assert float(res.p_lower[0]) == pytest.approx(bound, rel=1e-12)
+        assert int(res.prediction[0]) == (2 if certified else ABSTAIN)
+        assert float(res.radius[0]) == 0.0
+
+
 def test_certify_uses_the_selected_class_counts_of_fresh_samples():
     """Selection picks class 1 from the first n0 samples; the estimation samples (a fresh
     run) are counted for class 1 even when another class wins them."""
@@ -226,12 +243,48 @@ def test_seeds_and_generators_make_each_images_answer_reproducible():
     p1 = counts(g.predict_batch, 3, args=(300, 0.01))
     assert torch.equal(p1.counts, counts(g.predict_batch, 3, args=(300, 0.01)).counts)
     assert not torch.equal(p1.counts, counts(g.predict_batch, 4, args=(300, 0.01)).counts)
-    gen_a, gen_b = torch.Generator().manual_seed(8), torch.Generator().manual_seed(8)
-    assert g.certify(xs[0], 30, 300, 0.01, generator=gen_a) == g.certify(xs[0], 30, 300, 0.01, generator=gen_b)
-    assert g.predict(xs[0], 300, 0.01, generator=gen_a) == g.predict(xs[0], 300, 0.01, generator=gen_b)
     draws = {g.certify_batch(xs[:1], 30, 300, 0.01, generator=torch.Generator().manual_seed(s)).counts_estimation[0, 0]
              for s in range(4)}
     assert len(draws) > 1
+
+
+class _Vote:
+    """Two classes: 0 when the first noisy coordinate exceeds sigma * PhiInv(1 - p), so
+    P(class 0) = p at x = 0."""
+
+    def __init__(self, p, sigma):
+        self.t = sigma * norm.ppf(1 - p)
+
+    def __call__(self, z):
+        return (z.flatten(1)[:, 0] <= self.t).long()
+
+
+def test_single_image_calls_pass_their_seed_or_generator_through():
+    """certify(seed=s) / predict(seed=s) answer exactly as the batch call with seeds=[s],
+    and a generator seeded alike gives the same answer, on constructions where the answer
+    depends on the noise (a radius from p_A = 0.8; PREDICT at its decision boundary)."""
+    sigma = 0.5
+    x = torch.zeros(1, 1, 2)
+    cert = SmoothedClassifier(_Vote(0.8, sigma), 2, sigma)
+    pred = SmoothedClassifier(_Vote(0.6, sigma), 2, sigma)
+    radii, answers = set(), set()
+    for s in range(12):
+        one = cert.certify(x, 20, 300, 0.01, seed=s)
+        batch = cert.certify_batch(x[None], 20, 300, 0.01, seeds=[s])
+        assert one == (int(batch.prediction[0]), float(batch.radius[0]))
+        radii.add(one[1])
+        viagen = cert.certify(x, 20, 300, 0.01, generator=torch.Generator().manual_seed(100 + s))
+        batch = cert.certify_batch(x[None], 20, 300, 0.01, generator=torch.Generator().manual_seed(100 + s))
+        assert viagen == (int(batch.prediction[0]), float(batch.radius[0]))
+        radii.add(viagen[1])
+        label = pred.predict(x, 100, 0.05, seed=s)
+        assert label == int(pred.predict_batch(x[None], 100, 0.05, seeds=[s]).prediction[0])
+        answers.add(label)
+        label = pred.predict(x, 100, 0.05, generator=torch.Generator().manual_seed(100 + s))
+        gen = torch.Generator().manual_seed(100 + s)
+        assert label == int(pred.predict_batch(x[None], 100, 0.05, generator=gen).prediction[0])
+        answers.add(label)
+    assert len(radii) > 10 and answers == {0, ABSTAIN}  # the answers do depend on the noise
 
 
 @pytest.mark.parametrize("batch_size", [40, 250])
@@ -263,10 +316,14 @@ def test_certify_and_predict_validate_their_arguments():
             g.predict(x, 10, alpha)
     with pytest.raises(ValueError, match=r"^x must be a torch.Tensor"):
         g.certify_batch([[0.0, 0.0]], 10, 10, 0.01)
+    with pytest.raises(ValueError, match=r"^x must be a torch.Tensor"):
+        g.certify([[0.0, 0.0]], 10, 10, 0.01)
+    with pytest.raises(ValueError, match=r"^x must be a torch.Tensor"):
+        g.predict([[0.0, 0.0]], 10, 0.01)
     with pytest.raises(ValueError, match=r"^x has images of shape \(1, 2, 1\)"):
         g.certify_batch(torch.zeros(1, 1, 2, 1), 10, 10, 0.01)
     two = torch.zeros(2, 1, 1, 2)
-    with pytest.raises(ValueError, match=r"^certify\(\) takes one image.*Use certify_batch\(\)"):
+    with pytest.raises(ValueError, match=r"^certify\(\) takes one image.*got 2 images.*Use certify_batch\(\)"):
         g.certify(two, 10, 10, 0.01)
     with pytest.raises(ValueError, match=r"^predict\(\) takes one image.*Use predict_batch\(\)"):
         g.predict(two, 10, 0.01)

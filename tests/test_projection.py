@@ -189,6 +189,8 @@ def test_random_start_is_uniform_in_the_ball(norm):
     # deterministic under the generator's seed
     again = random_start(x, eps, norm, torch.Generator().manual_seed(0))
     assert torch.equal(start, again)
+    one = random_start(x[:1], eps, norm, torch.Generator().manual_seed(0))  # a batch of one image
+    assert bool((lp_norms(one - x[:1], norm) <= eps * (1 + 1e-6)).all())
 
 
 def test_step_directions_and_success_rule():
@@ -196,6 +198,8 @@ def test_step_directions_and_success_rule():
     assert normalize_grad(g, "linf").tolist() == [[1.0, -1.0, 0.0]]
     torch.testing.assert_close(normalize_grad(g, "l2"), torch.tensor([[0.6, -0.8, 0.0]]))
     assert torch.equal(normalize_grad(torch.zeros(1, 3), "l2"), torch.zeros(1, 3))
+    small = torch.tensor([[3e-3, -4e-3], [0.0, 1e-9]])  # unit length whatever the scale
+    torch.testing.assert_close(normalize_grad(small, "l2"), torch.tensor([[0.6, -0.8], [0.0, 1.0]]))
     pred, y = torch.tensor([0, 1, 2]), torch.tensor([0, 2, 2])
     assert is_adversarial(pred, y, None).tolist() == [False, True, False]
-    assert is_adversarial(pred, y, torch.tensor([1, 1, 0])).tolist() == [False, True, False]
+    assert is_adversarial(pred, y, torch.tensor([0, 1, 1])).tolist() == [True, True, False]

@@ -452,3 +452,91 @@ def test_analyze_writes_a_plot_only_when_asked(tmp_path, capsys):
     rc, out, err = _rc_err(capsys, ["analyze", str(a), "--sigma", "0.25", "--format", "csv",
                                     "--plot", str(tmp_path / "fig")])
     assert rc == 0 and out.endswith("\n") and (tmp_path / "fig.svg").is_file()
+
+
+# --------------------------------------------------------------------------- report figures
+
+
+def _certify_results(k: int, n: int = 20, sigma: float = 0.25, start: int = 0):
+    import numpy as np
+
+    from smoothguard.evaluation.analysis import Results
+
+    rng = np.random.default_rng(k)
+    idx = np.arange(start, start + n) * 20
+    return Results("certify", idx, np.zeros(n), np.zeros(n), np.ones(n), radius=rng.uniform(0, 1.2, n),
+                   settings={"sigma": sigma, "n": 1000, "alpha": 0.001})
+
+
+def _boxes(fig):
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    return (ax.get_legend().get_window_extent(r), ax.xaxis.label.get_window_extent(r),
+            ax.yaxis.label.get_window_extent(r), [t.get_window_extent(r) for t in ax.get_xticklabels()], ax)
+
+
+@pytest.mark.parametrize("curves, empirical", [(10, 0), (3, 0), (6, 4)])
+def test_certified_accuracy_legend_never_covers_an_axis_label(curves, empirical):
+    """The layout fact the report's screenshots showed broken: with 10 curves the legend
+    box sat over the x-axis label. Checked on the drawn element boxes."""
+    from smoothguard.evaluation.plots import certified_accuracy_figure
+
+    res = [_certify_results(k) for k in range(curves)]
+    labels = [f"models/gaussian_lenet_run_{k}/model.pt sigma=0.25 (n=1000)" for k in range(curves)]
+    emp = [(f"empirical under attack: run_{j} sigma=0.25", [0.0, 0.25, 0.5], [0.9, 0.6, 0.3], j)
+           for j in range(empirical)]
+    legend, xlabel, ylabel, xticks, ax = _boxes(certified_accuracy_figure(res, labels, empirical=emp))
+    assert not legend.overlaps(xlabel) and not legend.overlaps(ylabel)
+    assert not any(legend.overlaps(t) for t in xticks)
+    assert ax.get_ylabel().endswith("(%)")
+    ticks = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    assert ticks and all(t.endswith("%") for t in ticks) and "100%" in ticks
+
+
+def test_restart_histogram_counts_are_whole_numbers_and_x_ticks_few(tmp_path):
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    from smoothguard.evaluation import attack_plots
+
+    captured = {}
+    real = attack_plots._save
+    attack_plots._save = lambda fig, stem: captured.setdefault("fig", fig) and real(fig, stem)
+    try:
+        rng = np.random.default_rng(0)
+        losses = np.stack([rng.normal(2.0 + i, 0.001, 5) for i in range(2)])  # 5 restarts: counts 0..5
+        paths = attack_plots.plot_restart_losses(losses, tmp_path / "rl", pooled=rng.normal(1, 1, 400))
+    finally:
+        attack_plots._save = real
+    assert all(p.is_file() for p in paths)
+    fig = captured["fig"]
+    fig.canvas.draw()
+    assert len(fig.axes) == 3 and fig.axes[2].get_title().startswith("all points")
+    for ax in fig.axes[:2]:
+        assert isinstance(ax.yaxis.get_major_locator(), MaxNLocator)
+        for t in ax.get_yticklabels():
+            text = t.get_text().replace("\u2212", "-")
+            assert not text or float(text).is_integer(), text
+        r = fig.canvas.get_renderer()
+        boxes = [t.get_window_extent(r) for t in ax.get_xticklabels() if t.get_text()]
+        assert all(not a.overlaps(b) for a, b in zip(boxes, boxes[1:]))
+
+
+def test_report_marks_predict_rows_mixed_image_sets_and_keeps_figures_in_a_subfolder(tmp_path):
+    from smoothguard.evaluation.report import write_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    head = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+    (run / "a.tsv").write_text(head + "".join(f"{i * 20}\t1\t1\t0.5\t1\t0.1\n" for i in range(20)))
+    (run / "b.tsv").write_text(head + "".join(f"{i * 20}\t1\t1\t0.7\t1\t0.1\n" for i in range(24)))
+    (run / "p.tsv").write_text("idx\tlabel\tpredict\tcorrect\ttime\n" + "".join(
+        f"{i * 20}\t1\t1\t1\t0.1\n" for i in range(5)))
+    out = tmp_path / "rep" / "report.html"
+    write_report(run, out)
+    text = out.read_text()
+    assert "different image sets" in text and "24 images" in text and "20 images" in text
+    assert "predict: " in text
+    assert not list(out.parent.glob("*.png")) and list((out.parent / "figures").glob("certified_accuracy.*"))
+    assert "figures/certified_accuracy.png" in text

@@ -102,8 +102,9 @@ def test_report_is_self_contained(tiny_run):
     assert "url(" not in text and "@import" not in text
 
 
-def test_figures_are_written_as_png_and_svg_next_to_the_report(tiny_run):
-    folder = tiny_run / "report"
+def test_figures_are_written_as_png_and_svg_in_a_subfolder_of_the_report(tiny_run):
+    assert not list((tiny_run / "report").glob("*.png"))  # only report.html (and its manifest) beside it
+    folder = tiny_run / "report" / "figures"
     pngs = sorted(p.stem for p in folder.glob("*.png"))
     assert {"certified_accuracy", "attack_accuracy_vs_eps", "training_curves"} <= set(pngs)
     for stem in pngs:

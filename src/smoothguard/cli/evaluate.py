@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from smoothguard.contract import write_text_atomic
+from smoothguard.contract import check_eps, check_fraction, check_int, check_norm, check_positive, write_text_atomic
 from smoothguard.cli.common import (add_channels_last_argument, add_data_arguments, add_model_factory_arguments,
                                     prepare_for_speed, load_data,
                                     load_model_arg, parse_floats, progress)
@@ -75,21 +75,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _positive_int(name: str, v: int, minimum: int = 1) -> None:
-    if v < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {v}")
+    check_int(name, v, minimum=minimum)
 
 
 def validate(args: argparse.Namespace) -> None:
     from smoothguard.evaluation.robustness import CASCADE_ATTACKS
 
-    if args.norm not in ("linf", "l2"):
-        raise ValueError(f"--norm must be one of linf, l2; got {args.norm!r}")
+    check_norm(args.norm, name="--norm")
     if args.eps is None:
         args.eps = DEFAULT_EPS[args.norm]
-    if not args.eps > 0 or args.eps == float("inf"):
-        raise ValueError(f"--eps must be a positive number in [0,1] pixel units; got {args.eps}")
-    if args.norm == "linf" and args.eps > 1:
-        raise ValueError(f"--eps {args.eps} > 1 covers the whole [0,1] box for linf (did you mean eps/255?)")
+    check_eps(args.eps, args.norm, "--eps")
     args.attack_list = [a.strip() for a in args.attacks.split(",") if a.strip()]
     bad = [a for a in args.attack_list if a not in CASCADE_ATTACKS + ("fgm",)]
     if bad or (not args.attack_list and not args.transfer_from):
@@ -104,10 +99,9 @@ def validate(args: argparse.Namespace) -> None:
         _positive_int(name, v, lo)
     if args.max < -1 or args.max == 0:
         raise ValueError(f"--max must be a positive count or -1 (all); got {args.max}")
-    if args.step_size is not None and not args.step_size > 0:
-        raise ValueError(f"--step-size must be a positive number in pixel units; got {args.step_size}")
-    if not 0 <= args.masking_tolerance < 1:
-        raise ValueError(f"--masking-tolerance must lie in [0, 1); got {args.masking_tolerance}")
+    if args.step_size is not None:
+        check_positive("--step-size (pixel units)", args.step_size)
+    check_fraction("--masking-tolerance", args.masking_tolerance, low_open=False, high_open=True)
     from smoothguard.evaluation.robustness import DEFAULT_EPS_GRID
 
     grids = {}
@@ -256,6 +250,8 @@ def run(args: argparse.Namespace) -> int:
                                                seed=args.seed)
             result["restart_losses"] = {"idx": [int(data.indices[i]) for i in pick],
                                         "losses": losses.tolist(), "steps": args.steps}
+            if ev.losses.get("pgd") is not None:  # the report draws the same "all points" panel as the PNG here
+                result["restart_losses"]["pooled"] = ev.losses["pgd"].detach().cpu().flatten().tolist()
         if losses is not None and not args.no_plots:
             from smoothguard.evaluation.attack_plots import plot_restart_losses
 

@@ -86,19 +86,30 @@ def plot_restart_losses(losses: torch.Tensor | np.ndarray, stem: str | Path, los
     if pooled is not None:
         p = np.asarray(torch.as_tensor(pooled).detach().cpu().float().numpy()).ravel()
         panels.append((p[np.isfinite(p)], "all points, evaluation PGD"))
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
+
     cols = min(len(panels), 3)
     rows = (len(panels) + cols - 1) // cols
     fig = _new_figure(3.4 * cols, 2.7 * rows)
     for i, (vals, title) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
+        log = False
         if vals.size:
             counts, _ = np.histogram(vals, bins=bins)
             # log counts (as in Madry et al.) only where the counts span a range worth it
-            ax.hist(vals, bins=bins, log=bool(counts.max() >= 20), color="C0" if i < arr.shape[0] else "C1")
+            log = bool(counts.max() >= 20)
+            ax.hist(vals, bins=bins, log=log, color="C0" if i < arr.shape[0] else "C1")
         ax.set_title(title, fontsize=8)
         ax.set_xlabel(f"final {loss_name} loss", fontsize=8)
-        ax.set_ylabel("restarts", fontsize=8)
+        ax.set_ylabel("restarts (count)", fontsize=8)
         ax.tick_params(labelsize=7)
+        # a few x ticks (long loss values overlapped), counts as whole numbers (never 0.5 or 10^0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+        if log:
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}" if v >= 1 else ""))
+            ax.yaxis.set_minor_locator(NullLocator())
+        else:
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(f"Loss after PGD over {arr.shape[1]} random restarts", fontsize=9)
     fig.tight_layout()
     return _save(fig, stem)

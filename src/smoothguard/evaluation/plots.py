@@ -35,8 +35,31 @@ def plot_certified_accuracy(results_list: Sequence[Results], labels: Sequence[st
     Drawing uses matplotlib's Agg canvas on a standalone ``Figure``: no pyplot state and
     no change to the process-wide backend (safe next to an interactive session).
     """
+    fig = certified_accuracy_figure(results_list, labels, radii_max, empirical)
+    stem = Path(path_stem)
+    if stem.suffix.lower() in (".png", ".svg"):
+        stem = stem.with_suffix("")
+    out = []
+    for ext in (".png", ".svg"):
+        target = stem.with_name(stem.name + ext)
+        with atomic_output(target, "figure") as tmp:  # tight: a legend outside the axes is kept whole
+            fig.savefig(tmp, format=ext[1:], metadata={"Date": None} if ext == ".svg" else None, bbox_inches="tight")
+        out.append(target)
+    return out
+
+
+# legend entries that fit inside the axes (upper right, where certified-accuracy curves are
+# low); more go outside, right of the axes, where they cannot cover an axis label or a curve
+_LEGEND_INSIDE_MAX = 4
+
+
+def certified_accuracy_figure(results_list: Sequence[Results], labels: Sequence[str] | None,
+                              radii_max: float | None = None,
+                              empirical: Sequence[tuple[str, Sequence[float], Sequence[float], int | None]] = ()):
+    """The matplotlib ``Figure`` that :func:`plot_certified_accuracy` writes (y axis in %)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import PercentFormatter
 
     results_list = list(results_list)
     if labels is None:
@@ -85,25 +108,15 @@ def plot_certified_accuracy(results_list: Sequence[Results], labels: Sequence[st
                 marker="o", markersize=3, linewidth=1.3, color=color, label=lab)
     ax.set_xlim(0.0, radii_max)
     ax.set_ylim(-0.01, 1.01)  # keep curves at 0 and 1 off the frame
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))  # every table is in %
     ax.set_xlabel(rf"$\ell_{{{norms[0][1:]}}}$ radius (pixel units, inputs in [0, 1])")
-    ax.set_ylabel("certified accuracy")
+    ax.set_ylabel("certified accuracy (%)")
     ax.set_title("Certified (solid) and empirical (dashed, under attack) accuracy; dotted: $R_{max}$"
                  if len(empirical) else "Approximate certified accuracy (dotted: $R_{max}$ of the run)", fontsize=10)
     ax.grid(True, alpha=0.3)
-    if len(empirical):  # many entries: below the axes, not over the curves
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.19), ncol=1)
-    else:
+    if len(pairs) + len(empirical) <= _LEGEND_INSIDE_MAX and not len(empirical):
         ax.legend(fontsize=8, loc="upper right")
+    else:  # many entries: outside, right of the axes (below them they collided with the x label)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
-
-    stem = Path(path_stem)
-    if stem.suffix.lower() in (".png", ".svg"):
-        stem = stem.with_suffix("")
-    out = []
-    for ext in (".png", ".svg"):
-        target = stem.with_name(stem.name + ext)
-        with atomic_output(target, "figure") as tmp:
-            fig.savefig(tmp, format=ext[1:], metadata={"Date": None} if ext == ".svg" else None,
-                        bbox_inches="tight" if len(empirical) else None)
-        out.append(target)
-    return out
+    return fig

@@ -262,7 +262,7 @@ figure{margin:8px 0 18px}figcaption{font-size:.85em;color:#57606a}
 code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.85em}
 pre{background:#f6f8fa;border:1px solid #d0d7de;padding:8px;overflow-x:auto;white-space:pre-wrap}
 details{margin:4px 0}summary{cursor:pointer}
-.note{font-size:.85em;color:#57606a}
+.note{font-size:.85em;color:#57606a}.warn{color:#9a6700;font-weight:600}
 """
 
 
@@ -307,7 +307,8 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], left: int | se
 def _figure(png: Path, caption: str) -> str:
     b64 = base64.b64encode(png.read_bytes()).decode("ascii")
     svg = png.with_suffix(".svg")
-    files = f"{png.name}" + (f", {svg.name}" if svg.exists() else "")
+    where = f"{png.parent.name}/" if png.parent.name == FIGURES_DIR else ""
+    files = f"{where}{png.name}" + (f", {where}{svg.name}" if svg.exists() else "")
     return (f'<figure><img src="data:image/png;base64,{b64}" alt="{_e(caption)}">'
             f"<figcaption>{_e(caption)} <span class=\"note\">(files: {_e(files)})</span></figcaption></figure>")
 
@@ -446,14 +447,35 @@ def envelope_rows(certify: list[tuple[str, Results]], radii: Sequence[float]) ->
     return rows
 
 
+FIGURES_DIR = "figures"
+
+
+def _image_set_note(certify: list[tuple[str, Results]]) -> str:
+    """A warning when the certifications compared in one table ran on different images (the
+    envelope then picks between accuracies measured on different sets)."""
+    sets: dict[tuple[int, ...], list[str]] = {}
+    for lab, res in certify:
+        sets.setdefault(tuple(sorted(int(i) for i in res.idx)), []).append(lab)
+    if len(sets) <= 1:
+        return ""
+    groups = "; ".join(f"{len(k)} images ({'first index ' + str(k[0]) if k else 'none'}): {', '.join(v)}"
+                       for k, v in sorted(sets.items(), key=lambda kv: -len(kv[0])))
+    return ('<p class="note warn">Warning: these certifications ran on different image sets, so a row may compare '
+            f"accuracies measured on different images: {_e(groups)}.</p>")
+
+
 def write_report(root: str | Path, output: str | Path, title: str | None = None) -> dict[str, Any]:
-    """Write the HTML report of the run folder ``root`` to ``output`` (figures as PNG and
-    SVG next to it). Returns {"sections": {key: bool has data}, "figures": [paths]}."""
+    """Write the HTML report of the run folder ``root`` to ``output`` (every figure embedded;
+    PNG and SVG copies in ``figures/`` beside it). Returns {"sections": {key: bool has
+    data}, "figures": [paths]}."""
     # refuse a target that is a FIFO, device or folder before any figure is written beside it
     output = check_output_path(output, "report")
     data = collect(root)
     out_dir = output.parent
     out_dir.mkdir(parents=True, exist_ok=True)
+    # the HTML embeds every figure; the PNG/SVG copies go into a subfolder, not beside the report
+    fig_dir = out_dir / FIGURES_DIR
+    fig_dir.mkdir(exist_ok=True)
     figs: list[Path] = []
     parts: dict[str, str] = {}
     has: dict[str, bool] = {}
@@ -490,7 +512,7 @@ def write_report(root: str | Path, output: str | Path, title: str | None = None)
             empirical.append((f"smoothed inference under attack: {name} sigma={sigma:g}",
                               [0.0] + [p[0] for p in pts], [pts[0][1]] + [p[2] for p in pts], match))
         paths = plot_certified_accuracy([r for _, r in certify], [lab for lab, _ in certify],
-                                        out_dir / "certified_accuracy", empirical=empirical)
+                                        fig_dir / "certified_accuracy", empirical=empirical)
         figs += paths
         note = ("" if empirical else
                 "<p class=\"note\">No attack on the smoothed classifier in this run (no empirical dashed lines).</p>")
@@ -500,7 +522,7 @@ def write_report(root: str | Path, output: str | Path, title: str | None = None)
         has["certified"] = True
         for norm, group in sorted(by_norm.items()):
             extra = plot_certified_accuracy([r for _, r in group], [lab for lab, _ in group],
-                                            out_dir / f"certified_accuracy_{norm}")
+                                            fig_dir / f"certified_accuracy_{norm}")
             figs += extra
             parts["certified"] += _figure(extra[0], f"Approximate certified accuracy vs {norm} radius (certificates "
                                           f"of {', '.join(sorted({str(r.settings.get('noise')) for _, r in group}))} "
@@ -509,6 +531,7 @@ def write_report(root: str | Path, output: str | Path, title: str | None = None)
         parts["envelope"] = (
             "<p>For each radius, the certification (model and sigma) with the highest certified accuracy: the "
             "upper envelope of the curves, with the clean accuracy of the smoothed classifier chosen.</p>"
+            + _image_set_note(certify)
             + _table(["radius", "best certified acc. %", "certification", "sigma", "its clean acc. %"],
                      envelope_rows(certify, radii), left={2}))
         has["envelope"] = True
@@ -525,7 +548,7 @@ def write_report(root: str | Path, output: str | Path, title: str | None = None)
         headers = ["file"] + [c.header for c in table.columns]
         rows, best = [], {}
         for i, row in enumerate(table.rows):
-            cells = [row.label]
+            cells = [("predict: " if allres[i][1].kind == "predict" else "") + row.label]  # no radii: not a certify row
             for j, c in enumerate(table.columns):
                 v = row.values.get(c.key)
                 cells.append(_pct(v) if c.unit == "percent" else _num(v, ".3f" if c.unit == "radius" else
@@ -561,7 +584,7 @@ def write_report(root: str | Path, output: str | Path, title: str | None = None)
         body = _table(["step", "model", "attack", "norm", "eps", "steps", "restarts", "images", "clean %",
                        "robust %", "success % (on correct)", "mean norm (fooled)", "time (s)"], rows, left=3)
         if groups:
-            p = _plot_attack_curves(groups, out_dir / "attack_accuracy_vs_eps")
+            p = _plot_attack_curves(groups, fig_dir / "attack_accuracy_vs_eps")
             figs += [p, p.with_suffix(".svg")]
             body += _figure(p, "Robust accuracy vs eps of the attack runs (one point per attack step; eps 0 is the "
                                "clean accuracy)")
@@ -579,7 +602,7 @@ def write_report(root: str | Path, output: str | Path, title: str | None = None)
         header, srows = sandwich_table(runs)
         body = _table(header, [[_pct(v) if 4 <= i < len(header) - 1 else (v if v is not None else "-")
                                 for i, v in enumerate(r)] for r in srows], left=2)
-        p = plot_sandwich(runs, out_dir / "verified_vs_attacks")[0]
+        p = plot_sandwich(runs, fig_dir / "verified_vs_attacks")[0]
         figs += [p, p.with_suffix(".svg")]
         body += _figure(p, "Verified accuracy (solid; IBP/CROWN bounds, a proof) and robust accuracy under "
                            "attack (dashed; an upper bound on the true robust accuracy) vs eps")
@@ -609,7 +632,7 @@ def write_report(root: str | Path, output: str | Path, title: str | None = None)
         curves = [EpsCurve(**{k2: c[k2] for k2 in ("norm", "eps", "accuracy", "attacks", "n")})
                   for c in t.get("curves", [])]
         if curves:
-            paths = plot_accuracy_vs_eps(curves, out_dir / f"{slug}_accuracy_vs_eps",
+            paths = plot_accuracy_vs_eps(curves, fig_dir / f"{slug}_accuracy_vs_eps",
                                          marks=[(ev.get("norm"), ev.get("eps"), ev.get("robust_accuracy"),
                                                  "full evaluation (worst case)")])
             figs += paths
@@ -617,14 +640,17 @@ def write_report(root: str | Path, output: str | Path, title: str | None = None)
         ev_parts.append(html_)
         rl = t.get("restart_losses")
         if rl and rl.get("losses"):
-            paths = plot_restart_losses(np.array(rl["losses"], dtype=float), out_dir / f"{slug}_restart_losses",
-                                        labels=[f"idx {i}" for i in rl.get("idx", [])])
+            pooled = rl.get("pooled")  # NaN (skipped restarts) was stored as null
+            paths = plot_restart_losses(np.array(rl["losses"], dtype=float), fig_dir / f"{slug}_restart_losses",
+                                        labels=[f"idx {i}" for i in rl.get("idx", [])],
+                                        pooled=None if pooled is None else np.array(
+                                            [np.nan if v is None else v for v in pooled], dtype=float))
             figs += paths
             loss_parts.append(_figure(paths[0], f"{label}: final PGD loss over random restarts per example "
                                                "(Madry et al. 2018, Figure 2)"))
         ex = folder / "examples.png"
         if ex.is_file():
-            target = out_dir / f"{slug}_examples.png"
+            target = fig_dir / f"{slug}_examples.png"
             if ex.resolve() != target.resolve():
                 shutil.copyfile(ex, target)
                 if ex.with_suffix(".svg").is_file():
@@ -659,7 +685,7 @@ def write_report(root: str | Path, output: str | Path, title: str | None = None)
             for xname in ("m", "sigma"):
                 if len(grid.ms if xname == "m" else grid.sigmas) < 2:
                     continue
-                paths = plot_accuracy_vs(rows_, grid, xname, out_dir / f"smooth{k + 1}_accuracy_vs_{xname}",
+                paths = plot_accuracy_vs(rows_, grid, xname, fig_dir / f"smooth{k + 1}_accuracy_vs_{xname}",
                                          title=f"{label}: accuracy vs {xname}")
                 figs += paths
                 html_ += _figure(paths[0], f"{label}: smoothed-inference accuracy vs {xname}")
@@ -669,7 +695,7 @@ def write_report(root: str | Path, output: str | Path, title: str | None = None)
 
     # --- training
     if data.logs:
-        p = _plot_training(data.logs, out_dir / "training_curves")
+        p = _plot_training(data.logs, fig_dir / "training_curves")
         figs += [p, p.with_suffix(".svg")]
         rows = []
         for lab, _, log in data.logs:
@@ -752,7 +778,7 @@ def _steps_section(data: RunData) -> tuple[str, bool]:
         if rows:
             out.append("<p>No step manifests (not a <code>smoothguard run</code> folder): settings from the result "
                        "files' sidecars.</p>" + _table(["file", "kind", "seed", "version", "settings / command"], rows,
-                                                       left=2))
+                                                       left={0, 1, 4}))
     if data.experiment_toml:
         out.append(f"<h3>experiment.toml</h3><pre>{_e(data.experiment_toml)}</pre>")
     if not out:

@@ -129,9 +129,10 @@ def check_sigma(sigma: object, name: str = "sigma") -> float:
     return check_positive(name, sigma)
 
 
-def check_norm(norm: object, allowed: Sequence[str] = NORMS) -> str:
-    check_choice("norm", norm, allowed)
-    return str(norm)
+def check_norm(norm: object, allowed: Sequence[str] = NORMS, name: str = "norm") -> str:
+    if not isinstance(norm, str) or norm not in allowed:
+        raise ContractError(f"{name} must be one of {', '.join(allowed)}; got {norm!r}")
+    return norm
 
 
 def check_eps(eps: object, norm: str, name: str = "eps") -> float:
@@ -140,8 +141,8 @@ def check_eps(eps: object, norm: str, name: str = "eps") -> float:
     check_norm(norm)
     v = check_positive(name, eps)
     if norm == "linf" and v > 1:
-        raise ContractError(f"{name}={eps} > 1 for the linf norm covers the whole [0, 1] image box; {name} is in "
-                            "[0, 1] pixel units (did you mean eps/255?); allowed: (0, 1]")
+        raise ContractError(f"{name} {v} > 1 covers the whole [0, 1] box for linf; eps is in [0, 1] pixel units "
+                            "(did you mean eps/255?); allowed: (0, 1]")
     return v
 
 

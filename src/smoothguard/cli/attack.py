@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 
-from smoothguard.contract import write_text_atomic
+from smoothguard.contract import check_eps, check_int, check_norm, check_positive, write_text_atomic
 from smoothguard.cli.common import (add_channels_last_argument, add_data_arguments, add_model_factory_arguments,
                                     prepare_for_speed, load_data,
                                     load_model_arg, validate_selection)
@@ -71,45 +71,37 @@ def parse_eps(text: str, attack: str) -> float | None:
     except ValueError:
         raise ValueError(f"--eps must be a positive number in [0,1] pixel units (or 'none' for cw/ddn); "
                          f"got {text!r}") from None
-    if not eps > 0 or math.isinf(eps):
-        raise ValueError(f"--eps must be a positive finite number in [0,1] pixel units; got {text!r}")
-    return eps
+    return check_positive("--eps", eps)
 
 
 def validate(args: argparse.Namespace) -> None:
     """Check every option before any model or data is loaded (errors name the option)."""
     if args.attack not in ATTACK_NAMES:
         raise ValueError(f"--attack must be one of {', '.join(ATTACK_NAMES)}; got {args.attack!r}")
-    if args.norm not in ("linf", "l2"):
-        raise ValueError(f"--norm must be one of linf, l2; got {args.norm!r}")
+    check_norm(args.norm, name="--norm")
     if args.norm not in ATTACK_NORMS[args.attack]:
         raise ValueError(f"--norm {args.norm} is not supported by --attack {args.attack}; "
                          f"allowed: {', '.join(ATTACK_NORMS[args.attack])}")
     args.eps_value = parse_eps(args.eps, args.attack)
-    if args.norm == "linf" and args.eps_value is not None and args.eps_value > 1:
-        raise ValueError(f"--eps {args.eps_value} > 1 covers the whole [0,1] box for linf; eps is in pixel units "
-                         "(did you mean eps/255?)")
+    if args.eps_value is not None:
+        check_eps(args.eps_value, args.norm, "--eps")
     if args.loss not in ("ce", "cw", "dlr"):
         raise ValueError(f"--loss must be one of ce, cw, dlr; got {args.loss!r}")
     if args.loss != "ce" and args.attack not in LOSS_ATTACKS:
         raise ValueError(f"--loss applies to --attack {', '.join(LOSS_ATTACKS)}; {args.attack} has its own loss")
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps must be an integer >= 1; got {args.steps}")
-    if args.restarts < 1:
-        raise ValueError(f"--restarts must be an integer >= 1; got {args.restarts}")
+    if args.steps is not None:
+        check_int("--steps", args.steps, minimum=1)
+    check_int("--restarts", args.restarts, minimum=1)
     if args.restarts > 1 and args.attack not in ("pgd", "apgd"):
         raise ValueError(f"--restarts applies to --attack pgd, apgd; got --attack {args.attack}")
-    if args.step_size is not None and not args.step_size > 0:
-        raise ValueError(f"--step-size must be a positive number in pixel units; got {args.step_size}")
+    if args.step_size is not None:
+        check_positive("--step-size (pixel units)", args.step_size)
     if args.queries is not None:
         if args.attack not in QUERY_ATTACKS:
             raise ValueError(f"--queries applies to --attack square, nattack; got --attack {args.attack}")
-        if args.queries < 2:
-            raise ValueError(f"--queries must be an integer >= 2; got {args.queries}")
-    if args.eot < 1:
-        raise ValueError(f"--eot must be an integer >= 1; got {args.eot}")
-    if args.batch < 1:
-        raise ValueError(f"--batch must be an integer >= 1; got {args.batch}")
+        check_int("--queries", args.queries, minimum=2)
+    check_int("--eot", args.eot, minimum=1)
+    check_int("--batch", args.batch, minimum=1)
     validate_selection(args)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from smoothguard.contract import write_text_atomic
+from smoothguard.contract import check_eps, check_int, check_norm, check_positive, write_text_atomic
 from smoothguard.cli.common import (add_data_arguments, add_model_factory_arguments, load_data, load_model_arg,
                                     parse_floats)
 
@@ -108,19 +108,14 @@ def validate(args: argparse.Namespace):
             raise ValueError(f"{name} lists a value twice: {vals}")
     methods = _names(args.methods, "--methods", VOTE_METHODS)
     attacks = _names(args.attacks, "--attacks", SMOOTH_ATTACKS, allow_none=True)
-    if args.norm not in ("linf", "l2"):
-        raise ValueError(f"--norm must be one of linf, l2; got {args.norm!r}")
-    if not args.eps > 0 or math.isinf(args.eps):
-        raise ValueError(f"--eps must be a positive number in [0,1] pixel units; got {args.eps}")
-    if args.norm == "linf" and args.eps > 1:
-        raise ValueError(f"--eps {args.eps} > 1 covers the whole [0,1] box for linf (did you mean eps/255?)")
-    if args.step_size is not None and not args.step_size > 0:
-        raise ValueError(f"--step-size must be a positive number in pixel units; got {args.step_size}")
+    check_norm(args.norm, name="--norm")
+    check_eps(args.eps, args.norm, "--eps")
+    if args.step_size is not None:
+        check_positive("--step-size (pixel units)", args.step_size)
     for name, v, lo in (("--steps", args.steps, 1), ("--population", args.population, 2),
                         ("--batch", args.batch, 1), ("--attack-batch", args.attack_batch, 1),
                         ("--group", args.group, 1), ("--skip", args.skip, 1)):
-        if v < lo:
-            raise ValueError(f"{name} must be an integer >= {lo}; got {v}")
+        check_int(name, v, minimum=lo)
     if "nattack" in attacks and args.queries < args.population + 1:
         raise ValueError(f"--queries must be >= --population + 1 = {args.population + 1} (one clean query and "
                          f"one full population); got {args.queries}")

@@ -495,6 +495,40 @@ def test_pgd_restarts_find_the_higher_peak_that_one_restart_can_miss():
     assert bool((TwoPeaks.h(v4) >= TwoPeaks.h(v1) - 1e-6).all())
 
 
+class Centers(nn.Module):
+    """One-pixel, three classes: the class whose center (0.1, 0.5, 0.9) is nearest wins."""
+
+    def forward(self, x):
+        v = x.flatten(1)[:, :1]
+        return -50 * (v - torch.tensor([[0.1, 0.5, 0.9]])) ** 2
+
+
+@pytest.mark.parametrize("attack_cls", [PGD, APGD])
+def test_targeted_attack_still_attacks_a_point_misclassified_as_another_class(attack_cls):
+    """x = 0.45 is classified 1 with label 0: already misclassified, but not as the target
+    2, so a targeted attack is not done yet; the target region (v > 0.7) is inside the
+    ball (eps 0.3). Counting the clean misclassification as success leaves x unattacked."""
+    atk = attack_cls(Centers(), norm="linf", eps=0.3, steps=20, seed=0, sanity_checks=False)
+    res = atk.run(torch.full((1, 1, 1, 1), 0.45), torch.tensor([0]), targets=torch.tensor([2]))
+    assert int(res.clean_pred[0]) == 1
+    assert bool(res.success[0]) and int(res.adv_pred[0]) == 2
+
+
+def test_pgd_stops_attacking_a_point_once_fooled_and_skips_its_later_restarts():
+    """Image A (x = 0.7) is fooled within the first restart (class 1 for v > 0.75), image B
+    (x = 0.2) never: A's later restarts are skipped (NaN losses), B's all run."""
+    class Edge(nn.Module):
+        def forward(self, x):
+            h = 10 * (x.flatten(1)[:, 0] - 0.75)
+            return torch.stack([torch.zeros_like(h), h], 1)
+
+    atk = PGD(Edge(), norm="linf", eps=0.3, steps=10, step_size=0.05, restarts=3, seed=0, sanity_checks=False)
+    res = atk.run(torch.tensor([0.7, 0.2]).view(2, 1, 1, 1), torch.tensor([0, 0]))
+    assert res.success.tolist() == [True, False]
+    assert bool(torch.isfinite(res.losses[0, 0])) and bool(torch.isnan(res.losses[0, 1:]).all())
+    assert bool(torch.isfinite(res.losses[1]).all())
+
+
 # ----------------------------------------------------------------------------- TRADES
 def _tiny_linear():
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.smoothguard-installed
 
-.PHONY: demo test setup bench clean
+.PHONY: demo test setup bench mutation clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_certify.py
+
+# Mutation testing of the critical modules (not part of `make test` or CI: ~10 min of CPU).
+# Runs in throwaway copies under /tmp; never touches the repository. TARGETS="stats core" limits it.
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'mutmut==3.8.1'
+	$(BIN)/python scripts/mutation.py $(TARGETS)
 
 clean:
 	rm -rf $(VENV) smoothguard-demo build *.egg-info

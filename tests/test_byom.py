@@ -540,3 +540,18 @@ def test_report_marks_predict_rows_mixed_image_sets_and_keeps_figures_in_a_subfo
     assert "predict: " in text
     assert not list(out.parent.glob("*.png")) and list((out.parent / "figures").glob("certified_accuracy.*"))
     assert "figures/certified_accuracy.png" in text
+
+
+def test_certify_prints_a_time_estimate_after_the_start_up(tmp_path, capsys, monkeypatch):
+    import smoothguard.cli._smoothing_run as loop
+
+    monkeypatch.setattr(loop, "ESTIMATE_MIN_SECONDS", 0.0)  # every run is "long" here
+    rc, _, err = _rc_err(capsys, ["certify", "--max", "10", "--n0", "100", "--n", "200",  # groups of 4 images
+                                  "--out", str(tmp_path / "c.tsv")])
+    assert rc == 0, err
+    line = next(x for x in err.splitlines() if "should take about" in x)
+    assert "s per image so far" in line and "the other 2 images" in line
+    monkeypatch.setattr(loop, "ESTIMATE_MIN_SECONDS", 1e9)
+    rc, _, err = _rc_err(capsys, ["certify", "--max", "10", "--n0", "100", "--n", "200",
+                                  "--out", str(tmp_path / "d.tsv")])
+    assert rc == 0 and "should take about" not in err

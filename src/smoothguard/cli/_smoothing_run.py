@@ -171,6 +171,19 @@ def build_smoothed(args: argparse.Namespace) -> tuple[SmoothedClassifier, dict[s
     return smoothed, settings, data
 
 
+ESTIMATE_MIN_SECONDS = 30.0  # shorter runs need no forecast
+
+
+def _print_estimate(kind: str, remaining: int, per_image: float, bar) -> None:
+    """After the second group of images: how long the rest will take at its measured speed
+    (stderr). The first group is not used: it pays the one-time jit trace and thread start."""
+    seconds = remaining * per_image
+    if remaining > 0 and seconds >= ESTIMATE_MIN_SECONDS:
+        when = f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+        bar.write(f"{kind}: {per_image:.2f} s per image so far; the other {remaining} images should take about "
+                  f"{when}", file=sys.stderr)
+
+
 # images per call of the adaptive procedures: their early looks are a few hundred samples
 # per image, so many images must share the forward batches (rows are flushed per group)
 ADAPTIVE_GROUP = 64
@@ -239,6 +252,8 @@ def run_rows(
                 n_correct += int(row[correct_col]) if correct_col is not None else 0
                 n_rows += 1
             computed += len(rows)
+            if start == group and world.rank == 0:  # the second group: past the one-time start-up (jit, threads)
+                _print_estimate(kind, len(todo) - computed, per_image, bar)
             bar.update(len(rows))
             bar.set_postfix(**({"acc": f"{n_correct / max(n_rows, 1):.3f}"} if correct_col is not None else {}),
                             img_s=f"{computed / (time.perf_counter() - t_start):.2f}")

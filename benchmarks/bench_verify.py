@@ -105,6 +105,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rtol", type=float, default=1e-5)
+    ap.add_argument("--methods", default="ibp,crown", help="comma-separated: ibp, crown")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -117,6 +118,8 @@ def main() -> None:
     for name, model, eps in models(args.lenet):
         bm = BoundedModule(model, torch.zeros(1, 1, 28, 28), device="cpu")  # one-time graph parse, not timed
         for method, lmethod in (("ibp", "IBP"), ("crown", "CROWN")):
+            if method not in args.methods.split(","):
+                continue
             # agreement on every image; per image (batch 1) as well as batched for auto_LiRPA,
             # which refines the neurons unstable for *any* image of a batch (ours: per image)
             ours, theirs, theirs1 = [], [], []

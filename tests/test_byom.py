@@ -555,3 +555,28 @@ def test_certify_prints_a_time_estimate_after_the_start_up(tmp_path, capsys, mon
     rc, _, err = _rc_err(capsys, ["certify", "--max", "10", "--n0", "100", "--n", "200",
                                   "--out", str(tmp_path / "d.tsv")])
     assert rc == 0 and "should take about" not in err
+
+
+def test_evaluate_progress_rows_announce_their_totals():
+    from smoothguard.evaluation.robustness import build_cascade, evaluate_robustness
+
+    model, _ = load_default_model()
+    ds = load_dataset("demo", "test").subset(max_count=6)
+
+    class Recorder:
+        def __init__(self):
+            self.totals, self.done = {}, {}
+
+        def start_row(self, label, total):
+            self.totals[label] = total
+
+        def __call__(self, label, n):
+            self.done[label] = self.done.get(label, 0) + n
+
+    rec = Recorder()
+    cascade = build_cascade(model, "linf", 0.1, attacks=["fgsm", "pgd"], steps=2, restarts=1)
+    evaluate_robustness(model, ds.images, ds.labels, cascade, progress=rec)
+    assert rec.totals and set(rec.done) <= set(rec.totals)
+    for label, done in rec.done.items():
+        assert done == rec.totals[label]  # untargeted rows: every announced point is attacked once
+    evaluate_robustness(model, ds.images, ds.labels, cascade, progress=lambda label, n: None)  # plain callables too

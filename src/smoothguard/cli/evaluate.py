@@ -144,6 +144,12 @@ class _Bar:
         self.bar = None
         self.label = None
 
+    def start_row(self, label: str, total: int) -> None:
+        """evaluate_robustness announces each row's number of points: the bar's total."""
+        self.close()
+        self.label = label
+        self.bar = progress(total=total, desc=label, unit="img", leave=False)
+
     def __call__(self, label: str, n: int) -> None:
         if label != self.label or self.bar is None:
             self.close()

@@ -377,6 +377,9 @@ def _run_rows_attack(ca: CascadeAttack, model: nn.Module, x: torch.Tensor, y: to
     if ca.n_targets:
         top = _top_wrong_classes(model, x, y, ca.n_targets, batch_size)
         passes = [top[:, j] for j in range(top.shape[1])]
+    start_row = getattr(progress, "start_row", None)  # optional: a bar's total, known only here
+    if callable(start_row):
+        start_row(ca.label, n * len(passes))  # targeted passes: at most n points each
     for targets in passes:
         todo = (~success).nonzero().squeeze(1)
         for chunk in todo.split(batch_size):
@@ -429,7 +432,9 @@ def evaluate_robustness(
             has its own accuracy) instead of only on the points still robust.
         masking_tolerance: fraction of the points that black-box / transfer rows may fool
             beyond the white-box rows before the gradient-masking warning is raised.
-        progress: called as ``progress(row_label, points_done)`` after each chunk.
+        progress: called as ``progress(row_label, points_done)`` after each chunk; if it has a
+            ``start_row(row_label, total)`` method, that is called first with the row's number
+            of points to attack (times the target classes of a targeted row).
 
     Every robust accuracy counts a clean misclassification as a failure. Each row's
     ``accuracy`` is the running worst case; the final worst case equals, per example,

@@ -45,23 +45,52 @@ class _CommandListFormatter(argparse.HelpFormatter):
         self._action_max_length = 20
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where it says something: not for options without a
+    default (None: the help text says what happens then), flags, or a help text that
+    already states its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser: an unknown option is reported with this command's usage and
+    the closest options it does take."""
+
+    def unknown(self, extras: list[str]) -> None:
+        import difflib
+
+        options = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        hints = []
+        for arg in extras:
+            flag = arg.split("=", 1)[0]
+            close = difflib.get_close_matches(flag, options, n=2, cutoff=0.6) if flag.startswith("-") else []
+            hints.append(f"{arg}" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+        self.error("unrecognized arguments: " + ", ".join(hints))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from smoothguard.cli.common import common_parent
 
     parser = argparse.ArgumentParser(
-        prog="smoothguard",
+        prog="smoothguard", allow_abbrev=False,
         description="Adversarial robustness for PyTorch: attack, train and certify models "
         "(randomized smoothing). All eps/sigma/radius values are in [0,1] pixel units.",
         formatter_class=_CommandListFormatter,
     )
     parser.add_argument("--version", action="version", version=f"smoothguard {smoothguard.__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     parent = common_parent()
     for name, modname in COMMANDS:
         mod = importlib.import_module(modname)
+        # allow_abbrev=False: --alp is not silently --alpha (a later option could make it ambiguous)
         p = sub.add_parser(
             name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP), parents=[parent],
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=_DefaultsFormatter, allow_abbrev=False,
         )
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
@@ -75,7 +104,12 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # reported by the sub-command, with its usage and the closest options it takes
+        command_parser = parser._subparsers._group_actions[0].choices.get(getattr(args, "command", None))
+        if command_parser is None:
+            parser.error("unrecognized arguments: " + " ".join(extras))
+        command_parser.unknown(extras)
     args.argv = argv  # recorded in checkpoints and result files so a reader can rerun
     if not getattr(args, "_run", None):
         parser.print_help()

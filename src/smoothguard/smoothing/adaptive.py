@@ -201,6 +201,15 @@ class SequentialGridTest:
         return level, stop
 
 
+def _require_gaussian(smoothed: SmoothedClassifier) -> None:
+    """The grid thresholds Phi(r / sigma) and radii sigma * PhiInv(p) are Gaussian noise's (l2)."""
+    noise = getattr(smoothed, "noise", None)
+    name = getattr(noise, "name", "gaussian")
+    if name != "gaussian":
+        raise ValueError(f"adaptive and anytime certification support Gaussian noise (l2 radii) only; this "
+                         f"smoothed classifier uses {name!r} noise: use fixed-n certify_batch for it")
+
+
 @dataclass
 class AdaptiveResult:
     """Per-image results of :func:`certify_adaptive`."""
@@ -236,6 +245,7 @@ def certify_adaptive(
     is robust within the returned grid radius; the grid radius 0 (g(x) is the class, with
     p_A > 1/2) is always part of the grid.
     """
+    _require_gaussian(smoothed)
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if n0 < 1:
@@ -319,6 +329,7 @@ def certify_sequential(
     is robust within the returned grid radius (Ville's inequality; no Bonferroni split).
     ``p_lower`` is the confidence sequence's lower bound L_n at the stopping look.
     """
+    _require_gaussian(smoothed)
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if n0 < 1:
@@ -402,6 +413,7 @@ def certify_anytime(
     The radius is below fixed-n CERTIFY's at the same n (the price of looking at every n):
     for an image right at its largest radius, fixed n gives a larger radius.
     """
+    _require_gaussian(smoothed)
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if n0 < 1 or budget < 1:

@@ -22,6 +22,16 @@ from smoothguard.verification import (METHODS, VerificationError, bounds, input_
 TOL = 1e-5
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These models are tiny: a second intra-op thread only adds synchronization, and on
+    a busy machine spinning threads made this file 30x slower. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _randomize_bn(model: nn.Module, gen: torch.Generator) -> nn.Module:
     for m in model.modules():
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):

@@ -379,3 +379,19 @@ def test_a_full_disk_is_an_output_error_and_the_old_file_survives(tmp_path, monk
     monkeypatch.undo()
     assert target.read_text() == "complete table\n"
     assert [p.name for p in tmp_path.iterdir()] == ["table.md"]  # the temporary was removed
+
+
+def test_certify_and_predict_take_exactly_one_image():
+    """They used to compute every image of a batch and return image 0's answer."""
+    from smoothguard.smoothing import SmoothedClassifier
+
+    g = SmoothedClassifier(tiny_model(), K, 0.25)
+    x = torch.rand(3, *IN_SHAPE)
+    with pytest.raises(ContractError, match=r"certify\(\) takes one image.*got 3 images.*certify_batch\(\)"):
+        g.certify(x, 10, 100, 0.01)
+    with pytest.raises(ContractError, match=r"predict\(\) takes one image.*got 3 images.*predict_batch\(\)"):
+        g.predict(x, 100, 0.01)
+    one = g.certify(x[1], 10, 100, 0.01, seed=4)  # (C, H, W) and (1, C, H, W) are both one image
+    assert one == g.certify(x[1:2], 10, 100, 0.01, seed=4)
+    batch = g.certify_batch(x, 10, 100, 0.01, seeds=[0, 4, 5])
+    assert (int(batch.prediction[1]), float(batch.radius[1])) == one

@@ -580,3 +580,27 @@ def test_evaluate_progress_rows_announce_their_totals():
     for label, done in rec.done.items():
         assert done == rec.totals[label]  # untargeted rows: every announced point is attacked once
     evaluate_robustness(model, ds.images, ds.labels, cascade, progress=lambda label, n: None)  # plain callables too
+
+
+def test_square_reports_its_query_loop_to_the_progress_bar():
+    from smoothguard.evaluation.robustness import build_cascade, evaluate_robustness
+
+    model, _ = load_default_model()
+    ds = load_dataset("demo", "test").subset(max_count=4)
+    seen = []
+
+    class Recorder:
+        def start_row(self, label, total):
+            pass
+
+        def iteration(self, label, i, total):
+            seen.append((label, i, total))
+
+        def __call__(self, label, n):
+            pass
+
+    cascade = build_cascade(model, "linf", 0.3, attacks=["square"], square_queries=400)
+    evaluate_robustness(model, ds.images, ds.labels, cascade, progress=Recorder())
+    assert seen and all(lab.startswith("Square") and total == 398 for lab, _, total in seen)
+    assert [i for _, i, _ in seen] == sorted({i for _, i, _ in seen}) and seen[0][1] == 0
+    assert all(getattr(c.attack, "on_iteration", None) is None for c in cascade)  # not left behind

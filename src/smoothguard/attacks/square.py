@@ -123,10 +123,14 @@ class Square(Attack):
         done |= act & is_adversarial(logits.argmax(1), y, targets)
 
         n_iters = self.max_queries - 2
+        # optional progress hook (the CLI's bar): thousands of queries per chunk of images
+        on_iteration = getattr(self, "on_iteration", None)
         for i in range(n_iters):
             idx = (~done & (queries < self.max_queries)).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
+            if on_iteration is not None and i % 100 == 0:
+                on_iteration(i, n_iters)
             p = square_p(self.p_init, i, n_iters)
             xi, xb = x[idx], x_best[idx]
             if self.norm == "linf":

@@ -150,6 +150,11 @@ class _Bar:
         self.label = label
         self.bar = progress(total=total, desc=label, unit="img", leave=False)
 
+    def iteration(self, label: str, i: int, total: int) -> None:
+        """Square's query loop: the bar moves only per chunk of images, so show the query count."""
+        if self.bar is not None and label == self.label:
+            self.bar.set_postfix_str(f"query {i}/{total}")
+
     def __call__(self, label: str, n: int) -> None:
         if label != self.label or self.bar is None:
             self.close()

@@ -380,6 +380,9 @@ def _run_rows_attack(ca: CascadeAttack, model: nn.Module, x: torch.Tensor, y: to
     start_row = getattr(progress, "start_row", None)  # optional: a bar's total, known only here
     if callable(start_row):
         start_row(ca.label, n * len(passes))  # targeted passes: at most n points each
+    iteration = getattr(progress, "iteration", None)  # optional: Square reports its query loop to it
+    if callable(iteration):
+        ca.attack.on_iteration = lambda i, total: iteration(ca.label, i, total)
     for targets in passes:
         todo = (~success).nonzero().squeeze(1)
         for chunk in todo.split(batch_size):
@@ -407,6 +410,8 @@ def _run_rows_attack(ca: CascadeAttack, model: nn.Module, x: torch.Tensor, y: to
                 queries[chunk] += res.queries.to(queries.device)
             if progress is not None:
                 progress(ca.label, int(chunk.numel()))
+    if callable(iteration):
+        ca.attack.on_iteration = None
     return success, x_adv, adv_pred, norms, losses, (queries if any_queries else None)
 
 
@@ -434,7 +439,8 @@ def evaluate_robustness(
             beyond the white-box rows before the gradient-masking warning is raised.
         progress: called as ``progress(row_label, points_done)`` after each chunk; if it has a
             ``start_row(row_label, total)`` method, that is called first with the row's number
-            of points to attack (times the target classes of a targeted row).
+            of points to attack (times the target classes of a targeted row); if it has an
+            ``iteration(row_label, i, n_iters)`` method, Square calls it every 100 queries.
 
     Every robust accuracy counts a clean misclassification as a failure. Each row's
     ``accuracy`` is the running worst case; the final worst case equals, per example,

@@ -116,6 +116,7 @@ def test_certify_abstains_just_below_one_half_and_certifies_just_above(n, alpha)
     assert float(res.p_lower[0]) == pytest.approx(below, rel=1e-12)
     assert int(res.prediction[0]) == ABSTAIN
     assert float(res.radius[0]) == 0.0
+    assert res.norm == "l2"  # Gaussian noise certifies an l2 radius
 
     # n_star votes: p_lower just at/above 1/2 -> certify class 2 at sigma * PhiInv(p_lower)
     g = SmoothedClassifier(Scripted(_script((2, n0), (2, n_star), (0, n - n_star))), 3, sigma)
@@ -579,6 +580,10 @@ def test_trades_loss_is_ce_plus_beta_kl_of_clean_from_adversarial_by_hand():
     assert abs(kl - kl_rev) > 0.1 * kl  # 15% here, against a tolerance of 1e-5
     assert float(out.loss.detach()) == pytest.approx(ce + beta_ * kl, rel=1e-5)
     assert float(out.stats["kl"]) == pytest.approx(kl, rel=1e-5)
+    assert set(out.stats) == {"adv_acc", "kl"}
+    with torch.no_grad():
+        torch.testing.assert_close(out.logits.detach(), model(x))  # train accuracy is the clean one
+        assert float(out.stats["adv_acc"]) == float((model(x_adv).argmax(1) == y).float().mean())
     # gradients flow into the model through the loss
     out.loss.backward()
     assert model[1].weight.grad is not None and float(model[1].weight.grad.abs().sum()) > 0
@@ -610,19 +615,31 @@ def test_trades_inner_attack_increases_the_kl_to_near_its_maximum_on_the_box():
 
 def test_pgd_at_loss_weighs_adversarial_and_clean_cross_entropy_by_hand():
     """PGD-AT with adv_weight w: w CE(f(x_adv), y) + (1 - w) CE(f(x), y) at the last PGD
-    iterate from the same generator seed."""
+    iterate from the same generator seed (two steps of 0.03 in a 0.1 box: the point
+    depends on the random start, so the trainer's generator must be the one used); the
+    logged accuracies and the logits are the adversarial ones (and the clean accuracy
+    when w < 1)."""
     model = _tiny_linear()
     x = torch.tensor([[[[0.4, 0.5]]], [[[0.6, 0.3]]], [[[0.5, 0.5]]]])
     y = torch.tensor([0, 1, 2])
-    eps, steps = 0.1, 4
+    eps, steps, step = 0.1, 2, 0.03
     for w in (0.25, 1.0):
-        obj = get_objective("pgd_at", eps=eps, attack_steps=steps, adv_weight=w)
+        obj = get_objective("pgd_at", eps=eps, attack_steps=steps, step_size=step, adv_weight=w)
         out = obj(model, x, y, StepContext(0, 1, 0, 1, torch.Generator().manual_seed(5)))
-        atk = PGD(model, norm="linf", eps=eps, steps=steps, step_size=2.5 * eps / steps, sanity_checks=False)
+        atk = PGD(model, norm="linf", eps=eps, steps=steps, step_size=step, sanity_checks=False)
         atk.return_last = True
         x_adv = atk.perturb(x, y, torch.Generator().manual_seed(5))
+        other = atk.perturb(x, y, torch.Generator().manual_seed(6))
+        assert float((other - x_adv).abs().max()) > 1e-3  # the start matters here
         with torch.no_grad():
-            want = w * F.cross_entropy(model(x_adv), y) + (1 - w) * F.cross_entropy(model(x), y)
-            assert float(F.cross_entropy(model(x_adv), y)) > float(F.cross_entropy(model(x), y)) + 0.05
-        assert float(out.loss) == pytest.approx(float(want), rel=1e-5)
+            logits_adv, logits = model(x_adv), model(x)
+            want = w * F.cross_entropy(logits_adv, y) + (1 - w) * F.cross_entropy(logits, y)
+            assert float(F.cross_entropy(logits_adv, y)) > float(F.cross_entropy(logits, y)) + 0.02
+        assert float(out.loss.detach()) == pytest.approx(float(want), rel=1e-5)
+        torch.testing.assert_close(out.logits.detach(), logits_adv)
+        acc_adv = float((logits_adv.argmax(1) == y).float().mean())
+        assert set(out.stats) == ({"adv_acc", "clean_acc"} if w < 1 else {"adv_acc"})
+        assert float(out.stats["adv_acc"]) == acc_adv
+        if w < 1:
+            assert float(out.stats["clean_acc"]) == float((logits.argmax(1) == y).float().mean())
         assert bool(((x_adv - x).abs() <= eps + 1e-6).all())

@@ -522,6 +522,7 @@ class SummaryTable:
     columns: list[Column]
     rows: list[SummaryRow]
     radii: tuple[float, ...] = ()
+    norms: tuple[str, ...] = ("l2",)  # the norms of the files' radii (l1 for uniform/Laplace noise)
 
     def best(self, key: str) -> set[int]:
         """Row positions holding the maximum of column ``key`` (empty when the column is
@@ -602,7 +603,8 @@ def summary_table(results_list: Sequence[Results], radii: Sequence[float] = DEFA
             for i, r in enumerate(radii):
                 v[f"lb@{_fmt_r(r)}"] = None if lbs is None else lbs[i]
         rows.append(SummaryRow(lab, str(res.path) if res.path is not None else None, res.kind, v))
-    return SummaryTable(cols, rows, radii)
+    norms = tuple(sorted({radius_norm(r) for r in results_list if r.kind == "certify"})) or ("l2",)
+    return SummaryTable(cols, rows, radii, norms)
 
 
 def _display(value: float | None, unit: str) -> str:
@@ -617,8 +619,16 @@ def _display(value: float | None, unit: str) -> str:
     return f"{int(round(value))}"
 
 
-_NOTE = ("certified accuracy at l2 radius r, abstention, clean accuracy{lb} in %; "
-         "ACR and R_max in l2 pixel units; s/img: mean seconds per image")
+_NOTE = ("certified accuracy at {norm} radius r, abstention, clean accuracy{lb} in %; "
+         "ACR and R_max in {norm} pixel units; s/img: mean seconds per image")
+
+
+def _note(table: "SummaryTable", has_lb: bool) -> str:
+    if len(table.norms) == 1:
+        norm = table.norms[0]
+    else:  # l1 and l2 rows: compare at equal r only through the implication l2 radius r => l1 radius r
+        norm = "each file's (" + ", ".join(table.norms) + "; an l2 radius r also certifies l1 radius r)"
+    return _NOTE.format(lb=", LB (lower bound)" if has_lb else "", norm=norm)
 
 
 def _cells(table: SummaryTable) -> list[list[tuple[str, bool]]]:
@@ -639,7 +649,7 @@ def _to_text(table: SummaryTable) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     has_lb = any(c.key.startswith("lb@") for c in table.columns)
-    note = _NOTE.format(lb=", LB (lower bound)" if has_lb else "")
+    note = _note(table, has_lb)
     lines = [fmt(header), rule] + [fmt(b) for b in body]
     lines.append(f"({note}; * best per column)")
     return "\n".join(lines) + "\n"
@@ -658,7 +668,7 @@ def _to_markdown(table: SummaryTable) -> str:
         lines.append("| " + " | ".join(items) + " |")
     has_lb = any(c.key.startswith("lb@") for c in table.columns)
     lines.append("")
-    note = _NOTE.format(lb=", LB (lower bound)" if has_lb else "")
+    note = _note(table, has_lb)
     lines.append(note[0].upper() + note[1:] + "; best per column in bold.")
     return "\n".join(lines) + "\n"
 
@@ -684,7 +694,7 @@ def _to_latex(table: SummaryTable) -> str:
 
     has_lb = any(c.key.startswith("lb@") for c in table.columns)
     lines = [
-        "% " + _NOTE.format(lb=", LB (lower bound)" if has_lb else "") + "; best per column in bold",
+        "% " + _note(table, has_lb) + "; best per column in bold",
         "% requires \\usepackage{booktabs}",
         r"\begin{tabular}{l" + "r" * len(table.columns) + "}",
         r"\toprule",

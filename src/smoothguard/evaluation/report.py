@@ -36,6 +36,7 @@ from smoothguard.evaluation.analysis import (
     Results,
     ResultsFileError,
     certified_accuracy,
+    _note,
     legend,
     radius_norm,
     read_results,
@@ -239,7 +240,22 @@ def collect(root: str | Path) -> RunData:
                 data.evaluations.append((where, p.parent, t))
             elif _is_smooth_eval(t):
                 data.smoothed.append((where, p.parent, t))
+    _disambiguate(data, root)
     return data
+
+
+def _disambiguate(data: RunData, root: Path) -> None:
+    """Result files whose labels coincide (ten ``certify.tsv`` files without step manifests
+    all read "certify") are named by their folder instead, so legend entries differ."""
+    for group in (data.certify, data.predict):
+        labels = [lab for lab, _ in group]
+        for i, (lab, res) in enumerate(group):
+            if labels.count(lab) > 1 and res.path is not None:
+                try:
+                    where = res.path.parent.relative_to(root).as_posix()
+                except ValueError:
+                    where = res.path.parent.name
+                group[i] = (f"{where or '.'}/{res.path.name}" + (f" {lab}" if lab != res.path.stem else ""), res)
 
 
 # --------------------------------------------------------------------------- HTML helpers
@@ -557,9 +573,8 @@ def write_report(root: str | Path, output: str | Path, title: str | None = None)
                     best[(i, j + 1)] = True
             rows.append(cells)
         parts["models"] = (_table(headers, rows, best=best)
-                           + "<p class=\"note\">Certified accuracy at l2 radius r, abstention and clean accuracy "
-                             "in %; ACR (average certified radius) and R_max in l2 pixel units; s/img: seconds per "
-                             "image; best per column in bold.</p>")
+                           + "<p class=\"note\">" + _e(_note(table, False)[0].upper() + _note(table, False)[1:])
+                           + "; best per column in bold.</p>")
         has["models"] = True
     else:
         parts["models"] = _empty("No certify or predict results in this folder.")

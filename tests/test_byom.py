@@ -604,3 +604,14 @@ def test_square_reports_its_query_loop_to_the_progress_bar():
     assert seen and all(lab.startswith("Square") and total == 398 for lab, _, total in seen)
     assert [i for _, i, _ in seen] == sorted({i for _, i, _ in seen}) and seen[0][1] == 0
     assert all(getattr(c.attack, "on_iteration", None) is None for c in cascade)  # not left behind
+
+
+def test_report_names_same_named_result_files_by_their_folders(tmp_path):
+    from smoothguard.evaluation.report import collect
+
+    head = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.5\t1\t0.1\n"
+    for name in ("s025", "s050"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "certify.tsv").write_text(head)
+    labels = sorted(lab for lab, _ in collect(tmp_path).certify)
+    assert labels == ["s025/certify.tsv", "s050/certify.tsv"]

@@ -14,7 +14,7 @@ Every attack in :mod:`smoothguard.attacks` extends :class:`Attack`:
 * all randomness comes from one ``torch.Generator`` seeded by ``seed`` (deterministic for
   a fixed seed; fresh entropy when ``seed is None``).
 
-Threat model (ALGORITHMS.md section 2): x' = x + delta, ||delta||_p <= eps, x' in [0, 1],
+Threat model (docs/algorithms.md section 2): x' = x + delta, ||delta||_p <= eps, x' in [0, 1],
 images in [0, 1] pixel units, ``norm`` in {"linf", "l2"}.
 """
 

@@ -9,7 +9,7 @@ Both reuse the one PGD loop (and the DDN loop) and only change the objective:
   are drawn once per call and kept fixed over the steps:
   loss = -log(max((1/m) sum_i softmax(f(x' + d_i))_y, 1e-20)) (average, then log).
 
-Noise is Gaussian in pixel space, N(0, sigma^2 I), not clipped (ALGORITHMS.md section 0).
+Noise is Gaussian in pixel space, N(0, sigma^2 I), not clipped (docs/algorithms.md section 0).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ settings) and Cohen's original files (radius printed to 3 significant digits; ``
 either float seconds or ``str(datetime.timedelta)``, e.g. ``0:00:04.125342`` or
 ``1 day, 2:03:04.5``) are read.
 
-Metrics (ALGORITHMS.md section 1, "Metrics over a test set"):
+Metrics (docs/algorithms.md section 1, "Metrics over a test set"):
 
 * approximate certified accuracy at r = mean(correct and radius >= r);
 * ACR (average certified radius) = mean(radius * correct);

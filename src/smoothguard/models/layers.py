@@ -12,7 +12,7 @@ class Normalize(nn.Module):
     """(x - mean) / std per channel: the first layer of every model.
 
     Keeping normalization inside the model means every attack budget, noise level and
-    certified radius is stated in [0, 1] pixel units (ALGORITHMS.md section 0).
+    certified radius is stated in [0, 1] pixel units (docs/algorithms.md section 0).
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:

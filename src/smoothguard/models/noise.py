@@ -1,4 +1,4 @@
-"""Learned noise-injection layers: PNI and CNI (ALGORITHMS.md section 5).
+"""Learned noise-injection layers: PNI and CNI (docs/algorithms.md section 5).
 
 * **PNI** (He, Rakin, Fan, "Parametric Noise Injection", CVPR 2019): each conv/linear
   layer adds Gaussian noise to its weights, W + alpha_w * std(W) * N(0, I), and/or to its

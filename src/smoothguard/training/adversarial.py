@@ -6,7 +6,7 @@ minibatch. The inner maximization is always an attack class of
 :meth:`~smoothguard.attacks.base.Attack.perturb` with the trainer's generator, so a
 training run is reproducible and resumable exactly like a clean one.
 
-All budgets are in [0, 1] pixel units (ALGORITHMS.md section 0); norms are ``"linf"``
+All budgets are in [0, 1] pixel units (docs/algorithms.md section 0); norms are ``"linf"``
 or ``"l2"``. The attack runs with the model in eval mode (as Madry et al.'s and Zhang et
 al.'s reference code do); the training forward pass runs in train mode.
 """

@@ -2,7 +2,7 @@
 stability training and consistency regularization.
 
 Noise is Gaussian in pixel space, N(0, noise_sd^2 I), not clipped, exactly as at
-certification time (ALGORITHMS.md sections 0 and 4); ``noise_sd`` is the smoothing
+certification time (docs/algorithms.md sections 0 and 4); ``noise_sd`` is the smoothing
 sigma. All noise comes from the trainer's per-epoch generator (``ctx.generator``).
 """
 

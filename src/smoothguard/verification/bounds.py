@@ -1,6 +1,6 @@
 """Deterministic bounds on a network's outputs over an eps-ball: IBP, CROWN, CROWN-IBP.
 
-Every input x' with ||x' - x||_p <= eps and x' in [0, 1]^d (ALGORITHMS.md sections 0 and
+Every input x' with ||x' - x||_p <= eps and x' in [0, 1]^d (docs/algorithms.md sections 0 and
 7) maps to logits inside the bounds returned here; a *specification* C (rows c) is bounded
 directly, c^T f(x') >= lower, which for the margins c = e_y - e_j is tighter than
 subtracting logit bounds (the specification is folded into the last affine layer).

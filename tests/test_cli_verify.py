@@ -40,7 +40,11 @@ def test_rows_match_the_library_and_resume(tmp_path):
     text = out.read_text()
     out.write_text(text[: text.rstrip("\n").rfind("\n") + 5])
     assert main(argv) == 0
-    assert read_rows(out) == rows
+    again = read_rows(out)
+    assert [r[:4] for r in again] == [r[:4] for r in rows]
+    # the recomputed row ran in a smaller batch: the same bound up to float rounding
+    torch.testing.assert_close(torch.tensor([float(r[4]) for r in again]), torch.tensor([float(r[4]) for r in rows]),
+                               rtol=1e-5, atol=1e-5)
     # other settings are refused
     assert main(argv[:-2] + ["--eps", "0.01", "--out", str(out)]) == 2
 

@@ -566,18 +566,18 @@ def test_trades_loss_is_ce_plus_beta_kl_of_clean_from_adversarial_by_hand():
     model = _tiny_linear()
     x = torch.tensor([[[[0.4, 0.5]]], [[[0.6, 0.3]]], [[[0.5, 0.5]]]])
     y = torch.tensor([0, 1, 2])
-    beta_, eps, steps = 6.0, 0.1, 5
-    obj = get_objective("trades", beta=beta_, eps=eps, attack_steps=steps)
+    beta_, eps, steps, step = 6.0, 0.1, 2, 0.03  # x' inside the box: the step size shows
+    obj = get_objective("trades", beta=beta_, eps=eps, attack_steps=steps, step_size=step)
     out = obj(model, x, y, StepContext(0, 1, 0, 1, torch.Generator().manual_seed(3)))
 
-    inner = TradesPGD(model, norm="linf", eps=eps, steps=steps, step_size=2.5 * eps / steps, sanity_checks=False)
+    inner = TradesPGD(model, norm="linf", eps=eps, steps=steps, step_size=step, sanity_checks=False)
     x_adv = inner.perturb(x, y, torch.Generator().manual_seed(3))
     with torch.no_grad():
         p = _np_softmax(model(x).double().numpy())
         q = _np_softmax(model(x_adv).double().numpy())
     ce = float(-np.log(p[np.arange(3), y.numpy()]).mean())
     kl, kl_rev = float(_np_kl(p, q).mean()), float(_np_kl(q, p).mean())
-    assert abs(kl - kl_rev) > 0.1 * kl  # 15% here, against a tolerance of 1e-5
+    assert abs(kl - kl_rev) > 0.05 * kl  # 9% here, against a tolerance of 1e-5
     assert float(out.loss.detach()) == pytest.approx(ce + beta_ * kl, rel=1e-5)
     assert float(out.stats["kl"]) == pytest.approx(kl, rel=1e-5)
     assert set(out.stats) == {"adv_acc", "kl"}

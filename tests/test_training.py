@@ -99,5 +99,5 @@ def test_config_and_objective_validation():
         TrainConfig(schedule="poly")
     with pytest.raises(ValueError, match="allowed: standard, gaussian"):
         get_objective("mixup")
-    with pytest.raises(ValueError, match="noise_sd > 0"):
+    with pytest.raises(ValueError, match="noise_sd .pixel units. must be a positive"):
         get_objective("gaussian", noise_sd=0)

@@ -183,12 +183,13 @@ def check_images(
         raise ContractError(f"{name} has images of shape {tuple(x.shape[1:])}; the model expects (C, H, W) = "
                             f"{tuple(int(s) for s in in_shape)}")
     if x.numel():
-        finite = torch.isfinite(x)
+        values = x.detach()  # the checks read values only (no autograd warning for inputs that need grad)
+        finite = torch.isfinite(values)
         if not bool(finite.all()):
             bad = int((~finite).sum())
             raise ContractError(f"{name} has {bad} non-finite pixel value(s) (NaN or inf); images must be "
                                 "finite and in [0, 1]")
-        lo, hi = (float(x.min()), float(x.max())) if unit_range else (0.0, 1.0)
+        lo, hi = (float(values.min()), float(values.max())) if unit_range else (0.0, 1.0)
         if lo < 0 or hi > 1:
             hint = (" (it looks like 0..255 pixels: divide by 255)" if hi > 1 and hi <= 255 and lo >= 0
                     else " (normalization belongs inside the model: pass [0, 1] pixels)")
@@ -229,7 +230,7 @@ def check_logits(out: object, *, num_classes: int | None = None, count: int | No
         raise ContractError(f"{name} returned {out.shape[0]} rows of logits for {count} inputs")
     if num_classes is not None and out.shape[1] != num_classes:
         raise ContractError(f"{name} returned {out.shape[1]} logits per input; expected num_classes={num_classes}")
-    if out.is_floating_point() and out.numel() and not bool(torch.isfinite(out).all()):
+    if out.is_floating_point() and out.numel() and not bool(torch.isfinite(out.detach()).all()):
         raise ContractError(f"{name} returned non-finite logits (NaN or inf); check its weights and inputs "
                             "(a model with NaN weights cannot be certified or attacked)")
     return out

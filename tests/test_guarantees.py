@@ -559,7 +559,8 @@ def test_kl_div_rows_is_kl_of_the_first_argument_from_the_second():
     assert np.all(np.abs(_np_kl(p, q) - _np_kl(q, p)) > 0.1)  # the direction matters here
 
 
-def test_trades_loss_is_ce_plus_beta_kl_of_clean_from_adversarial_by_hand():
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_trades_loss_is_ce_plus_beta_kl_of_clean_from_adversarial_by_hand(norm):
     """loss = CE(f(x), y) + beta * mean KL(f(x) || f(x')), computed by hand in float64 at
     the x' the inner attack returns (same generator seed); the reverse KL differs by far
     more than the tolerance."""
@@ -567,10 +568,10 @@ def test_trades_loss_is_ce_plus_beta_kl_of_clean_from_adversarial_by_hand():
     x = torch.tensor([[[[0.4, 0.5]]], [[[0.6, 0.3]]], [[[0.5, 0.5]]]])
     y = torch.tensor([0, 1, 2])
     beta_, eps, steps, step = 6.0, 0.1, 2, 0.03  # x' inside the box: the step size shows
-    obj = get_objective("trades", beta=beta_, eps=eps, attack_steps=steps, step_size=step)
+    obj = get_objective("trades", beta=beta_, eps=eps, norm=norm, attack_steps=steps, step_size=step)
     out = obj(model, x, y, StepContext(0, 1, 0, 1, torch.Generator().manual_seed(3)))
 
-    inner = TradesPGD(model, norm="linf", eps=eps, steps=steps, step_size=step, sanity_checks=False)
+    inner = TradesPGD(model, norm=norm, eps=eps, steps=steps, step_size=step, sanity_checks=False)
     x_adv = inner.perturb(x, y, torch.Generator().manual_seed(3))
     with torch.no_grad():
         p = _np_softmax(model(x).double().numpy())
@@ -613,7 +614,8 @@ def test_trades_inner_attack_increases_the_kl_to_near_its_maximum_on_the_box():
     torch.testing.assert_close((x_adv - x).abs(), torch.full_like(x, eps), rtol=0, atol=1e-6)
 
 
-def test_pgd_at_loss_weighs_adversarial_and_clean_cross_entropy_by_hand():
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_at_loss_weighs_adversarial_and_clean_cross_entropy_by_hand(norm):
     """PGD-AT with adv_weight w: w CE(f(x_adv), y) + (1 - w) CE(f(x), y) at the last PGD
     iterate from the same generator seed (two steps of 0.03 in a 0.1 box: the point
     depends on the random start, so the trainer's generator must be the one used); the
@@ -624,9 +626,9 @@ def test_pgd_at_loss_weighs_adversarial_and_clean_cross_entropy_by_hand():
     y = torch.tensor([0, 1, 2])
     eps, steps, step = 0.1, 2, 0.03
     for w in (0.25, 1.0):
-        obj = get_objective("pgd_at", eps=eps, attack_steps=steps, step_size=step, adv_weight=w)
+        obj = get_objective("pgd_at", eps=eps, norm=norm, attack_steps=steps, step_size=step, adv_weight=w)
         out = obj(model, x, y, StepContext(0, 1, 0, 1, torch.Generator().manual_seed(5)))
-        atk = PGD(model, norm="linf", eps=eps, steps=steps, step_size=step, sanity_checks=False)
+        atk = PGD(model, norm=norm, eps=eps, steps=steps, step_size=step, sanity_checks=False)
         atk.return_last = True
         x_adv = atk.perturb(x, y, torch.Generator().manual_seed(5))
         other = atk.perturb(x, y, torch.Generator().manual_seed(6))

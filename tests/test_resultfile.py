@@ -148,3 +148,42 @@ def test_merge_parts_in_index_order_only_when_complete(tmp_path):
     assert merge_parts(out, [a, b], COLS, "certify", SETTINGS, KEYS, [2, 3]) is True
     assert out.read_text() == "idx\tlabel\tradius\n2\t1\t0.25\n3\t0\t0.0\n"
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("tail,line,reason", [
+    ("2\t1\n", 3, "2 fields, expected 3"),
+    ("x\t1\t0.5\n", 3, "idx 'x' is not an integer"),
+    ("2\tone\t0.5\n", 3, "a field is not a number"),
+    ("0\t1\t0.5\n", 3, "idx 0 appears twice"),
+    ("9\t1\t0.5\n", 3, "idx 9 is not in this run's selection of images"),
+    (b"2\t\xff\t0.5\n", 3, "not UTF-8 text"),
+    ("2\t1\t0.5", 3, "a partial last row (no newline)"),
+])
+def test_the_first_untrusted_row_is_named_and_resume_cuts_there(tmp_path, tail, line, reason):
+    """The scan stops at the first row that is not a complete, numeric, unique row of this
+    run's selection (allowed = 0..4): first_bad_row names it, resuming keeps the rows
+    before it, cuts the rest and warns unless it was only a partial last row."""
+    import warnings
+
+    from smoothguard.evaluation.resultfile import first_bad_row
+
+    path = tmp_path / "out.tsv"
+    with ResultWriter(path, COLS, "certify", SETTINGS, KEYS, allowed=range(5)) as w:
+        w.write((0, 1, 0.5))
+    good = path.read_bytes()
+    with open(path, "ab") as fh:
+        fh.write(tail if isinstance(tail, bytes) else tail.encode())
+        if not (isinstance(tail, str) and not tail.endswith("\n")):
+            fh.write(b"3\t1\t0.5\n")  # a valid row after a bad one is not trusted either
+    assert first_bad_row(path, COLS, allowed=range(5)) == (line, reason)
+    rows, keep, size = read_complete_rows(path, COLS, allowed=range(5))
+    assert sorted(rows) == [0] and keep == len(good) and size > keep
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with ResultWriter(path, COLS, "certify", SETTINGS, KEYS, allowed=range(5)) as w:
+            assert sorted(w.done) == [0]
+    assert path.read_bytes() == good
+    named = [str(c.message) for c in caught if f"line {line}: {reason}" in str(c.message)]
+    assert len(named) == (0 if reason.startswith("a partial") else 1)
+    assert first_bad_row(path, COLS, allowed=range(5)) is None
+    assert first_bad_row(path, COLS) is None

@@ -48,8 +48,9 @@ rate of a bet depends on the gap 1 - theta, and a bet at c times the true gap ke
 fraction 2c - c^2 of the best rate; so 0.4 of the weight sits on gaps 0.04, 0.08, 0.16,
 0.32, 0.6 (doubling: >= 83 % of the best rate for any gap in that range, each bet costing
 ln(1/0.08) = 2.5 nats), and 0.1 on theta 0.15 and 0.03 for images well above a threshold,
-which are decided quickly anyway. A first menu spaced geometrically in theta itself left
-the gaps 0.05-0.33 uncovered and spent 1.7x the samples on real images; the choice was made
+which are decided quickly anyway. A first version (bets spaced geometrically in theta
+itself, leaving the gaps 0.05-0.33 uncovered, and an upper side mirrored from the lower
+one) spent 1.7x the samples on real images; the choice was made
 by simulated power and on the first 64 test images (BENCHMARKS.md, "Anytime-valid
 certification"). The sequence is valid for any p but tuned for p near 1 (the regime of
 p_A); the upper side bets on failure rates 1/theta times the allowed one.

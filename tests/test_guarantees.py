@@ -471,6 +471,24 @@ def test_attack_returns_the_worst_point_it_examined_over_steps_and_restarts(atta
     assert int(high.sum()) >= 48
 
 
+def test_pgd_paper_defaults_start_rule_and_parameter_names():
+    """Madry et al.'s MNIST evaluation setting by default (eps 0.3, 40 steps of
+    2.5 eps / 40, one restart, deterministic model: eot 1); random_start=False starts at x
+    (one step of 0.01 is then exactly x + 0.01 sign(g)); errors name the parameter."""
+    model = TwoPeaks()
+    atk = PGD(model, sanity_checks=False)
+    assert (atk.norm, atk.eps, atk.steps, atk.alpha, atk.restarts, atk.eot, atk.random_start, atk.kappa) == (
+        "linf", 0.3, 40, 2.5 * 0.3 / 40, 1, 1, True, math.inf)
+    assert PGD(model).sanity_checks and not atk.sanity_checks
+    x = torch.full((4, 1, 1, 1), 0.5)  # h rises towards the high peak at 0.7
+    for seed in (0, 1):
+        fixed = PGD(model, eps=0.3, steps=1, step_size=0.01, random_start=False, seed=seed, sanity_checks=False)
+        torch.testing.assert_close(fixed(x, torch.zeros(4, dtype=torch.long)), x + 0.01, rtol=0, atol=1e-7)
+    for kw, name in ((dict(steps=0), "steps"), (dict(restarts=0), "restarts"), (dict(step_size=-1.0), "step_size")):
+        with pytest.raises(ValueError, match=rf"^{name} must"):
+            PGD(model, **kw)
+
+
 def test_pgd_keeps_the_best_iterate_when_its_steps_oscillate_around_a_peak():
     """Sign steps of 0.07 bounce across each peak: the best iterate is within 0.035 of the
     peak, the last iterate often is not (shown with ``return_last``). Independent of the

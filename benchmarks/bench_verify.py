@@ -106,6 +106,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rtol", type=float, default=1e-5)
     ap.add_argument("--methods", default="ibp,crown", help="comma-separated: ibp, crown")
+    ap.add_argument("--only", default=None, help="run only the models whose name contains this (e.g. lenet)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -116,6 +117,8 @@ def main() -> None:
     x_all, y_all = load_images(args.images)
     results = []
     for name, model, eps in models(args.lenet):
+        if args.only and args.only not in name:
+            continue
         bm = BoundedModule(model, torch.zeros(1, 1, 28, 28), device="cpu")  # one-time graph parse, not timed
         for method, lmethod in (("ibp", "IBP"), ("crown", "CROWN")):
             if method not in args.methods.split(","):

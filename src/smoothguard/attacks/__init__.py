@@ -21,6 +21,7 @@ from smoothguard.attacks.base import (
     project,
     random_start,
 )
+from smoothguard.attacks.bpda import BPDA
 from smoothguard.attacks.cw import CW
 from smoothguard.attacks.ddn import DDN
 from smoothguard.attacks.fgsm import FGM, FGSM
@@ -46,6 +47,7 @@ ATTACKS = {
 __all__ = [
     "ATTACKS",
     "APGD",
+    "BPDA",
     "Attack",
     "AttackResult",
     "CW",

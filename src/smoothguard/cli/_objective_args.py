@@ -25,6 +25,7 @@ OBJECTIVE_FLAGS: dict[str, tuple[str, ...]] = {
     "smoothadv": ("noise_sd", "eps", "smoothadv_attack", "m_train", "attack_steps", "warmup_epochs"),
     "stability": ("noise_sd", "lbd"),
     "consistency": ("noise_sd", "m_train", "lbd", "eta"),
+    "gradreg": ("lbd",),
     "ibp": ("eps", "norm", "warmup", "ramp", "kappa_start", "kappa_end"),
     "crown_ibp": ("eps", "norm", "warmup", "ramp", "kappa_start", "kappa_end", "beta_start", "beta_end"),
 }
@@ -56,7 +57,8 @@ def add_objective_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup-epochs", type=int, default=None,
                    help="smoothadv: eps grows linearly to --eps over this many epochs (default 1: no warm-up)")
     g.add_argument("--lbd", type=float, default=None,
-                   help="stability/consistency: weight lambda of the KL term (default 1 / 10)")
+                   help="stability/consistency: weight lambda of the KL term (default 1 / 10); gradreg: weight of "
+                        "the squared input-gradient norm (default 1)")
     g.add_argument("--eta", type=float, default=None, help="consistency: weight of the entropy term (default 0.5)")
     g.add_argument("--warmup", type=float, default=None,
                    help="ibp/crown_ibp: fraction of training steps with eps 0 (default 2/60 ibp, 10/200 crown_ibp)")

@@ -13,11 +13,15 @@ from smoothguard.models.checkpoint import (
     default_model_path,
     load_default_model,
 )
+from smoothguard.models.defenses import BitDepthReduction, MedianFilter, defended
 from smoothguard.models.denoiser import DENOISERS, DenoisedClassifier, DnCNN, get_denoiser
 from smoothguard.models.noise import NOISE_INJECTIONS, CNI, PNI, noise_generator, set_noise_injection
 from smoothguard.models.rewrite import StridedMaxPool2d, pool_before_relu, strided_max_pools
 
 __all__ = [
+    "BitDepthReduction",
+    "MedianFilter",
+    "defended",
     "Normalize",
     "MODELS",
     "get_model",

@@ -10,6 +10,7 @@ from smoothguard.training.trainer import TrainConfig, Trainer, TrainCallback
 from smoothguard.training.adversarial import PGDAT, TRADES, FastAT
 from smoothguard.training.smoothing_objectives import Consistency, SmoothAdv, Stability
 from smoothguard.training.certified_objectives import IBP, CrownIBP
+from smoothguard.training.regularization import GradientRegularization
 
 # robust-training objectives (issue 5): registered here so that every import of the
 # package sees them in OBJECTIVES / get_objective
@@ -23,6 +24,8 @@ OBJECTIVES.update({
     # certified training (issue 20)
     "ibp": IBP,
     "crown_ibp": CrownIBP,
+    # input-gradient regularization (issue 23)
+    "gradreg": GradientRegularization,
 })
 
-__all__ = ["IBP", "CrownIBP", "PGDAT", "TRADES", "FastAT", "SmoothAdv", "Stability", "Consistency", "OBJECTIVES", "Objective", "StepContext", "get_objective", "TrainConfig", "Trainer", "TrainCallback"]
+__all__ = ["GradientRegularization", "IBP", "CrownIBP", "PGDAT", "TRADES", "FastAT", "SmoothAdv", "Stability", "Consistency", "OBJECTIVES", "Objective", "StepContext", "get_objective", "TrainConfig", "Trainer", "TrainCallback"]

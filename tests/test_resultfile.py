@@ -36,7 +36,8 @@ def test_rows_are_written_with_header_full_precision_and_a_sidecar(tmp_path):
     w = _write(path, [(0, 3, 0.1 + 0.2), (1, -1, 0.0)])
     assert path.read_text() == "idx\tlabel\tradius\n0\t3\t0.30000000000000004\n1\t-1\t0.0\n"
     assert sorted(w.done) == [0, 1] and w.done[0] == ["0", "3", "0.30000000000000004"]
-    meta = json.loads(sidecar_path(path).read_text())
+    assert sidecar_path(path) == tmp_path / "out.tsv.json"  # Cohen's TSV plus FILE.tsv.json
+    meta = json.loads((tmp_path / "out.tsv.json").read_text())
     assert meta["kind"] == "certify" and meta["columns"] == COLS
     assert meta["settings"] == SETTINGS and meta["key_settings"] == KEYS
     assert "smoothguard_version" in meta
@@ -95,7 +96,8 @@ def test_resume_refuses_other_key_settings_but_not_other_free_settings(tmp_path)
     _write(path, [(0, 1, 0.5)])
     with _writer(path, settings={**SETTINGS, "device": "cuda"}) as w:  # not a key setting
         assert sorted(w.done) == [0]
-    with pytest.raises(ResultFileError, match=r"sigma: file 0.25, now 0.5"):
+    with pytest.raises(ResultFileError, match=r"settings differ \(sigma: file 0.25, now 0.5\)\. Use the same "
+                                              r"settings, another --out, or --overwrite$"):
         _writer(path, settings={**SETTINGS, "sigma": 0.5}).open()
     missing = {k: v for k, v in SETTINGS.items() if k != "n"}
     with pytest.raises(ResultFileError, match="settings differ"):
@@ -106,7 +108,8 @@ def test_resume_refuses_other_key_settings_but_not_other_free_settings(tmp_path)
 def test_resume_refuses_another_kind_other_columns_no_sidecar_or_a_bad_sidecar(tmp_path):
     path = tmp_path / "out.tsv"
     _write(path, [(0, 1, 0.5)])
-    with pytest.raises(ResultFileError, match="predict"):
+    with pytest.raises(ResultFileError, match=r"was written by 'certify' with columns \['idx', 'label', "
+                                              r"'radius'\]; this run is 'predict'.*--overwrite$"):
         _writer(path, kind="predict").open()
     with pytest.raises(ResultFileError, match="columns"):
         _writer(path, columns=["idx", "label", "other"]).open()
@@ -115,7 +118,8 @@ def test_resume_refuses_another_kind_other_columns_no_sidecar_or_a_bad_sidecar(t
     with pytest.raises(ResultFileError, match="unreadable"):
         _writer(path).open()
     side.unlink()
-    with pytest.raises(ResultFileError, match="no settings file"):
+    with pytest.raises(ResultFileError, match=r"no settings file out.tsv.json.*pass --overwrite to start it "
+                                              r"again or choose another --out$"):
         _writer(path).open()
     with pytest.raises(ResultFileError, match="header"):
         read_complete_rows(path, ["idx", "x", "y"])
@@ -131,6 +135,8 @@ def test_writer_checks_its_use(tmp_path):
     with pytest.raises(ValueError, match="3"):
         w.write((0, 1))
     w.close()
+    with pytest.raises(RuntimeError, match=r"^ResultWriter.open\(\) first$"):
+        w.write((0, 1, 0.5))  # closed: no more rows
     w.close()  # idempotent
 
 
@@ -143,7 +149,8 @@ def test_merge_parts_in_index_order_only_when_complete(tmp_path):
     _write(b, [(1, 2, 0.75)])  # resumes b: appends idx 1
     assert merge_parts(out, [a, b], COLS, "certify", SETTINGS, KEYS, [3, 0, 2, 1]) is True
     assert out.read_text() == "idx\tlabel\tradius\n0\t1\t0.5\n1\t2\t0.75\n2\t1\t0.25\n3\t0\t0.0\n"
-    assert json.loads(sidecar_path(out).read_text())["kind"] == "certify"
+    meta = json.loads(sidecar_path(out).read_text())
+    assert meta["kind"] == "certify" and meta["settings"] == SETTINGS and meta["key_settings"] == KEYS
     # only the expected indices are merged
     assert merge_parts(out, [a, b], COLS, "certify", SETTINGS, KEYS, [2, 3]) is True
     assert out.read_text() == "idx\tlabel\tradius\n2\t1\t0.25\n3\t0\t0.0\n"

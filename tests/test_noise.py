@@ -213,3 +213,23 @@ def test_analyze_and_report_keep_norms_apart(tmp_path, capsys):
     assert main(["report", str(run), "-o", str(tmp_path / "report.html")]) == 0
     html = (tmp_path / "report.html").read_text()
     assert "vs l2 radius" in html and "vs l1 radius" in html
+
+
+def test_an_adaptive_file_from_before_the_sequential_setting_reads_as_bonferroni(tmp_path, capsys):
+    import json
+
+    from smoothguard.cli import main
+
+    out = tmp_path / "a.tsv"
+    argv = ["certify", "--radii", "0.25", "--n-max", "2000", "--sequential", "bonferroni", "--max", "2",
+            "--out", str(out)]
+    assert main(argv) == 0
+    side_path = tmp_path / "a.tsv.json"
+    side = json.loads(side_path.read_text())
+    for key in ("sequential", "noise", "norm"):
+        side["settings"].pop(key, None)  # as issue 7's adaptive runs wrote it
+    side_path.write_text(json.dumps(side))
+    assert main(argv) == 0  # resumes: the method it ran was Bonferroni's
+    cs = [("cs" if a == "bonferroni" else a) for a in argv]
+    assert main(cs) == 2
+    assert "sequential: file 'bonferroni', now 'cs'" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from smoothguard.contract import ContractError, check_output_path, write_text_at
 
 
 # resume keys introduced after files were first written, with the value those files implied
-KEY_DEFAULTS = {"noise": "gaussian"}
+KEY_DEFAULTS = {"noise": "gaussian", "sequential": "bonferroni"}
 
 
 class ResultFileWarning(UserWarning):

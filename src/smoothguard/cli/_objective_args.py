@@ -26,6 +26,7 @@ OBJECTIVE_FLAGS: dict[str, tuple[str, ...]] = {
     "stability": ("noise_sd", "lbd"),
     "consistency": ("noise_sd", "m_train", "lbd", "eta"),
     "gradreg": ("lbd",),
+    "free_at": ("eps", "replays", "step_size"),
     "ibp": ("eps", "norm", "warmup", "ramp", "kappa_start", "kappa_end"),
     "crown_ibp": ("eps", "norm", "warmup", "ramp", "kappa_start", "kappa_end", "beta_start", "beta_end"),
 }
@@ -59,6 +60,9 @@ def add_objective_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lbd", type=float, default=None,
                    help="stability/consistency: weight lambda of the KL term (default 1 / 10); gradreg: weight of "
                         "the squared input-gradient norm (default 1)")
+    g.add_argument("--replays", type=int, default=None,
+                   help="free_at: optimizer steps per minibatch, each also updating the perturbation (default 8; "
+                        "train for epochs / replays to match natural training's gradient computations)")
     g.add_argument("--eta", type=float, default=None, help="consistency: weight of the entropy term (default 0.5)")
     g.add_argument("--warmup", type=float, default=None,
                    help="ibp/crown_ibp: fraction of training steps with eps 0 (default 2/60 ibp, 10/200 crown_ibp)")

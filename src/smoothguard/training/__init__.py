@@ -7,7 +7,7 @@
 
 from smoothguard.training.objectives import OBJECTIVES, Objective, StepContext, get_objective
 from smoothguard.training.trainer import TrainConfig, Trainer, TrainCallback
-from smoothguard.training.adversarial import PGDAT, TRADES, FastAT
+from smoothguard.training.adversarial import PGDAT, TRADES, FastAT, FreeAT
 from smoothguard.training.smoothing_objectives import Consistency, SmoothAdv, Stability
 from smoothguard.training.certified_objectives import IBP, CrownIBP
 from smoothguard.training.regularization import GradientRegularization
@@ -26,6 +26,7 @@ OBJECTIVES.update({
     "crown_ibp": CrownIBP,
     # input-gradient regularization (issue 23)
     "gradreg": GradientRegularization,
+    "free_at": FreeAT,
 })
 
-__all__ = ["GradientRegularization", "IBP", "CrownIBP", "PGDAT", "TRADES", "FastAT", "SmoothAdv", "Stability", "Consistency", "OBJECTIVES", "Objective", "StepContext", "get_objective", "TrainConfig", "Trainer", "TrainCallback"]
+__all__ = ["FreeAT", "GradientRegularization", "IBP", "CrownIBP", "PGDAT", "TRADES", "FastAT", "SmoothAdv", "Stability", "Consistency", "OBJECTIVES", "Objective", "StepContext", "get_objective", "TrainConfig", "Trainer", "TrainCallback"]

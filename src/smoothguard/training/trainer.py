@@ -323,26 +323,29 @@ class Trainer:
                 x = train.images[idx].to(device, non_blocking=True)
                 y = train.labels[idx].to(device, non_blocking=True)
                 ctx = StepContext(epoch, cfg.epochs, step, steps, noise_gen)
-                with noise_generator(self.model, noise_gen):  # noise-injection layers: seeded too
-                    out_step = step_fn(x, y, ctx)
-                self.optimizer.zero_grad(set_to_none=True)
-                (out_step.loss * weight if weight != 1.0 else out_step.loss).backward()
-                self.optimizer.step()
-                if weight == 0.0:  # the placeholder example is not counted
-                    continue
-                bs = len(y)
-                loss_v = float(out_step.loss.detach())
-                sums["loss"] += loss_v * bs
-                sums["count"] += bs
-                acc_v = float("nan")
-                if out_step.logits is not None:
-                    corr = float((out_step.logits.detach().argmax(1) == y).sum())
-                    sums["correct"] += corr
-                    sums["acc_count"] += bs
-                    acc_v = corr / bs
-                for k, v in out_step.stats.items():
-                    extra[k] = extra.get(k, 0.0) + float(v) * bs
-                if self.callback:
+                # an objective may replay each minibatch (free adversarial training: m optimizer
+                # steps per minibatch); every other objective takes one step
+                for _replay in range(getattr(self.objective, "replays", 1)):
+                    with noise_generator(self.model, noise_gen):  # noise-injection layers: seeded too
+                        out_step = step_fn(x, y, ctx)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    (out_step.loss * weight if weight != 1.0 else out_step.loss).backward()
+                    self.optimizer.step()
+                    if weight == 0.0:  # the placeholder example is not counted
+                        continue
+                    bs = len(y)
+                    loss_v = float(out_step.loss.detach())
+                    sums["loss"] += loss_v * bs
+                    sums["count"] += bs
+                    acc_v = float("nan")
+                    if out_step.logits is not None:
+                        corr = float((out_step.logits.detach().argmax(1) == y).sum())
+                        sums["correct"] += corr
+                        sums["acc_count"] += bs
+                        acc_v = corr / bs
+                    for k, v in out_step.stats.items():
+                        extra[k] = extra.get(k, 0.0) + float(v) * bs
+                if weight != 0.0 and self.callback:
                     self.callback.on_step(epoch, step, loss_v, acc_v)
             self.scheduler.step()
             if world.distributed:

@@ -137,7 +137,7 @@ def test_futility_alpha_only_moves_the_stopping_time():
     fast, cautious = runs[0.05].n_used.numpy(), runs[1e-6].n_used.numpy()
     assert (cautious >= fast).all()
     assert fast.sum() < cautious.sum()
-    with pytest.raises(ValueError, match="futility_alpha must be in"):
+    with pytest.raises(ValueError, match="futility_alpha must lie in"):
         certify_adaptive(g, x[:1], GRID, futility_alpha=0.0)
 
 
@@ -192,9 +192,9 @@ def test_adaptive_predict_stops_early_and_matches_the_fixed_test_where_clear():
 
 def test_adaptive_predict_validation():
     g = SmoothedClassifier(lambda x: torch.zeros(x.shape[0], dtype=torch.long), 2, 0.25)
-    with pytest.raises(ValueError, match="futility_alpha must be in"):
+    with pytest.raises(ValueError, match="futility_alpha must lie in"):
         predict_adaptive(g, torch.zeros(1, 1, 1), futility_alpha=1.0)
-    with pytest.raises(ValueError, match="alpha must be in"):
+    with pytest.raises(ValueError, match="alpha must lie in"):
         predict_adaptive(g, torch.zeros(1, 1, 1), alpha=0.0)
     with pytest.raises(ValueError, match="must end at n_max"):
         predict_adaptive(g, torch.zeros(1, 1, 1), n_max=1000, schedule=[100, 500])

@@ -99,7 +99,7 @@ def test_unanimous_votes_certify_close_to_the_best_possible_sample_size():
 
 
 def test_validation_of_the_engine():
-    with pytest.raises(ValueError, match="alpha must be in"):
+    with pytest.raises(ValueError, match="alpha must lie in"):
         BernoulliCS(alpha=1.5)
     with pytest.raises(ValueError, match="thetas must lie in"):
         BernoulliCS(0.1, thetas=[1.2], weights=[0.5])

@@ -66,6 +66,7 @@ import torch
 from scipy.stats import beta as _beta
 from scipy.stats import norm
 
+from smoothguard.contract import check_alpha, check_int
 from smoothguard import ABSTAIN
 from smoothguard.smoothing.core import NOISE_BLOCK, SmoothedClassifier
 from smoothguard.smoothing.sequential import BernoulliCS
@@ -74,8 +75,7 @@ from smoothguard.smoothing.stats import binom_pvalues, lower_confidence_bound
 
 def default_schedule(n_max: int, first: int = 2 * NOISE_BLOCK, growth: float = 1.5) -> list[int]:
     """Looks at first, first * growth, ... (multiples of NOISE_BLOCK), ending at n_max."""
-    if n_max < 1:
-        raise ValueError(f"n_max must be >= 1, got {n_max}")
+    check_int("n_max", n_max)
     looks, n = [], float(first)
     while n < n_max:
         look = int(round(n / NOISE_BLOCK)) * NOISE_BLOCK
@@ -136,8 +136,7 @@ def cs_schedule(n_max: int, step: int = NOISE_BLOCK, dense_until: int = 10_000, 
     schedule only bounds the number of Python rounds. It depends on n_max alone, never on
     the data or on the other images of a call, so a row does not depend on the grouping.
     """
-    if n_max < 1:
-        raise ValueError(f"n_max must be >= 1, got {n_max}")
+    check_int("n_max", n_max)
     if step < 1 or growth <= 1.0:
         raise ValueError(f"need step >= 1 and growth > 1, got {step} and {growth}")
     looks, n = [], step
@@ -170,8 +169,7 @@ class SequentialGridTest:
         self.thresholds = np.asarray(thresholds, dtype=np.float64)
         if self.thresholds.ndim != 1 or np.any(np.diff(self.thresholds) <= 0):
             raise ValueError(f"thresholds must be increasing, got {list(thresholds)}")
-        if not 0.0 < futility_alpha < 1.0:
-            raise ValueError(f"futility_alpha must be in (0, 1), got {futility_alpha}")
+        check_alpha(futility_alpha, "futility_alpha")
         self.cs = cs if cs is not None else BernoulliCS(alpha)
         self.futility = BernoulliCS(futility_alpha, self.cs.thetas, self.cs.weights)
         self.n_max = int(n_max)
@@ -246,12 +244,9 @@ def certify_adaptive(
     p_A > 1/2) is always part of the grid.
     """
     _require_gaussian(smoothed)
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    if n0 < 1:
-        raise ValueError(f"n0 must be >= 1, got {n0}")
-    if not 0.0 < futility_alpha < 1.0:
-        raise ValueError(f"futility_alpha must be in (0, 1), got {futility_alpha}")
+    check_alpha(alpha)
+    check_int("n0", n0)
+    check_alpha(futility_alpha, "futility_alpha")
     grid = sorted({0.0, *(float(r) for r in radii)})
     if any(r < 0 or not np.isfinite(r) for r in grid):
         raise ValueError(f"radii must be finite and >= 0, got {list(radii)}")
@@ -330,12 +325,9 @@ def certify_sequential(
     ``p_lower`` is the confidence sequence's lower bound L_n at the stopping look.
     """
     _require_gaussian(smoothed)
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    if n0 < 1:
-        raise ValueError(f"n0 must be >= 1, got {n0}")
-    if n_max < 1:
-        raise ValueError(f"n_max must be >= 1, got {n_max}")
+    check_alpha(alpha)
+    check_int("n0", n0)
+    check_int("n_max", n_max)
     grid = sorted({0.0, *(float(r) for r in radii)})
     if any(r < 0 or not np.isfinite(r) for r in grid):
         raise ValueError(f"radii must be finite and >= 0, got {list(radii)}")
@@ -414,14 +406,12 @@ def certify_anytime(
     for an image right at its largest radius, fixed n gives a larger radius.
     """
     _require_gaussian(smoothed)
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    if n0 < 1 or budget < 1:
-        raise ValueError(f"n0 and budget must be >= 1, got {n0} and {budget}")
+    check_alpha(alpha)
+    check_int("n0", n0)
+    check_int("budget", budget)
     if not (tolerance >= 0 and np.isfinite(tolerance)):
         raise ValueError(f"tolerance must be a finite radius >= 0, got {tolerance}")
-    if not 0.0 < futility_alpha < 1.0:
-        raise ValueError(f"futility_alpha must be in (0, 1), got {futility_alpha}")
+    check_alpha(futility_alpha, "futility_alpha")
     cs = cs if cs is not None else BernoulliCS(alpha)
     if cs.alpha != alpha:
         raise ValueError(f"the confidence sequence has alpha {cs.alpha}, the call {alpha}")
@@ -503,10 +493,8 @@ def predict_adaptive(
     alpha: each look is Cohen's PREDICT at level alpha / L (valid, Hung and Fithian 2019),
     and a union bound over the L looks holds whatever the stopping rule.
     """
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    if not 0.0 < futility_alpha < 1.0:
-        raise ValueError(f"futility_alpha must be in (0, 1), got {futility_alpha}")
+    check_alpha(alpha)
+    check_alpha(futility_alpha, "futility_alpha")
     looks = list(schedule) if schedule is not None else default_schedule(n_max)
     if any(b <= a for a, b in zip(looks, looks[1:])) or looks[0] < 1:
         raise ValueError(f"the schedule must be increasing positive sample counts, got {looks}")
@@ -574,12 +562,9 @@ def predict_sequential(
     (K - 1) / alpha under its null; a union over the K - 1 possible c bounds the
     probability by alpha, whatever the stopping time (Ville's inequality).
     """
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    if n_max < 1:
-        raise ValueError(f"n_max must be >= 1, got {n_max}")
-    if not 0.0 < futility_alpha < 1.0:
-        raise ValueError(f"futility_alpha must be in (0, 1), got {futility_alpha}")
+    check_alpha(alpha)
+    check_int("n_max", n_max)
+    check_alpha(futility_alpha, "futility_alpha")
     k = smoothed.num_classes
     pair_alpha = alpha / max(k - 1, 1)
     cs = BernoulliCS(pair_alpha, cs.thetas, cs.weights) if cs is not None else BernoulliCS(pair_alpha)

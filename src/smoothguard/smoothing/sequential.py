@@ -69,6 +69,8 @@ import math
 from typing import Sequence
 
 import numpy as np
+
+from smoothguard.contract import check_alpha
 from scipy.special import logsumexp
 
 __all__ = [
@@ -146,8 +148,7 @@ class BernoulliCS:
 
     def __init__(self, alpha: float, thetas: Sequence[float] | np.ndarray = DEFAULT_THETAS,
                  weights: Sequence[float] | np.ndarray = DEFAULT_WEIGHTS, iterations: int = 60) -> None:
-        if not 0.0 < alpha < 1.0:
-            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        check_alpha(alpha)
         if int(iterations) < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}")
         self.alpha = float(alpha)

@@ -137,3 +137,28 @@ def test_minimal_attack_without_eps_and_stdout(capsys):
     # minimal perturbation: every correctly classified point is fooled, at a positive norm;
     # a misclassified one needs no perturbation
     assert all(int(r[5]) == 1 and (float(r[4]) > 0) == (r[1] == r[2]) for r in rows)
+
+
+def test_square_reports_its_queries_to_the_attack_progress_bar(tmp_path, monkeypatch):
+    """The bar moves during Square's query loop (a postfix every 100 queries), not only
+    when a batch of images finishes."""
+    from smoothguard.cli import common
+
+    seen = []
+    real_progress = common.progress
+
+    def spying_progress(*a, **k):
+        bar = real_progress(*a, **k)
+        original = bar.set_postfix_str
+
+        def record(text, *aa, **kk):
+            seen.append(text)
+            return original(text, *aa, **kk)
+
+        bar.set_postfix_str = record
+        return bar
+
+    monkeypatch.setattr("smoothguard.cli._smoothing_run.progress", spying_progress)
+    out = tmp_path / "sq.tsv"
+    assert main(["attack", "--attack", "square", "--queries", "300", "--max", "2", "--out", str(out)]) == 0
+    assert any(t.startswith("query ") for t in seen), seen  # called from inside Square's loop

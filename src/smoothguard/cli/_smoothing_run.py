@@ -201,6 +201,7 @@ def run_rows(
     key_settings: Sequence[str],
     group: int,
     compute: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], list[list[Any]]],
+    on_bar: Callable[[Any], None] | None = None,
 ) -> list[list[str]] | None:
     """Compute rows for every selected image not yet in ``--out``; return all rows of the
     run (resumed and new, formatted, in index order), or None on ranks other than 0.
@@ -208,7 +209,8 @@ def run_rows(
     Under torchrun (WORLD_SIZE > 1) rank r takes the selected images r, r + K, ..., writes
     and resumes its own part file ``OUT.partR-of-K``, and rank 0 merges the parts into
     ``OUT`` in index order once all are complete. Per-image seeds make every row the
-    same as in a single-process run.
+    same as in a single-process run. ``on_bar(bar)`` gets the progress bar once it exists
+    (for progress inside a group, e.g. Square's query loop).
     """
     world = getattr(args, "world", None) or World()
     if world.distributed and not args.out:
@@ -234,6 +236,8 @@ def run_rows(
     n_rows = len(done)
     bar = progress(total=len(positions), initial=len(positions) - len(todo), desc=kind, unit="img",
                    **({"disable": True} if world.rank != 0 else {}))
+    if on_bar is not None:
+        on_bar(bar)
     t_start = time.perf_counter()
     computed = 0
     try:

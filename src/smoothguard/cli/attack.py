@@ -226,7 +226,12 @@ def run(args: argparse.Namespace) -> int:
     # the one per-image row loop of certify/predict: resumable --out, torchrun sharding into
     # per-rank part files merged by rank 0 (attack rows depend on the batch an image was in:
     # an attack's random starts are drawn per batch from --seed)
-    all_rows = run_rows(args, data, COLUMNS, "attack", settings, KEY_SETTINGS, args.batch, compute)
+    def show_queries(bar) -> None:  # Square reports its query loop every 100 queries: the bar moves meanwhile
+        source = atk.source_attack if target is not None else atk
+        source.on_iteration = lambda i, total: bar.set_postfix_str(f"query {i}/{total}")
+
+    all_rows = run_rows(args, data, COLUMNS, "attack", settings, KEY_SETTINGS, args.batch, compute,
+                        on_bar=show_queries)
     if all_rows is None:  # a torchrun rank other than 0: rank 0 reports
         return 0
     summary = summarize(all_rows, args.eps_value)

@@ -74,4 +74,10 @@ def shutdown() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        # every rank reaches this point before any tears the group down: a rank that destroys
+        # its gloo group while another still talks to it can abort at exit
+        try:
+            dist.barrier()
+        except RuntimeError:  # a peer already gone (killed rank): nothing left to wait for
+            pass
         dist.destroy_process_group()

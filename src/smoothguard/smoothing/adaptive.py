@@ -208,6 +208,23 @@ def _require_gaussian(smoothed: SmoothedClassifier) -> None:
                          f"smoothed classifier uses {name!r} noise: use fixed-n certify_batch for it")
 
 
+
+def _looks(smoothed: SmoothedClassifier, x: torch.Tensor, gens, looks: Sequence[int], batch_size: int,
+           active: np.ndarray):
+    """The loop every sequential procedure shares: at each look, the images still ``active``
+    (the caller clears entries as images are decided; the array is read anew at each look)
+    get the estimation samples that bring them to ``look``, from their own generators.
+    Yields (look, positions of those images, class counts of the new samples)."""
+    done_n = 0
+    for look in looks:
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            return
+        counts = smoothed.sample_counts(x[idx], look - done_n, batch_size, generators=[gens[i] for i in idx])
+        done_n = look
+        yield look, idx, counts
+
+
 @dataclass
 class AdaptiveResult:
     """Per-image results of :func:`certify_adaptive`."""
@@ -270,16 +287,10 @@ def certify_adaptive(
     level = np.full(count, -1)
     p_lower = np.zeros(count)
     active = np.ones(count, dtype=bool)
-    done_n = 0
-    for look in looks:
-        idx = np.flatnonzero(active)
-        if idx.size == 0:
-            break
-        counts = smoothed.sample_counts(x[idx], look - done_n, batch_size, generators=[gens[i] for i in idx])
+    for look, idx, counts in _looks(smoothed, x, gens, looks, batch_size, active):
         sel = torch.as_tensor(idx)
         n_a[sel] += counts.gather(1, c_a[sel][:, None]).squeeze(1)
         n_used[sel] = look
-        done_n = look
         na = n_a[sel].numpy()
         low = np.atleast_1d(lower_confidence_bound(na, np.full(idx.size, look), alpha_look))
         lv = grid_level(low, thresholds)
@@ -353,16 +364,10 @@ def certify_sequential(
     n_used = np.zeros(count, dtype=np.int64)
     level = np.full(count, -1)
     active = np.ones(count, dtype=bool)
-    done_n = 0
-    for look in looks:
-        idx = np.flatnonzero(active)
-        if idx.size == 0:
-            break
-        counts = smoothed.sample_counts(x[idx], look - done_n, batch_size, generators=[gens[i] for i in idx])
+    for look, idx, counts in _looks(smoothed, x, gens, looks, batch_size, active):
         sel = torch.as_tensor(idx)
         n_a[idx] += counts.gather(1, c_a[sel][:, None]).squeeze(1).numpy()
         n_used[idx] = look
-        done_n = look
         level[idx], stop = test.update(n_a[idx], n_used[idx].astype(np.float64), level[idx])
         active[idx[stop]] = False
     p_lower = test.cs.lower(n_a, n_used.astype(np.float64))
@@ -434,15 +439,9 @@ def certify_anytime(
     n_used = np.zeros(count, dtype=np.int64)
     best = np.zeros(count)  # running maximum of L_n (0: nothing shown yet)
     active = np.ones(count, dtype=bool)
-    done_n = 0
-    for look in looks:
-        idx = np.flatnonzero(active)
-        if idx.size == 0:
-            break
-        counts = smoothed.sample_counts(x[idx], look - done_n, batch_size, generators=[gens[i] for i in idx])
+    for look, idx, counts in _looks(smoothed, x, gens, looks, batch_size, active):
         n_a[idx] += counts.gather(1, c_a[torch.as_tensor(idx)][:, None]).squeeze(1).numpy()
         n_used[idx] = look
-        done_n = look
         s, n = n_a[idx], np.full(idx.size, float(look))
         best[idx] = np.maximum(best[idx], cs.lower(s, n))
         if look >= budget:
@@ -510,16 +509,10 @@ def predict_adaptive(
     prediction = torch.full((count,), ABSTAIN, dtype=torch.int64)
     p_value = np.ones(count)
     active = np.ones(count, dtype=bool)
-    done_n = 0
-    for look in looks:
-        idx = np.flatnonzero(active)
-        if idx.size == 0:
-            break
+    for look, idx, new in _looks(smoothed, x, gens, looks, batch_size, active):
         sel = torch.as_tensor(idx)
-        counts[sel] += smoothed.sample_counts(x[idx], look - done_n, batch_size,
-                                              generators=[gens[i] for i in idx]).cpu()
+        counts[sel] += new
         n_used[sel] = look
-        done_n = look
         top2 = counts[sel].topk(2, dim=1)
         n1, n2 = top2.values[:, 0].numpy(), top2.values[:, 1].numpy()
         pv = binom_pvalues(n1, n2)
@@ -581,16 +574,10 @@ def predict_sequential(
     prediction = torch.full((count,), ABSTAIN, dtype=torch.int64)
     log_e = np.zeros(count)
     active = np.ones(count, dtype=bool)
-    done_n = 0
-    for look in looks:
-        idx = np.flatnonzero(active)
-        if idx.size == 0:
-            break
+    for look, idx, new in _looks(smoothed, x, gens, looks, batch_size, active):
         sel = torch.as_tensor(idx)
-        counts[sel] += smoothed.sample_counts(x[idx], look - done_n, batch_size,
-                                              generators=[gens[i] for i in idx]).cpu()
+        counts[sel] += new
         n_used[sel] = look
-        done_n = look
         if k < 2:
             prediction[sel] = 0
             active[idx] = False

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from smoothguard.evaluation.resultfile import read_complete_rows
+
 VERIFY_COLUMNS = ("idx", "label", "clean_pred", "verified", "margin_lb", "time")
 ATTACK_COLUMNS = ("idx", "label", "clean_pred", "adv_pred", "norm", "success", "time")
 
@@ -58,13 +60,8 @@ def read_run(path: str | Path) -> AccuracyRun | None:
     head = tuple(_header(path))
     if head not in (VERIFY_COLUMNS, ATTACK_COLUMNS):
         raise ValueError(f"{path}: not a verify or attack result file (header {list(head)})")
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        fh.readline()
-        for line in fh:
-            f = line.rstrip("\n").split("\t")
-            if len(f) == len(head) and line.endswith("\n"):
-                rows.append(f)
+    # the one reader of result rows: complete, numeric, unique rows, in file order
+    rows = list(read_complete_rows(path, head)[0].values())
     if not rows:
         return None
     try:

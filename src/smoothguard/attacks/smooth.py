@@ -22,6 +22,7 @@ from smoothguard.attacks.base import check_int, check_positive
 from smoothguard.attacks.ddn import DDN
 from smoothguard.attacks.losses import get_loss
 from smoothguard.attacks.pgd import PGD
+from smoothguard.noise import Gaussian
 
 
 def _noisy_logits(model, xs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -48,7 +49,7 @@ class _Smoothed:
 
     def _draw(self, xs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         shape = (self.num_noise, *xs.shape)
-        return self.sigma * torch.randn(shape, generator=gen, device=xs.device, dtype=xs.dtype)
+        return Gaussian(self.sigma).draw(shape, xs, gen)  # the one noise object (bit-identical draws)
 
     fixed_noise = False  # SmoothAdv: the draws are fixed per call
 

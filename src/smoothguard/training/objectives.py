@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smoothguard.contract import check_sigma
-from smoothguard.noise import get_noise
+from smoothguard.noise import Gaussian as GaussianNoise, get_noise
 
 
 @dataclass
@@ -144,7 +144,7 @@ class _DenoiserObjective(Objective):
         return f
 
     def noisy(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        return x + self.noise_sd * torch.randn(x.shape, generator=ctx.generator, device=x.device, dtype=x.dtype)
+        return x + GaussianNoise(self.noise_sd).draw(x.shape, x, ctx.generator)
 
     def assert_frozen(self) -> None:
         """Raise RuntimeError if any classifier's weights or buffers changed since construction."""

@@ -18,6 +18,7 @@ from smoothguard.attacks.base import check_choice, check_int, check_nonnegative,
 from smoothguard.attacks.smooth import SmoothAdvDDN, SmoothAdvPGD
 from smoothguard.training.adversarial import kl_div_rows
 from smoothguard.contract import check_sigma
+from smoothguard.noise import Gaussian
 from smoothguard.training.objectives import Objective, StepContext, StepOutput
 
 SMOOTHADV_ATTACKS = ("pgd", "ddn")
@@ -28,7 +29,7 @@ def _check_sd(noise_sd: float) -> float:
 
 
 def _noise(shape: tuple[int, ...], x: torch.Tensor, noise_sd: float, gen: torch.Generator) -> torch.Tensor:
-    return noise_sd * torch.randn(shape, generator=gen, device=x.device, dtype=x.dtype)
+    return Gaussian(noise_sd).draw(shape, x, gen)  # the one noise object (bit-identical draws)
 
 
 def _mean_log_probs(logits: torch.Tensor) -> torch.Tensor:

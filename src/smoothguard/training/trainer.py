@@ -136,7 +136,7 @@ def evaluate_denoiser(
     total, count = 0.0, 0
     for start in range(0, len(data), batch_size):
         x = data.images[start:start + batch_size].to(device)
-        out = model(x + noise_sd * torch.randn(x.shape, generator=gen, device=device))
+        out = model(x + get_noise("gaussian", noise_sd).draw(x.shape, x, gen))
         total += float(((out - x) ** 2).sum())
         count += x.numel()
     model.train(was_training)

@@ -38,6 +38,7 @@ from torch import nn
 
 from smoothguard.contract import (check_images, check_int, check_logits, check_nonnegative, forward_errors,
                                   model_in_shape)
+from smoothguard.noise import Gaussian
 from smoothguard.smoothing.core import SmoothedClassifier
 from smoothguard.utils import make_generator
 
@@ -221,8 +222,8 @@ class SmoothedModel(nn.Module):
             if self.sigma == 0:
                 batch = x
             else:
-                noise = torch.randn((k, *x.shape), generator=gen, device=x.device, dtype=x.dtype)
-                batch = (x.unsqueeze(0) + self.sigma * noise).reshape(k * n, *x.shape[1:])
+                noise = Gaussian(self.sigma).draw((k, *x.shape), x, gen)  # sigma * randn, the one noise object
+                batch = (x.unsqueeze(0) + noise).reshape(k * n, *x.shape[1:])
             with forward_errors(x.shape[1:], "the base model"):
                 out = check_logits(self.base(batch), count=k * n, name="the base model")
             w = draw_weights(out, self.method, out.shape[1]).view(k, n, -1).sum(0)

@@ -314,3 +314,20 @@ def test_kill_9_then_a_hand_corrupted_row_then_resume(tmp_path):
     with pytest.warns(UserWarning, match="line 3: idx .* is not an integer"):
         assert main([*argv, "--out", str(part)]) == 0
     assert [r[:-1] for r in _rows(part)] == [r[:-1] for r in _rows(full)]
+
+
+def test_an_unsafe_pickle_is_refused_without_advising_weights_only_false(tmp_path, capsys):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps(Evil()))
+    out = tmp_path / "a.tsv"
+    assert main(["attack", "--model", str(evil), "--max", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to load" in err and "import-model" in err
+    assert "weights_only` set to `False`" not in err and "weights_only=False" not in err
+    assert not out.exists()

@@ -98,9 +98,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch's own first line advises weights_only=False, which would run a pickle's code:
+        # report only the unpickler's finding
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if ln.startswith(("Unsupported", "Trying to", "Can only"))),
+                      "not loadable with weights_only=True")
         raise CheckpointError(
-            f"refusing to load {path}: it holds objects other than tensors and plain data "
-            f"(weights_only load failed: {str(exc).splitlines()[0]})"
+            f"refusing to load {path}: it is not a file of tensors and plain data that loads safely (a text or "
+            f"corrupt file, or a pickle holding objects or code; {detail}); expected a smoothguard checkpoint "
+            "(`smoothguard train`, save_checkpoint(), or `smoothguard import-model` for weights from elsewhere)"
         ) from exc
     except Exception as exc:  # noqa: BLE001 - zip errors, truncated files, ...
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc

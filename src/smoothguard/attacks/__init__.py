@@ -1,7 +1,7 @@
 """Adversarial attacks on models that map [0, 1] images to logits.
 
 White-box: :class:`FGSM` (l_inf), :class:`FGM` (l_2), :class:`PGD`, :class:`APGD`,
-:class:`CW` (l_2, minimal), :class:`DDN` (l_2, minimal); for smoothed / noisy models:
+:class:`CW` (l_2, minimal), :class:`DDN` (l_2, minimal), :class:`FAB` (minimal); for smoothed / noisy models:
 :class:`EPGD`, :class:`SmoothAdvPGD`, :class:`SmoothAdvDDN` and the ``eot`` option of
 every gradient attack; black-box: :class:`Square`, :class:`NAttack`; and
 :class:`TransferAttack`. All share :class:`~smoothguard.attacks.base.Attack`:
@@ -24,6 +24,7 @@ from smoothguard.attacks.base import (
 from smoothguard.attacks.bpda import BPDA
 from smoothguard.attacks.cw import CW
 from smoothguard.attacks.ddn import DDN
+from smoothguard.attacks.fab import FAB
 from smoothguard.attacks.fgsm import FGM, FGSM
 from smoothguard.attacks.losses import LOSSES, ce_loss, cw_loss, dlr_loss
 from smoothguard.attacks.nattack import NAttack
@@ -41,7 +42,7 @@ from smoothguard.attacks.transfer import TransferAttack
 
 ATTACKS = {
     cls.name: cls
-    for cls in (FGSM, FGM, PGD, APGD, CW, DDN, EPGD, SmoothAdvPGD, SmoothAdvDDN, NAttack, Square)
+    for cls in (FGSM, FGM, PGD, APGD, FAB, CW, DDN, EPGD, SmoothAdvPGD, SmoothAdvDDN, NAttack, Square)
 }
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "CW",
     "DDN",
     "EPGD",
+    "FAB",
     "FGM",
     "FGSM",
     "GradientAttack",

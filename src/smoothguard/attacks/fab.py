@@ -1,0 +1,245 @@
+"""Fast Adaptive Boundary attack (Croce & Hein, ICML 2020, "Minimally distorted adversarial
+examples with a fast adaptive boundary attack"): a minimal-norm white-box attack, l_inf
+and l_2, untargeted or targeted (FAB-T, the third attack of AutoAttack's standard suite).
+
+Each iteration linearizes the decision boundary between the true class y and one other
+class s at the current iterate x_i,
+
+    pi_i = {z : (f_s - f_y)(x_i) + <grad (f_s - f_y)(x_i), z - x_i> = 0},
+
+and computes the smallest-norm steps that reach pi_i inside the image box, from the
+iterate (delta_i) and from the original point (delta_0). The next iterate is a convex
+combination biased towards the original point,
+
+    x_{i+1} = clip((1 - a) (x_i + eta delta_i) + a (x_0 + eta delta_0)),
+    a = min(||delta_i|| / (||delta_i|| + ||delta_0||), alpha_max),
+
+with overshoot eta. When x_{i+1} is adversarial it is recorded if it is the smallest found
+so far, and the search steps back towards the original point, x_{i+1} <- x_0 + beta
+(x_{i+1} - x_0). Untargeted, s is the class whose linearized boundary is closest; with
+targets, s is the target (FAB-T: the target only picks the boundary to follow, and any
+misclassification found on the way counts, as in the paper's and AutoAttack's FAB-T).
+
+Paper defaults: 100 iterations, alpha_max = 0.1, eta = 1.05, beta = 0.9; restarts after
+the first start at a random point of radius min(best norm, eps) / 2.
+
+Box-constrained projection onto a hyperplane: the minimal-norm delta with <w, delta> = r and
+0 <= p + delta <= 1 moves each coordinate by m_i = min(lam a_i, b_i) in the direction
+sign(r w_i), where b_i is the room left in the box in that direction and a_i = 1 (l_inf)
+or |w_i| (l_2). <w, delta> is then piecewise linear and nondecreasing in lam, so lam is
+found exactly by sorting the breakpoints b_i / a_i (:func:`boundary_step`). When the box
+cannot reach the hyperplane, every coordinate moves to its bound (the closest point).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from smoothguard.attacks.base import (
+    Attack,
+    AttackOutput,
+    _bcast,
+    check_fraction,
+    check_int,
+    check_positive,
+    lp_norms,
+)
+
+
+def boundary_step(p: torch.Tensor, w: torch.Tensor, r: torch.Tensor, norm: str) -> torch.Tensor:
+    """The smallest ``norm`` step delta with <w, delta> = r and p + delta in [0, 1]^d.
+
+    Args:
+        p: (N, d) points in [0, 1]; w: (N, d) hyperplane normals; r: (N,) required change
+            of <w, .>. Where the box cannot reach the hyperplane, the step goes as far as
+            the box allows in the right direction.
+    """
+    sign_r = torch.where(r >= 0, 1.0, -1.0).to(w.dtype)
+    v = w * sign_r.unsqueeze(1)  # now <v, delta> = |r| >= 0 is wanted
+    need = r.abs()
+    room = torch.where(v > 0, 1.0 - p, p)  # how far each coordinate can move in its direction
+    av = v.abs()
+    a = torch.ones_like(av) if norm == "linf" else av
+    moving = av > 0
+    # breakpoint of coordinate i: lam_i = room_i / a_i (inf where the coordinate does not move)
+    lam_i = torch.where(moving, room / torch.where(moving, a, torch.ones_like(a)), torch.full_like(a, math.inf))
+    lam_sorted, order = lam_i.sort(dim=1)
+    c = (av * room).gather(1, order)  # contribution of a saturated coordinate
+    e = (av * a).gather(1, order)  # slope of an unsaturated one
+    c_before = c.cumsum(1) - c  # saturated below breakpoint k (exclusive)
+    e_from = e.flip(1).cumsum(1).flip(1)  # unsaturated at breakpoint k (inclusive)
+    finite = torch.isfinite(lam_sorted)
+    f_k = torch.where(finite, c_before + torch.where(finite, lam_sorted, torch.zeros_like(lam_sorted)) * e_from,
+                      c_before + c)
+    k = (f_k < need.unsqueeze(1)).sum(1, keepdim=True)  # first breakpoint where <v, delta> reaches |r|
+    reachable = k.squeeze(1) < f_k.shape[1]
+    kk = k.clamp(max=f_k.shape[1] - 1)
+    slope = e_from.gather(1, kk).squeeze(1)
+    lam = (need - c_before.gather(1, kk).squeeze(1)) / slope.clamp_min(1e-30)
+    lam = torch.where(reachable & (slope > 0), lam, torch.full_like(lam, math.inf))
+    m = torch.minimum(lam.unsqueeze(1) * a, room)
+    m = torch.where(moving, m, torch.zeros_like(m))
+    return torch.where(need.unsqueeze(1) > 0, v.sign() * m, torch.zeros_like(m))
+
+
+class FAB(Attack):
+    """FAB (Croce & Hein 2020), l_inf or l_2, untargeted or targeted (FAB-T).
+
+    A minimal-norm attack: without ``eps`` it returns, per example, the smallest
+    adversarial point found (x itself where none was found). With ``eps`` it is the
+    eps-bounded evaluation of the paper: a point stops as soon as an adversarial point of
+    norm <= eps is found (nothing more is learned from it), and the result is projected
+    onto the eps-ball as for every attack.
+
+    Args (besides :class:`~smoothguard.attacks.base.Attack`'s):
+        steps: iterations per run (paper: 100).
+        restarts: runs; the first starts at x, later ones at a random point of radius
+            min(best norm, eps) / 2 (``restart_radius`` when neither is known).
+        alpha_max: the largest weight of the step from the original point (paper: 0.1).
+        eta: overshoot of the projection steps (paper: 1.05).
+        beta: backward step towards x after a success (paper: 0.9).
+    """
+
+    name = "fab"
+    minimal = True
+
+    def __init__(
+        self,
+        model,
+        norm: str = "linf",
+        eps: float | None = None,
+        steps: int = 100,
+        restarts: int = 1,
+        alpha_max: float = 0.1,
+        eta: float = 1.05,
+        beta: float = 0.9,
+        restart_radius: float | None = None,
+        seed: int | None = None,
+        force: bool = False,
+        sanity_checks: bool = True,
+    ) -> None:
+        super().__init__(model, norm=norm, eps=eps, seed=seed, force=force, sanity_checks=sanity_checks)
+        self.steps = check_int("steps", steps, 1)
+        self.restarts = check_int("restarts", restarts, 1)
+        self.alpha_max = check_fraction("alpha_max", alpha_max, low_open=False)
+        self.eta = check_positive("eta", eta)
+        if self.eta < 1:
+            raise ValueError(f"eta (overshoot) must be >= 1; got {eta}")
+        self.beta = check_fraction("beta", beta, low_open=True, high_open=True)
+        self.restart_radius = (check_positive("restart_radius", restart_radius) if restart_radius is not None
+                               else {"linf": 0.3, "l2": 1.0}[norm])
+
+    # -- the linearized boundary ---------------------------------------------------------
+
+    def _boundary(self, xs: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None):
+        """(logits, g, grad g) at xs, where g = f_s - f_y for the class s to move towards:
+        the target, or (untargeted) the class with the closest linearized boundary."""
+        xg = xs.detach().requires_grad_(True)
+        if t is not None:
+            logits = self.model(xg)
+            g = logits.gather(1, t.unsqueeze(1)).squeeze(1) - logits.gather(1, y.unsqueeze(1)).squeeze(1)
+            (grad,) = torch.autograd.grad(g.sum(), xg)
+            return logits.detach(), g.detach(), grad.flatten(1)
+        # untargeted: the gradients of all f_k - f_y from one batched backward pass
+        n = xs.shape[0]
+        logits = self.model(xg)
+        k = logits.shape[1]
+        rep = xs.detach().repeat(k, *([1] * (xs.ndim - 1))).requires_grad_(True)
+        lr = self.model(rep).view(k, n, k)
+        cls = torch.arange(k, device=xs.device)
+        sel = lr[cls, :, cls] - lr.gather(2, y.view(1, n, 1).expand(k, n, 1)).squeeze(2)  # (k, n)
+        (gr,) = torch.autograd.grad(sel.sum(), rep)
+        gr = gr.view(k, n, -1)
+        diff = sel.detach().t()  # (n, k)
+        dual = gr.abs().sum(2) if self.norm == "linf" else gr.norm(dim=2)  # (k, n)
+        dist = diff.abs() / (dual.t() + 1e-12)
+        dist.scatter_(1, y.unsqueeze(1), math.inf)
+        s = dist.argmin(1)
+        rows = torch.arange(n, device=xs.device)
+        return logits.detach(), diff[rows, s], gr[s, rows]
+
+    # -- the attack ------------------------------------------------------------------------
+
+    def _attack(self, x, y, targets, gen) -> AttackOutput:
+        n = x.shape[0]
+        shape = x.shape[1:]
+        x0 = x.flatten(1)
+        best = x0.clone()
+        best_norm = torch.full((n,), math.inf, device=x.device, dtype=x.dtype)
+        with torch.no_grad():
+            clean_wrong = self.model(x).argmax(1) != y
+        best_norm[clean_wrong] = 0.0
+        for r in range(self.restarts):
+            todo = ~clean_wrong
+            if self.eps is not None:
+                todo &= ~(best_norm <= self.eps)
+            idx = todo.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            start = x0[idx]
+            if r > 0:
+                start = self._random_start(start, best_norm[idx], gen)
+            self._run_once(x0, y, targets, idx, start, best, best_norm, shape)
+        return AttackOutput(best.view_as(x))
+
+    def _random_start(self, x0: torch.Tensor, best_norm: torch.Tensor, gen) -> torch.Tensor:
+        cap = self.eps if self.eps is not None else self.restart_radius
+        radius = torch.clamp(best_norm, max=cap)
+        if self.norm == "linf":
+            t = 2 * torch.rand(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype) - 1
+        else:
+            t = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
+        t = t / _bcast(lp_norms(t, self.norm).clamp_min(1e-12), t)
+        return (x0 + t * _bcast(radius / 2, t)).clamp(0.0, 1.0)
+
+    def _run_once(self, x0_all, y_all, t_all, idx, start, best, best_norm, shape) -> None:
+        """One FAB run on the points ``idx`` from ``start``; updates best / best_norm in place."""
+        x1 = start.clone()
+        act = idx  # indices (into the batch) of the points still searched
+        pos = torch.arange(idx.numel(), device=idx.device)  # their rows in x1
+        for it in range(self.steps + 1):
+            x0 = x0_all[act]
+            y = y_all[act]
+            t = None if t_all is None else t_all[act]
+            xs = x1[pos]
+            if it == self.steps:  # the last iterate only needs its decision
+                with torch.no_grad():
+                    logits = self.model(xs.view(-1, *shape))
+                g = w = None
+            else:
+                logits, g, w = self._boundary(xs.view(-1, *shape), y, t)
+            adv = logits.argmax(1) != y
+            if bool(adv.any()):
+                # record the smallest adversarial point, then step back towards x0 and
+                # linearize again there
+                nrm = lp_norms(xs[adv] - x0[adv], self.norm)
+                a_idx = act[adv]
+                better = nrm < best_norm[a_idx]
+                best[a_idx[better]] = xs[adv][better]
+                best_norm[a_idx[better]] = nrm[better]
+                xs = xs.clone()
+                xs[adv] = x0[adv] + self.beta * (xs[adv] - x0[adv])
+                x1[pos[adv]] = xs[adv]
+                if it < self.steps:
+                    _, g_b, w_b = self._boundary(xs[adv].view(-1, *shape), y[adv], None if t is None else t[adv])
+                    g, w = g.clone(), w.clone()
+                    g[adv], w[adv] = g_b, w_b
+            if it == self.steps:
+                break
+            if self.eps is not None:  # eps-bounded: a point found within eps is done
+                keep = ~(best_norm[act] <= self.eps)
+                if not bool(keep.all()):
+                    act, pos, xs, x0, g, w = act[keep], pos[keep], xs[keep], x0[keep], g[keep], w[keep]
+                    if act.numel() == 0:
+                        break
+            # the smallest steps to the linearized boundary, from the iterate and from x0
+            r1 = -g
+            r0 = -g - (w * (x0 - xs)).sum(1)
+            d = boundary_step(torch.cat([xs, x0]), torch.cat([w, w]), torch.cat([r1, r0]), self.norm)
+            d1, d0 = d[: len(xs)], d[len(xs):]
+            a1 = lp_norms(d1, self.norm).clamp_min(1e-8)
+            a0 = lp_norms(d0, self.norm).clamp_min(1e-8)
+            alpha = (a1 / (a1 + a0)).clamp(0.0, self.alpha_max).unsqueeze(1)
+            x1[pos] = ((xs + self.eta * d1) * (1 - alpha) + (x0 + self.eta * d0) * alpha).clamp(0.0, 1.0)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from smoothguard.cli import main
-from smoothguard.cli.experiment import ExperimentError, load_experiment
+from smoothguard.cli.run import load_experiment
+from smoothguard.runner import ExperimentError
 
 TINY = """
 [experiment]
@@ -236,7 +237,7 @@ def test_run_threads_apply_to_steps_that_do_not_set_them(tmp_path, capsys):
 def test_python_310_without_tomli_gets_a_clear_message(tmp_path, monkeypatch):
     import sys as _sys
 
-    from smoothguard.cli.experiment import load_toml
+    from smoothguard.runner import load_toml
 
     monkeypatch.setitem(_sys.modules, "tomllib", None)  # as on Python 3.10
     monkeypatch.setitem(_sys.modules, "tomli", None)  # and tomli not installed
@@ -247,7 +248,7 @@ def test_python_310_without_tomli_gets_a_clear_message(tmp_path, monkeypatch):
 @pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("experiments/*.toml")),
                          ids=lambda p: p.name)
 def test_every_shipped_experiment_file_validates(path, tmp_path):
-    from smoothguard.cli.experiment import load_experiment
+    from smoothguard.cli.run import load_experiment
 
     exp = load_experiment(path, run_dir=tmp_path / "run")
     assert exp is not None

@@ -35,7 +35,7 @@ def add_query_arguments(p: argparse.ArgumentParser) -> None:
 def load_denoiser(path: str, in_shape: Sequence[int], device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """Load a denoiser checkpoint for images of ``in_shape``; returns (denoiser, settings
     recorded in result sidecars)."""
-    from smoothguard.cli._smoothing_run import file_sha256
+    from smoothguard.evaluation.resultfile import file_sha256
     from smoothguard.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 
     kind = read_checkpoint(path)["meta"].get("kind", "classifier")

@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+from smoothguard.cli._conventions import add_deprecated
 from smoothguard.contract import write_text_atomic
 
 HELP = "summarize certify/predict result files: certified-accuracy table and plot"
@@ -33,10 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--radii", default="0,0.25,0.5,0.75,1.0",
                    help="comma-separated l2 radii (pixel units) of the certified-accuracy columns")
     p.add_argument("--format", default=None, choices=["table", "markdown", "latex", "csv"],
-                   help="table format (default: table; with --out-table, guessed from its suffix "
+                   help="table format (default: table; with --out, guessed from its suffix "
                         ".md/.tex/.csv/.txt)")
-    p.add_argument("--out-table", default=None, metavar="PATH",
+    p.add_argument("--out", default=None, metavar="PATH",
                    help="write the table in --format to PATH (the terminal table is still printed)")
+    add_deprecated(p, "analyze", "out")
     p.add_argument("--plot", nargs="?", const="", default=None, metavar="PATH_STEM",
                    help="also write the certified-accuracy plot: to PATH_STEM.png and PATH_STEM.svg, or with no "
                         "value next to the first certify file (results/certify.tsv -> "
@@ -53,7 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="add columns with the high-probability lower bound on certified accuracy")
 
 
-def _check(args: argparse.Namespace) -> list[float]:
+def validate(args: argparse.Namespace) -> list[float]:
+    """The option checks (no file is read); returns the radii."""
     from smoothguard.cli.common import parse_floats
 
     radii = parse_floats(args.radii, "--radii")
@@ -86,22 +89,22 @@ def _default_stem(path: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     from smoothguard.evaluation.analysis import read_results, summary_table
 
-    radii = _check(args)
+    radii = validate(args)
     # verify and attack files (issue 20): verified accuracy beside robust accuracy per eps
     from smoothguard.evaluation.verified import format_sandwich, is_sandwich_file, read_runs
 
     sandwich = [p for p in args.files if is_sandwich_file(p)]
     if sandwich:
-        fmt = args.format or (_SUFFIX_FORMATS.get(Path(args.out_table).suffix.lower(), "table")
-                              if args.out_table else "table")
+        fmt = args.format or (_SUFFIX_FORMATS.get(Path(args.out).suffix.lower(), "table")
+                              if args.out else "table")
         text = format_sandwich(read_runs(sandwich), "csv" if fmt == "csv" else
                                "markdown" if fmt == "markdown" else "table")
         print(_ends_line(text), end="")
         args.files = [p for p in args.files if p not in sandwich]
         if not args.files:
-            if args.out_table is not None:
-                write_text_atomic(Path(args.out_table), text, "--out-table")
-                print(f"wrote {args.out_table}", file=sys.stderr)
+            if args.out is not None:
+                write_text_atomic(Path(args.out), text, "--out")
+                print(f"wrote {args.out}", file=sys.stderr)
             return 0
     results = [read_results(p).with_settings(sigma=args.sigma, n=args.n, alpha=args.alpha) for p in args.files]
     for res in results:
@@ -118,10 +121,10 @@ def run(args: argparse.Namespace) -> int:
     table = summary_table(results, radii, rho=args.rho, lower_bound=args.lower_bound)
 
     fmt = args.format
-    if args.out_table is not None:
-        out = Path(args.out_table)
+    if args.out is not None:
+        out = Path(args.out)
         fmt = fmt or _SUFFIX_FORMATS.get(out.suffix.lower(), "table")
-        write_text_atomic(out, table.render(fmt), "--out-table")
+        write_text_atomic(out, table.render(fmt), "--out")
         print(_ends_line(table.render("table")), end="", flush=True)
         print(f"wrote {out} ({fmt})", file=sys.stderr)
     else:

@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 
+from smoothguard.attacks.registry import COMMAND_ATTACKS, get_attack_entry
+from smoothguard.cli._provenance import model_settings  # noqa: F401 - also imported from here by _smoothing_run
 from smoothguard.contract import check_eps, check_int, check_norm, check_positive, write_text_atomic
+from smoothguard.evaluation.formats import ATTACK, summarize_attack
 from smoothguard.cli.common import (add_channels_last_argument, add_data_arguments, add_model_factory_arguments,
                                     prepare_for_speed, load_data,
                                     load_model_arg, validate_selection)
@@ -22,13 +25,8 @@ DESCRIPTION = (
     "With --target-model the attack is crafted on --model and evaluated on the target (transfer). "
     "Rows are flushed one group at a time; rerunning with the same --out resumes."
 )
-COLUMNS = ["idx", "label", "clean_pred", "adv_pred", "norm", "success", "time"]
-ATTACK_NAMES = ("pgd", "fgsm", "fgm", "apgd", "cw", "ddn", "square", "nattack")
-# norms each attack supports
-ATTACK_NORMS = {"pgd": ("linf", "l2"), "apgd": ("linf", "l2"), "square": ("linf", "l2"), "nattack": ("linf", "l2"),
-                "fgsm": ("linf",), "fgm": ("l2",), "cw": ("l2",), "ddn": ("l2",)}
-LOSS_ATTACKS = ("pgd", "apgd", "fgsm", "fgm", "ddn")
-QUERY_ATTACKS = ("square", "nattack")
+COLUMNS = list(ATTACK.columns)
+ATTACK_NAMES = tuple(COMMAND_ATTACKS)
 KEY_SETTINGS = ["model_sha256", "target_sha256", "data", "root", "split", "skip", "attack", "norm", "eps",
                 "steps", "restarts", "step_size", "loss", "queries", "eot", "seed",
                 "batch"]  # an attack's random starts are drawn per batch: rows depend on --batch
@@ -76,72 +74,43 @@ def parse_eps(text: str, attack: str) -> float | None:
 
 def validate(args: argparse.Namespace) -> None:
     """Check every option before any model or data is loaded (errors name the option)."""
-    if args.attack not in ATTACK_NAMES:
-        raise ValueError(f"--attack must be one of {', '.join(ATTACK_NAMES)}; got {args.attack!r}")
+    entry = get_attack_entry(args.attack)
     check_norm(args.norm, name="--norm")
-    if args.norm not in ATTACK_NORMS[args.attack]:
+    if args.norm not in entry.norms:
         raise ValueError(f"--norm {args.norm} is not supported by --attack {args.attack}; "
-                         f"allowed: {', '.join(ATTACK_NORMS[args.attack])}")
+                         f"allowed: {', '.join(entry.norms)}")
     args.eps_value = parse_eps(args.eps, args.attack)
     if args.eps_value is not None:
         check_eps(args.eps_value, args.norm, "--eps")
     if args.loss not in ("ce", "cw", "dlr"):
         raise ValueError(f"--loss must be one of ce, cw, dlr; got {args.loss!r}")
-    if args.loss != "ce" and args.attack not in LOSS_ATTACKS:
-        raise ValueError(f"--loss applies to --attack {', '.join(LOSS_ATTACKS)}; {args.attack} has its own loss")
+    if args.loss != "ce" and not entry.takes("loss"):
+        raise ValueError(f"--loss applies to --attack {', '.join(_taking('loss'))}; {args.attack} has its own loss")
     if args.steps is not None:
         check_int("--steps", args.steps, minimum=1)
     check_int("--restarts", args.restarts, minimum=1)
-    if args.restarts > 1 and args.attack not in ("pgd", "apgd"):
-        raise ValueError(f"--restarts applies to --attack pgd, apgd; got --attack {args.attack}")
+    if args.restarts > 1 and not entry.takes("restarts"):
+        raise ValueError(f"--restarts applies to --attack {', '.join(_taking('restarts'))}; got --attack {args.attack}")
     if args.step_size is not None:
         check_positive("--step-size (pixel units)", args.step_size)
     if args.queries is not None:
-        if args.attack not in QUERY_ATTACKS:
-            raise ValueError(f"--queries applies to --attack square, nattack; got --attack {args.attack}")
+        if not entry.takes("queries"):
+            raise ValueError(f"--queries applies to --attack {', '.join(_taking('queries'))}; got --attack {args.attack}")
         check_int("--queries", args.queries, minimum=2)
     check_int("--eot", args.eot, minimum=1)
     check_int("--batch", args.batch, minimum=1)
     validate_selection(args)
 
 
+def _taking(option: str) -> list[str]:
+    return [name for name, e in COMMAND_ATTACKS.items() if e.takes(option)]
+
+
 def build_attack(name: str, model, norm: str, eps: float | None, *, steps: int | None, restarts: int,
                  step_size: float | None, loss: str, queries: int | None, eot: int, seed: int):
-    """The library attack for the command-line options."""
-    from smoothguard import attacks as A
-
-    if name == "pgd":
-        return A.PGD(model, norm=norm, eps=eps, steps=steps or 40, step_size=step_size, restarts=restarts,
-                     loss=loss, eot=eot, seed=seed)
-    if name == "apgd":
-        return A.APGD(model, norm=norm, eps=eps, steps=steps or 100, restarts=restarts, loss=loss, eot=eot,
-                      seed=seed)
-    if name == "fgsm":
-        return A.FGSM(model, eps=eps, loss=loss, eot=eot, seed=seed)
-    if name == "fgm":
-        return A.FGM(model, eps=eps, loss=loss, eot=eot, seed=seed)
-    if name == "cw":
-        return A.CW(model, eps=eps, steps=steps or 1000, seed=seed)
-    if name == "ddn":
-        return A.DDN(model, eps=eps, steps=steps or 100, loss=loss, eot=eot, seed=seed)
-    if name == "square":
-        return A.Square(model, norm=norm, eps=eps, max_queries=queries or 10_000, seed=seed)
-    if name == "nattack":
-        return A.NAttack(model, norm=norm, eps=eps, max_queries=queries or 10_000, seed=seed)
-    raise ValueError(f"--attack must be one of {', '.join(ATTACK_NAMES)}; got {name!r}")
-
-
-def model_settings(path: str | None, factory: str | None = None, weights: str | None = None) -> tuple[str, str | None]:
-    """(name, sha256) recorded for the model (and compared on resume): the checkpoint file,
-    or the factory reference and its weights file (no weights: no hash to compare)."""
-    from smoothguard.cli._smoothing_run import file_sha256
-    from smoothguard.models.checkpoint import default_model_path
-
-    if factory is not None:
-        name = f"factory:{factory}" + (f" weights:{Path(weights).resolve()}" if weights else "")
-        return name, file_sha256(weights) if weights else None
-    p = Path(path) if path else default_model_path()
-    return (str(p.resolve()) if path else "embedded:" + p.name), file_sha256(p)
+    """The library attack for the command-line options (the registry's entry builds it)."""
+    return get_attack_entry(name).build(model, eps, norm=norm, steps=steps, step_size=step_size, restarts=restarts,
+                                        loss=loss, eot=eot, queries=queries, seed=seed)
 
 
 def check_shape(meta: dict, data, option: str) -> None:
@@ -154,27 +123,7 @@ def check_shape(meta: dict, data, option: str) -> None:
 
 def summarize(rows: list[list[str]], eps: float | None) -> dict:
     """Clean / robust accuracy and perturbation norms over the rows of a result file."""
-    n = len(rows)
-    labels = [int(r[1]) for r in rows]
-    clean = [int(r[2]) for r in rows]
-    adv = [int(r[3]) for r in rows]
-    norms = [float(r[4]) for r in rows]
-    correct = [c == lab for c, lab in zip(clean, labels)]
-    fooled = [ok and a != lab for ok, a, lab in zip(correct, adv, labels)]
-    fooled_norms = [v for v, f in zip(norms, fooled) if f]
-    n_correct = sum(correct)
-    return {
-        "n": n,
-        "clean_accuracy": sum(correct) / n if n else float("nan"),
-        "robust_accuracy": sum(a == lab for a, lab in zip(adv, labels)) / n if n else float("nan"),
-        "success_rate_on_correct": sum(fooled) / n_correct if n_correct else float("nan"),
-        "mean_norm_successful": sum(fooled_norms) / len(fooled_norms) if fooled_norms else float("nan"),
-        "median_norm_successful": sorted(fooled_norms)[len(fooled_norms) // 2] if fooled_norms else float("nan"),
-        "mean_norm": sum(norms) / n if n else float("nan"),
-        "max_norm": max(norms) if norms else float("nan"),
-        "eps": eps,
-        "total_seconds": sum(float(r[6]) for r in rows),
-    }
+    return summarize_attack(rows, eps)
 
 
 def _write_summary(out: str, summary: dict) -> None:

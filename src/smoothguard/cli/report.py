@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from smoothguard.cli._conventions import add_deprecated
+
 HELP = "write one self-contained HTML report (figures embedded) of a run folder or a folder of result files"
 DESCRIPTION = (
     "Scans RUN_DIR (a `smoothguard run` folder, or any folder of certify/predict/attack result files, evaluate "
@@ -19,7 +21,8 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder (or any folder of result files)")
-    p.add_argument("-o", "--output", default=None, help="the HTML file (default: RUN_DIR/report/report.html)")
+    p.add_argument("--out", default=None, metavar="PATH", help="the HTML file (default: RUN_DIR/report/report.html)")
+    add_deprecated(p, "report", "out")
     p.add_argument("--title", default=None, help="report title (default: the experiment's name or the folder name)")
 
 
@@ -29,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.run_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder (give a run folder or a folder of result files)")
-    out = Path(args.output) if args.output else root / "report" / "report.html"
+    out = Path(args.out) if args.out else root / "report" / "report.html"
     info = write_report(root, out, title=args.title)
     missing = [k for k, v in info["sections"].items() if not v]
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {len(info['figures'])} figure files next to it)"

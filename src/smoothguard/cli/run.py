@@ -1,47 +1,19 @@
-"""``smoothguard run``: run an experiment file's steps in dependency order into a run folder.
+"""``smoothguard run``: run an experiment file's steps (the runner: :mod:`smoothguard.runner`).
 
-Each step is one sub-command (train, certify, predict, attack, evaluate, analyze, report,
-...) with the options of its TOML table (see :mod:`smoothguard.cli.experiment`). Every
-step writes into ``RUN_DIR/COMMAND/NAME/`` and keeps a ``manifest.json`` there: the
-settings hash, the fingerprints of its inputs (the outputs of the steps it reads, and
-any input file), the command line, seed, versions, wall time and status. Rerunning:
-
-* **skipped**: status complete, same settings, same inputs, outputs unchanged;
-* **rerun**: the settings or inputs changed (the step folder is cleared first);
-* **resumed**: the step was interrupted (status running/failed/interrupted); the command
-  is run again on the same outputs and continues itself (certify/predict/attack keep
-  their complete rows, train continues from ``checkpoint.pt`` with ``--resume``).
-
-Steps run in this process by default: each command's own parser builds its arguments
-(so checks and defaults are exactly those of the command line) and its ``run(args)``
-does the work, with no cost of starting Python and importing torch per step.
-``--subprocess`` runs each step as ``python -m smoothguard COMMAND ...`` instead
-(isolation: a crash or leak in one step cannot affect the runner; the same argv).
-In-process steps start with Python's, NumPy's and torch's global generators seeded with
-the step's ``--seed`` (what a fresh process would leave to chance, e.g. the initial
-weights of ``train``, is then reproducible and independent of the steps before it).
+This module hands the runner its step types (:func:`step_commands`: every sub-command but
+demo, info, run and serve, with its parser, ``run``, option checks and outputs) and turns
+the command line into :class:`~smoothguard.runner.RunOptions`.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import os
-import platform
-import shlex
-import shutil
-import subprocess
-import sys
-import time
-import traceback
-from datetime import datetime, timezone
+import importlib
 from pathlib import Path
-from typing import Any
 
-import smoothguard
-from smoothguard.contract import write_bytes_atomic, write_text_atomic
-from smoothguard.cli.experiment import Experiment, Step, command_module, command_parser, load_experiment
+from smoothguard.evaluation.formats import ATTACK, CERTIFY, EVALUATE, PREDICT, SMOOTH_EVAL, VERIFY, ResultFormat
+from smoothguard.runner import CommandSet, OutputSpec, RunOptions, StepCommand, run_experiment
+from smoothguard.runner import load_experiment as _load_experiment
 
 HELP = "run an experiment file (TOML): train/certify/attack/evaluate/analyze/report steps, resumable"
 DESCRIPTION = (
@@ -51,8 +23,66 @@ DESCRIPTION = (
     "scratch; an interrupted step resumes. --threads and --device apply to steps that do not set them."
 )
 
-MANIFEST = "manifest.json"
-RUN_SUMMARY = "run.json"
+#: Sub-commands that cannot be steps.
+EXCLUDED_COMMANDS = ("demo", "info", "run", "serve")
+
+
+def _result_file(fmt: ResultFormat, option: str = "out") -> OutputSpec:
+    """A command that writes one result file of ``fmt`` with ``--out``."""
+    return OutputSpec({option: "{step_dir}/" + fmt.file}, fmt.file, None, fmt.complete)
+
+
+#: Where each step type writes (option dest -> path template), the file ``@TYPE.NAME``
+#: resolves to, its resume flag and the files a finished step holds (the result formats'
+#: own rule, from smoothguard.evaluation.formats). Commands not listed write with
+#: --out-dir (else --out) into the step folder.
+OUTPUTS: dict[str, OutputSpec] = {
+    "train": OutputSpec({"out_dir": "{step_dir}"}, "model.pt", ("resume", "checkpoint.pt"), ("model.pt", "log.tsv")),
+    "train-denoiser": OutputSpec({"out_dir": "{step_dir}"}, "model.pt", ("resume", "checkpoint.pt"), ("model.pt",)),
+    "certify": _result_file(CERTIFY),
+    "predict": _result_file(PREDICT),
+    "attack": _result_file(ATTACK),
+    "verify": _result_file(VERIFY),
+    "evaluate": OutputSpec({"out_dir": "{step_dir}"}, "", None, EVALUATE.complete),
+    "smooth-eval": OutputSpec({"out_dir": "{step_dir}"}, SMOOTH_EVAL.file, None, SMOOTH_EVAL.complete),
+    "analyze": OutputSpec({"out": "{step_dir}/table.md", "plot": "{step_dir}/certified_accuracy"},
+                          "table.md", None, ("table.md",)),
+    "report": OutputSpec({"run_dir": "{run_dir}", "out": "{step_dir}/report.html"}, "report.html", None,
+                         ("report.html",)),
+}
+
+
+def _validator(name: str, mod):
+    """The option checks of a command that need no model or data (certify and predict share theirs)."""
+    if callable(getattr(mod, "validate", None)):
+        return mod.validate
+    if name in ("certify", "predict"):
+        from smoothguard.cli._smoothing_run import validate_smoothing_arguments
+
+        return validate_smoothing_arguments
+    return None
+
+
+def step_commands() -> CommandSet:
+    """The sub-commands as step types of the runner, in ``smoothguard --help`` order."""
+    from smoothguard.cli import COMMANDS, CLIError
+    from smoothguard.cli.common import apply_common, common_parent
+    from smoothguard.data import DataError
+    from smoothguard.models import CheckpointError
+
+    table = {}
+    for name, modname in COMMANDS:
+        if name in EXCLUDED_COMMANDS:
+            continue
+        mod = importlib.import_module(modname)
+        table[name] = StepCommand(name, mod.add_arguments, mod.run, _validator(name, mod), OUTPUTS.get(name))
+    return CommandSet(table, common_parent, apply_common,
+                      (CLIError, DataError, CheckpointError, ValueError, FileNotFoundError))
+
+
+def load_experiment(path: str | Path, run_dir: str | Path | None = None):
+    """Load and validate an experiment file against the CLI's commands (nothing is written)."""
+    return _load_experiment(path, step_commands(), run_dir)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,297 +97,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="rerun these steps from scratch (ids such as certify.gauss025), and what depends on them")
 
 
-# --------------------------------------------------------------------------- fingerprints
+def _device_text(argv: list[str]) -> str:
+    """--device as the user wrote it (the common options already resolved it into a torch.device)."""
+    for i, a in enumerate(argv):
+        if a.startswith("--device="):
+            return a.split("=", 1)[1]
+        if a == "--device" and i + 1 < len(argv):
+            return argv[i + 1]
+    return "auto"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def output_files(step_dir: Path) -> dict[str, dict[str, Any]]:
-    """{relative path: {size, sha256}} of every file a step wrote (its manifest and
-    temporary files excluded)."""
-    out: dict[str, dict[str, Any]] = {}
-    if not step_dir.is_dir():
-        return out
-    for p in sorted(step_dir.rglob("*")):
-        if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp"):
-            out[p.relative_to(step_dir).as_posix()] = {"size": p.stat().st_size, "sha256": _sha256(p)}
-    return out
-
-
-def outputs_digest(outputs: dict[str, dict[str, Any]]) -> str:
-    return hashlib.sha256(json.dumps(outputs, sort_keys=True).encode()).hexdigest()
-
-
-def read_manifest(step_dir: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((step_dir / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", "manifest")
-
-
-def step_inputs(exp: Experiment, step: Step) -> dict[str, str]:
-    """What a step reads: each dependency's outputs digest, and the sha256 of every
-    existing file named in its options (the embedded model when a ``model`` option is
-    left at its default)."""
-    inputs: dict[str, str] = {}
-    for dep in step.deps:
-        m = read_manifest(exp.step_dir(exp.step(dep)))
-        inputs["step:" + dep] = (m or {}).get("outputs_digest", "missing")
-    for key, value in step.options.items():
-        for v in (value if isinstance(value, list) else [value]):
-            if isinstance(v, str) and not v.startswith("@") and len(v) < 4096:
-                p = Path(v)
-                if p.is_file():
-                    inputs["file:" + str(p.resolve())] = _sha256(p)
-    parser = command_parser(step.command)
-    if "model" in {a.dest for a in parser._actions} and "model" not in step.options:
-        from smoothguard.models.checkpoint import default_model_path
-
-        inputs["embedded-model"] = _sha256(default_model_path())
-    return inputs
-
-
-# --------------------------------------------------------------------------- planning
-
-
-def decide(exp: Experiment, step: Step, inputs: dict[str, str], forced: bool) -> tuple[str, str]:
-    """(action, reason): action is skip, resume, rerun or run."""
-    d = exp.step_dir(step)
-    old = read_manifest(d)
-    has_files = d.is_dir() and any(d.iterdir())
-    if forced:
-        return ("rerun" if has_files else "run"), "forced"
-    if old is None:
-        return ("rerun", "no readable manifest: starting afresh") if has_files else ("run", "new")
-    if old.get("settings_hash") != step.settings_hash():
-        return "rerun", "settings changed"
-    if old.get("inputs") != inputs:
-        changed = sorted(k for k in set(inputs) | set(old.get("inputs") or {})
-                         if inputs.get(k) != (old.get("inputs") or {}).get(k))
-        names = [c.split(":", 1)[-1] for c in changed]
-        return "rerun", "inputs changed: " + ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3
-                                                                    else "")
-    if old.get("status") == "complete":
-        now = output_files(d)
-        if now == old.get("outputs") and all((d / f).exists() for f in step.spec.complete):
-            return "skip", "complete"
-        return "rerun", "outputs changed or missing"
-    return "resume", f"previous attempt {old.get('status', 'unknown')}"
-
-
-# --------------------------------------------------------------------------- executing
-
-
-def _execute_inprocess(command: str, argv: list[str]) -> tuple[int, str | None, dict[str, Any]]:
-    from smoothguard.cli import CLIError
-    from smoothguard.cli.common import apply_common
-    from smoothguard.data import DataError
-    from smoothguard.models import CheckpointError
-
-    parser = command_parser(command)
-    ns = parser.parse_args(argv)
-    ns.command = command
-    ns.argv = [command] + argv
-    info: dict[str, Any] = {}
-    if getattr(ns, "seed", None) is not None:
-        # Global generators (e.g. a model's initial weights) start from the step's seed, so a
-        # step's results do not depend on which steps ran before it in this process.
-        from smoothguard.utils import seed_everything
-
-        seed_everything(ns.seed)
-    try:
-        apply_common(ns)
-        info = {"seed": getattr(ns, "seed", None), "device": str(getattr(ns, "device", "")),
-                "threads": _torch_threads()}
-        rc = int(command_module(command).run(ns) or 0)
-        return rc, None if rc == 0 else f"exit code {rc}", info
-    except (CLIError, DataError, CheckpointError, ValueError, FileNotFoundError) as exc:
-        return 2, str(exc), info
-    except OSError as exc:  # as the command line does: a file-system refusal fails the step, not the runner
-        return 2, f"{exc.strerror or exc}" + (f" ({exc.filename})" if getattr(exc, "filename", None) else ""), info
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
-def _execute_subprocess(command: str, argv: list[str]) -> tuple[int, str | None, dict[str, Any]]:
-    proc = subprocess.run([sys.executable, "-m", "smoothguard", command, *argv])
-    if proc.returncode in (130, -2):
-        raise KeyboardInterrupt
-    return proc.returncode, (None if proc.returncode == 0 else f"exit code {proc.returncode}"), {}
-
-
-def _step_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """--threads/--device given to ``smoothguard run``, for steps that do not set them."""
-    extra: dict[str, Any] = {}
-    if getattr(args, "threads", None) is not None:
-        extra["threads"] = args.threads
-    if getattr(args, "run_device", "auto") != "auto":
-        extra["device"] = args.run_device
-    return extra
-
-
-def _fmt_s(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def options(args: argparse.Namespace) -> RunOptions:
+    """The typed options of ``smoothguard run``."""
+    force = tuple(x.strip() for x in (args.force or "").split(",") if x.strip())
+    return RunOptions(experiment=args.experiment, run_dir=args.run_dir, subprocess=args.subprocess,
+                      dry_run=args.dry_run, force=force, threads=args.threads,
+                      device=_device_text(list(getattr(args, "argv", []))))
 
 
 def run(args: argparse.Namespace) -> int:
-    exp = load_experiment(args.experiment, args.run_dir)  # validates everything; raises before any write
-    forced = set()
-    if args.force:
-        ids = [s.id for s in exp.steps]
-        for f in (x.strip() for x in args.force.split(",") if x.strip()):
-            if f not in ids:
-                raise ValueError(f"--force: no step {f!r}; steps: {', '.join(ids)}")
-            forced.add(f)
-    # apply_common already resolved --device into a torch.device; keep the user's text for the steps
-    args.run_device = next((a.split("=", 1)[1] for a in args.argv if a.startswith("--device=")), None) or \
-        (args.argv[args.argv.index("--device") + 1] if "--device" in args.argv else "auto")
-    n = len(exp.steps)
-    print(f"experiment {exp.name} ({exp.path}): {n} steps into {exp.run_dir}", flush=True)
-    if args.dry_run:
-        for i, step in enumerate(exp.steps, 1):
-            action, reason = decide(exp, step, step_inputs(exp, step), step.id in forced)
-            argv = exp.argv(step, extra=_step_overrides(args))
-            print(f"[{i}/{n}] {step.id}: would {action} ({reason})\n    smoothguard {step.command} "
-                  + " ".join(shlex.quote(a) for a in argv))
-        return 0
-
-    write_bytes_atomic(exp.run_dir / "experiment.toml", Path(exp.path).read_bytes(), "experiment copy")
-    summary: list[dict[str, Any]] = []
-    t_run = time.perf_counter()
-    exit_code = 0
-    failed: set[str] = set()  # failed steps and the steps that depend on them
-    try:
-        for i, step in enumerate(exp.steps, 1):
-            blocked = [d for d in step.deps if d in failed]
-            if blocked:  # its inputs are missing; the steps that do not need them still run
-                failed.add(step.id)
-                print(f"[{i}/{n}] {step.id}: not run (depends on failed {', '.join(blocked)})", flush=True)
-                summary.append({"step": step.id, "status": "blocked", "wall_s": 0.0,
-                                "reason": "depends on failed " + ", ".join(blocked)})
-                continue
-            res = _run_step(exp, step, i, n, args, step.id in forced)
-            summary.append(res)
-            if res["status"] == "failed":
-                exit_code = 1
-                failed.add(step.id)
-    except KeyboardInterrupt:
-        exit_code = 130
-        raise
-    finally:
-        _print_summary(exp, summary, time.perf_counter() - t_run)
-        _write_json(exp.run_dir / RUN_SUMMARY, {
-            "experiment": exp.name, "file": str(exp.path), "finished": _now(), "exit_code": exit_code,
-            "wall_s": time.perf_counter() - t_run, "steps": summary,
-            "smoothguard_version": smoothguard.__version__})
-    return exit_code
-
-
-def _run_step(exp: Experiment, step: Step, i: int, n: int, args: argparse.Namespace, forced: bool) -> dict[str, Any]:
-    d = exp.step_dir(step)
-    inputs = step_inputs(exp, step)
-    action, reason = decide(exp, step, inputs, forced)
-    head = f"[{i}/{n}] {step.id}"
-    old = read_manifest(d) or {}
-    if action == "skip":
-        print(f"{head}: skipped (complete, settings and inputs unchanged; took {_fmt_s(old.get('wall_s_total'))})",
-              flush=True)
-        return {"step": step.id, "status": "skipped", "wall_s": 0.0, "reason": reason}
-    if action == "rerun" and d.exists():
-        shutil.rmtree(d)
-        old = {}
-    d.mkdir(parents=True, exist_ok=True)
-    resume = bool(step.spec.resume and (d / step.spec.resume[1]).exists())
-    argv = exp.argv(step, resume=resume, extra=_step_overrides(args))
-    cmdline = "smoothguard " + step.command + " " + " ".join(shlex.quote(a) for a in argv)
-    print(f"{head}: {action} ({reason})\n    {cmdline}", flush=True)
-    import torch
-
-    attempts = list(old.get("attempts", [])) if action == "resume" else []
-    manifest: dict[str, Any] = {
-        "step": step.id, "command": step.command, "name": step.name, "options": step.options,
-        "settings_hash": step.settings_hash(), "inputs": inputs, "argv": ["smoothguard", step.command] + argv,
-        "command_line": cmdline, "cwd": os.getcwd(), "experiment": str(exp.path), "status": "running",
-        "started": _now(), "smoothguard_version": smoothguard.__version__, "torch_version": torch.__version__,
-        "python_version": platform.python_version(), "platform": platform.platform(),
-        "seed": step.options.get("seed", 0) if "seed" in {a.dest for a in command_parser(step.command)._actions}
-        else None,
-        "attempts": attempts, "wall_s_total": float(old.get("wall_s_total", 0.0)) if action == "resume" else 0.0,
-    }
-    _write_json(d / MANIFEST, manifest)
-    t0 = time.perf_counter()
-    outcome, error, info = "failed", None, {}
-    try:
-        if args.subprocess:
-            rc, error, info = _execute_subprocess(step.command, argv)
-        else:
-            rc, error, info = _execute_inprocess(step.command, argv)
-        if rc == 0:
-            missing = [f for f in step.spec.complete if not (d / f).exists()]
-            if missing:
-                rc, error = 1, f"finished without writing {', '.join(missing)}"
-        outcome = "complete" if rc == 0 else "failed"
-    except KeyboardInterrupt:
-        outcome = "interrupted"
-        raise
-    except Exception:
-        error = traceback.format_exc()
-        raise
-    finally:
-        wall = time.perf_counter() - t0
-        manifest.update(info)
-        manifest["status"] = outcome
-        manifest["finished"] = _now()
-        manifest["wall_s"] = wall
-        manifest["wall_s_total"] = manifest["wall_s_total"] + wall
-        manifest["attempts"] = attempts + [{"action": action, "reason": reason, "started": manifest["started"],
-                                            "wall_s": wall, "outcome": outcome}]
-        if error:
-            manifest["error"] = error
-        if outcome == "complete":
-            manifest["outputs"] = output_files(d)
-            manifest["outputs_digest"] = outputs_digest(manifest["outputs"])
-        _write_json(d / MANIFEST, manifest)
-    status = {"run": "ran", "rerun": "ran", "resume": "resumed"}[action] if outcome == "complete" else "failed"
-    if outcome == "complete":
-        print(f"{head}: {status} in {_fmt_s(wall)}" + (f" ({reason})" if action != "run" else ""), flush=True)
-    else:
-        print(f"{head}: FAILED after {_fmt_s(wall)}: {error}", file=sys.stderr, flush=True)
-    return {"step": step.id, "status": status, "wall_s": wall, "reason": reason, "error": error}
-
-
-def _print_summary(exp: Experiment, summary: list[dict[str, Any]], wall: float) -> None:
-    if not summary:
-        return
-    done = {s["step"] for s in summary}
-    rows = [(s["step"], s["status"], _fmt_s(s["wall_s"]) if s["status"] not in ("skipped", "blocked") else "-")
-            for s in summary]
-    rows += [(s.id, "not run", "-") for s in exp.steps if s.id not in done]
-    w = max(len(r[0]) for r in rows)
-    lines = [f"{'step'.ljust(w)}  {'status':<8}  wall"] + [f"{a.ljust(w)}  {b:<8}  {c}" for a, b, c in rows]
-    counts = {k: sum(1 for s in summary if s["status"] == k)
-              for k in ("ran", "resumed", "skipped", "failed", "blocked")}
-    lines.append(f"{len(summary)}/{len(exp.steps)} steps: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
-                 + f"; total {_fmt_s(wall)}; run folder {exp.run_dir}")
-    print("\n".join(lines), flush=True)
+    return run_experiment(options(args), step_commands())

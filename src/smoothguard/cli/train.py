@@ -8,27 +8,28 @@ from pathlib import Path
 
 import torch
 
+from smoothguard.cli._conventions import add_deprecated
 from smoothguard.cli._objective_args import add_objective_arguments, objective_kwargs
 from smoothguard.cli.common import add_data_arguments, load_data, progress
 from smoothguard.models import MODELS, get_model
 from smoothguard.noise import NOISES
-from smoothguard.training import OBJECTIVES, TrainConfig, Trainer, get_objective
-from smoothguard.training.objectives import DENOISER_OBJECTIVES
+from smoothguard.training import TrainConfig, Trainer, get_objective
+from smoothguard.training.registry import CLASSIFIER_OBJECTIVES
 from smoothguard.training.trainer import CHECKPOINT_NAME, MODEL_NAME, LOG_NAME
 from smoothguard.utils import derive_seed
 
-CLASSIFIER_OBJECTIVES = [o for o in OBJECTIVES if o not in DENOISER_OBJECTIVES]  # denoisers: train-denoiser
 HELP = "train a model (objectives: " + ", ".join(CLASSIFIER_OBJECTIVES) + ")"
 DESCRIPTION = (
-    "Train a model on [0,1] images with one of the objectives. Writes OUT/log.tsv (one row per "
-    "epoch), OUT/checkpoint.pt (every epoch; --resume continues from it) and OUT/model.pt."
+    "Train a model on [0,1] images with one of the objectives. Writes OUT_DIR/log.tsv (one row per "
+    "epoch), OUT_DIR/checkpoint.pt (every epoch; --resume continues from it) and OUT_DIR/model.pt."
 )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_arguments(p, default="fashion-mnist", split="train", selection=False)
     p.add_argument("--arch", default="lenet", choices=MODELS, help="architecture")
-    p.add_argument("--objective", default="gaussian", choices=CLASSIFIER_OBJECTIVES, help="training objective")
+    p.add_argument("--objective", default="gaussian", choices=list(CLASSIFIER_OBJECTIVES),
+                   help="training objective")
     p.add_argument("--noise-sd", type=float, default=None,
                    help="Gaussian noise sd in pixel units, = the certification sigma (gaussian, smoothadv, "
                         "stability, consistency; default 0.25)")
@@ -40,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_loop_arguments(p: argparse.ArgumentParser, *, lr: float = 0.01, lr_help: str = "initial learning rate",
-                       optimizer: str = "sgd", weight_decay: float = 5e-4, lr_step: int = 10) -> None:
+                       optimizer: str = "sgd", weight_decay: float = 5e-4, lr_step: int = 10,
+                       command: str = "train") -> None:
     """The trainer's options (shared by train and train-denoiser, which differ in defaults)."""
     p.add_argument("--epochs", type=int, default=10, help="number of epochs")
     p.add_argument("--batch", type=int, default=128, help="minibatch size")
@@ -54,8 +56,10 @@ def add_loop_arguments(p: argparse.ArgumentParser, *, lr: float = 0.01, lr_help:
     p.add_argument("--gamma", type=float, default=0.1, help="step schedule factor")
     p.add_argument("--max-train", type=int, default=-1, help="use only the first MAX_TRAIN training images (-1: all)")
     p.add_argument("--max-test", type=int, default=-1, help="evaluate on only the first MAX_TEST test images (-1: all)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--out-dir", default=None, metavar="OUT_DIR",
+                   help="output folder (required): log.tsv, checkpoint.pt, model.pt")
+    add_deprecated(p, command, "out_dir")
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint.pt")
 
 
 class _Bar:
@@ -77,7 +81,22 @@ class _Bar:
             f"{k} {row[k]:.4f}" for k in keys if k in row), flush=True)
 
 
+def require_out_dir(args: argparse.Namespace) -> None:
+    if not getattr(args, "out_dir", None):
+        raise ValueError("--out-dir is required: the folder for log.tsv, checkpoint.pt and model.pt")
+
+
+def validate(args: argparse.Namespace) -> None:
+    """The option checks that need no data or model (also run on ``smoothguard run`` steps)."""
+    TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, optimizer=args.optimizer,
+                momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
+                lr_step=args.lr_step, gamma=args.gamma, seed=args.seed)
+    if getattr(args, "noise_sd", 0.0) is not None and args.noise_sd < 0:
+        raise ValueError(f"--noise-sd must be >= 0 (pixel units), got {args.noise_sd}")
+
+
 def run(args: argparse.Namespace) -> int:
+    require_out_dir(args)
     objective = get_objective(args.objective, **objective_kwargs(args))  # bad flags fail before any loading
     train, test = load_train_test(args)
     info = train.info
@@ -101,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(model, objective, config, meta=meta, callback=_Bar() if rank0 else None, world=world)
     fit_in_out_dir(trainer, train, test, args)
     if rank0:
-        print(f"wrote {Path(args.out) / MODEL_NAME} and {Path(args.out) / LOG_NAME}")
+        print(f"wrote {Path(args.out_dir) / MODEL_NAME} and {Path(args.out_dir) / LOG_NAME}")
     return 0
 
 
@@ -117,15 +136,16 @@ def load_train_test(args: argparse.Namespace):
 
 
 def fit_in_out_dir(trainer: Trainer, train, test, args: argparse.Namespace) -> None:
-    """``trainer.fit`` into ``--out``, resuming from its checkpoint with ``--resume`` and
+    """``trainer.fit`` into ``--out-dir``, resuming from its checkpoint with ``--resume`` and
     refusing to start over an existing run without it (shared by train and train-denoiser)."""
-    out = Path(args.out)
+    require_out_dir(args)
+    out = Path(args.out_dir)
     if args.resume:
         trainer.resume_from(out / CHECKPOINT_NAME)
         if trainer.world.rank == 0:
             print(f"resuming from {out / CHECKPOINT_NAME} after epoch {trainer.start_epoch}")
     elif (out / CHECKPOINT_NAME).exists():
-        raise ValueError(f"{out / CHECKPOINT_NAME} exists: pass --resume to continue it, or choose another --out")
+        raise ValueError(f"{out / CHECKPOINT_NAME} exists: pass --resume to continue it, or choose another --out-dir")
     try:
         trainer.fit(train, test, out)
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ import torch
 
 from smoothguard.cli._smoothing_run import file_sha256
 from smoothguard.cli.common import add_data_arguments
-from smoothguard.cli.train import _Bar, add_loop_arguments, fit_in_out_dir, load_train_test
+from smoothguard.cli.train import _Bar, add_loop_arguments, fit_in_out_dir, load_train_test, require_out_dir
 from smoothguard.models import DENOISERS, get_denoiser, load_checkpoint
 from smoothguard.models.denoiser import DEFAULT_DEPTH, DEFAULT_WIDTH
 from smoothguard.training import TrainConfig, Trainer, get_objective
@@ -54,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=None,
                    help=f"dncnn hidden channels (default {DEFAULT_WIDTH}; paper 64; with --init: the init's)")
     # the paper: Adam, lr 1e-3 from scratch (1e-5 when fine-tuning on ImageNet), no weight decay
-    add_loop_arguments(p, lr=1e-3, optimizer="adam", weight_decay=0.0, lr_step=30,
+    add_loop_arguments(p, lr=1e-3, optimizer="adam", weight_decay=0.0, lr_step=30, command="train-denoiser",
                        lr_help="initial learning rate (paper: Adam 1e-3 from scratch; 1e-5 fine-tuning on ImageNet)")
 
 
@@ -114,6 +114,7 @@ def _build_denoiser(args: argparse.Namespace, info):
 
 
 def run(args: argparse.Namespace) -> int:
+    require_out_dir(args)
     if not args.noise_sd > 0:
         raise ValueError(f"--noise-sd must be > 0 (pixel units), got {args.noise_sd}")
     if args.classifier and args.surrogates:
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(denoiser, objective, config, meta=meta, callback=_DenoiserBar() if rank0 else None, world=world)
     fit_in_out_dir(trainer, train, test, args)
     objective.assert_frozen()
-    out = Path(args.out)
+    out = Path(args.out_dir)
     if surrogate_paths:
         what = f" (the {len(classifiers)} surrogate classifiers' weights verified unchanged)"
     elif classifiers:

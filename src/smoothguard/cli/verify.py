@@ -16,10 +16,9 @@ DESCRIPTION = (
     "square of the widest layer), crown-ibp (Zhang et al. 2020). Rows are flushed one group at a time; rerunning "
     "with the same --out resumes; under torchrun each rank verifies its share."
 )
-COLUMNS = ["idx", "label", "clean_pred", "verified", "margin_lb", "time"]
-# as a step of ``smoothguard run`` (cli/experiment.py): where the step writes
-RUN_OUTPUTS = {"out": "{step_dir}/verify.tsv"}
-RUN_PRIMARY = "verify.tsv"
+from smoothguard.evaluation.formats import VERIFY  # noqa: E402 - the format's one declaration
+
+COLUMNS = list(VERIFY.columns)
 KEY_SETTINGS = ["model_sha256", "data", "root", "split", "skip", "norm", "eps", "method"]
 
 

@@ -43,6 +43,7 @@ import numpy as np
 from smoothguard import ABSTAIN
 from smoothguard.noise import get_noise
 from smoothguard.smoothing.stats import certified_accuracy_lower_bound, r_max
+from smoothguard.evaluation.formats import CERTIFY, CERTIFY_COLUMNS, PREDICT, PREDICT_COLUMNS
 from smoothguard.evaluation.resultfile import sidecar_path
 
 #: Radii of the default summary table (l2, pixel units): the columns of Cohen's tables.
@@ -51,10 +52,8 @@ DEFAULT_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: Output formats of :func:`render_table` / :meth:`SummaryTable.render`.
 TABLE_FORMATS: tuple[str, ...] = ("table", "markdown", "latex", "csv")
 
-CERTIFY_COLUMNS: tuple[str, ...] = ("idx", "label", "predict", "radius", "correct", "time")
-PREDICT_COLUMNS: tuple[str, ...] = ("idx", "label", "predict", "correct", "time")
-_REQUIRED = {"certify": ("idx", "label", "predict", "radius", "correct"),
-             "predict": ("idx", "label", "predict", "correct")}
+# the formats' columns (smoothguard.evaluation.formats declares them; this module reads them)
+_REQUIRED = {"certify": CERTIFY.required, "predict": PREDICT.required}
 _KNOWN = set(CERTIFY_COLUMNS)
 
 

@@ -43,11 +43,23 @@ from smoothguard.evaluation.analysis import (
     summary_table,
 )
 
-ATTACK_COLUMNS = ("idx", "label", "clean_pred", "adv_pred", "norm", "success", "time")
-from smoothguard.evaluation.verified import VERIFY_COLUMNS  # noqa: E402
+from smoothguard.evaluation.formats import (
+    ATTACK,
+    CERTIFY,
+    EVALUATE,
+    PREDICT,
+    SMOOTH_EVAL,
+    VERIFY,
+    format_of,
+    read_header,
+    read_rows,
+    read_settings,
+    read_table,
+    summarize_attack,
+)
 #: Attack names whose rows are decisions of the smoothed classifier (plotted dashed on
 #: the certified-accuracy axes when the norm is l2).
-SMOOTHED_ATTACKS = ("smoothadv", "smoothadv-pgd", "smoothadv-ddn", "epgd")
+from smoothguard.attacks.registry import SMOOTHED_ATTACKS  # noqa: E402
 
 SECTIONS = (
     ("certified", "Certified accuracy"),
@@ -116,42 +128,15 @@ def _step_label(path: Path, root: Path, manifests: dict[Path, dict[str, Any]]) -
     return None
 
 
-def _header(path: Path) -> list[str]:
-    try:
-        with open(path, encoding="utf-8-sig") as fh:
-            line = fh.readline()
-    except (OSError, UnicodeDecodeError):
-        return []
-    return [c.strip() for c in (line.split("\t") if "\t" in line else line.split())]
-
-
 def _read_attack(path: Path, label: str) -> AttackRun | None:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        fh.readline()
-        for line in fh:
-            f = line.rstrip("\n").split("\t")
-            if len(f) == len(ATTACK_COLUMNS) and line.endswith("\n"):
-                rows.append(f)
+    rows = read_rows(path, ATTACK)
     if not rows:
         return None
-    side = {}
-    try:
-        side = json.loads(Path(str(path) + ".json").read_text())
-    except (OSError, ValueError):
-        pass
-    st = dict(side.get("settings") or {})
-    lab = np.array([int(r[1]) for r in rows])
-    clean = np.array([int(r[2]) for r in rows])
-    adv = np.array([int(r[3]) for r in rows])
-    norms = np.array([float(r[4]) for r in rows])
-    correct = clean == lab
-    fooled = correct & (adv != lab)
-    return AttackRun(path=path, label=label, settings=st, n=len(rows), clean_accuracy=float(correct.mean()),
-                     robust_accuracy=float((adv == lab).mean()),
-                     success_rate=float(fooled.sum() / correct.sum()) if correct.any() else math.nan,
-                     mean_norm_successful=float(norms[fooled].mean()) if fooled.any() else math.nan,
-                     seconds=float(sum(float(r[6]) for r in rows)))
+    s = summarize_attack(rows)
+    return AttackRun(path=path, label=label, settings=read_settings(path), n=s["n"],
+                     clean_accuracy=float(s["clean_accuracy"]), robust_accuracy=float(s["robust_accuracy"]),
+                     success_rate=float(s["success_rate_on_correct"]),
+                     mean_norm_successful=float(s["mean_norm_successful"]), seconds=float(s["total_seconds"]))
 
 
 def _read_log(path: Path) -> dict[str, list[float]] | None:
@@ -170,13 +155,6 @@ def _read_log(path: Path) -> dict[str, list[float]] | None:
             except ValueError:
                 data[c].append(math.nan)
     return data if data.get("epoch") else None
-
-
-def _is_smooth_eval(t: Any) -> bool:
-    """``smoothguard smooth-eval``'s table.json: {"settings", "grid": {sigmas, m, methods,
-    attacks}, "rows": [{sigma, m, method, n, accuracy: {clean, ATTACK..., worst}}]}."""
-    return (isinstance(t, dict) and isinstance(t.get("grid"), dict) and isinstance(t.get("rows"), list)
-            and {"sigmas", "m", "methods"} <= set(t["grid"]))
 
 
 def collect(root: str | Path) -> RunData:
@@ -207,18 +185,19 @@ def collect(root: str | Path) -> RunData:
         step = _step_label(p, root, manifests)
         rel = p.relative_to(root).as_posix()
         if p.suffix == ".tsv" and ".part" not in p.name:
-            head = _header(p)
-            if p.name == "log.tsv" or (head[:1] == ["epoch"]):
-                log = _read_log(p)
+            head = read_header(p)
+            fmt = None if p.name == "log.tsv" or head[:1] == ["epoch"] else format_of(p)
+            if fmt is None:
+                log = _read_log(p) if p.name == "log.tsv" or head[:1] == ["epoch"] else None
                 if log:
                     data.logs.append((step or rel, p, log))
-            elif tuple(head) == VERIFY_COLUMNS:
+            elif fmt is VERIFY:
                 data.verify.append(p)
-            elif head == list(ATTACK_COLUMNS):
+            elif fmt is ATTACK:
                 a = _read_attack(p, step or rel)
                 if a:
                     data.attacks.append(a)
-            elif {"idx", "label", "predict", "correct"} <= set(head):
+            elif fmt in (CERTIFY, PREDICT):
                 try:
                     res = read_results(p)
                 except ResultsFileError as exc:
@@ -230,15 +209,15 @@ def collect(root: str | Path) -> RunData:
                 sig = res.settings.get("sigma")
                 lab = (f"{step} (sigma={sig:g})" if isinstance(sig, (int, float)) else step) if step else legend(res)
                 (data.certify if res.kind == "certify" else data.predict).append((lab, res))
-        elif p.name == "table.json":
-            try:
-                t = json.loads(p.read_text())
-            except (OSError, ValueError):
+        elif p.name == EVALUATE.file:
+            t = read_table(p)
+            if t is None:
                 continue
             where = step or p.parent.relative_to(root).as_posix() or "."
-            if isinstance(t, dict) and "evaluation" in t:
+            fmt = format_of(p, t)
+            if fmt is EVALUATE:
                 data.evaluations.append((where, p.parent, t))
-            elif _is_smooth_eval(t):
+            elif fmt is SMOOTH_EVAL:
                 data.smoothed.append((where, p.parent, t))
     _disambiguate(data, root)
     return data

@@ -12,6 +12,7 @@ computed. Reopening the same file:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -32,6 +33,16 @@ class ResultFileWarning(UserWarning):
 
 class ResultFileError(ContractError):
     """A result file cannot be resumed (other settings, unknown origin, bad header)."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file (models, denoisers and inputs are recorded by it in sidecars and
+    run manifests, and a resume compares it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:

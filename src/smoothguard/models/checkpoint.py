@@ -49,8 +49,14 @@ def _build_classifier(meta: dict) -> nn.Module:
                      **meta.get("model_options", {}))
 
 
-# kind -> builder(meta) -> nn.Module. Other modules (denoisers, ...) register here.
-MODEL_KINDS: dict[str, Callable[[dict], nn.Module]] = {"classifier": _build_classifier}
+def _build_denoiser(meta: dict) -> nn.Module:
+    from smoothguard.models.denoiser import get_denoiser
+
+    return get_denoiser(meta["arch"], meta["in_shape"], **meta.get("model_options", {}))
+
+
+# kind -> builder(meta) -> nn.Module: every kind of checkpoint, declared here once
+MODEL_KINDS: dict[str, Callable[[dict], nn.Module]] = {"classifier": _build_classifier, "denoiser": _build_denoiser}
 
 
 def save_checkpoint(

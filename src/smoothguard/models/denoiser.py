@@ -107,10 +107,6 @@ def get_denoiser(name: str, in_shape: Sequence[int], **options) -> nn.Module:
     return den
 
 
-def _build_denoiser(meta: dict) -> nn.Module:
-    return get_denoiser(meta["arch"], meta["in_shape"], **meta.get("model_options", {}))
-
-
 class DenoisedClassifier(nn.Module):
     """``x -> classifier(denoiser(x))``: one model (logits out) for certification, attacks
     and evaluation. Randomized smoothing adds its noise to the input of this module, that
@@ -134,11 +130,3 @@ class DenoisedClassifier(nn.Module):
         self.classifier.eval()
         return self
 
-
-def _register() -> None:
-    from smoothguard.models.checkpoint import MODEL_KINDS
-
-    MODEL_KINDS.setdefault("denoiser", _build_denoiser)
-
-
-_register()

@@ -3,14 +3,15 @@
 An objective turns a minibatch into a scalar loss to minimize (plus the logits whose
 accuracy the log reports and any numbers of its own). Adversarial and smoothing
 objectives (PGD-AT, TRADES, SmoothAdv, stability, consistency, denoiser losses) plug in
-the same way: subclass :class:`Objective` and register it in :data:`OBJECTIVES`.
+the same way: subclass :class:`Objective` and add it to the table in
+:mod:`smoothguard.training.registry`.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -234,22 +235,4 @@ class DenoiserClassification(_DenoiserObjective):
         return StepOutput(F.cross_entropy(logits, y), logits)
 
 
-OBJECTIVES: dict[str, Callable[..., Objective]] = {
-    "standard": Standard,
-    "gaussian": Gaussian,
-    "denoiser_mse": DenoiserMSE,
-    "denoiser_stability": DenoiserStability,
-    "denoiser_classification": DenoiserClassification,
-}
-# objectives that train a denoiser (``smoothguard train-denoiser``), not a classifier
-DENOISER_OBJECTIVES = ("denoiser_mse", "denoiser_stability", "denoiser_classification")
-
-
-def get_objective(name: str, **kwargs: Any) -> Objective:
-    """Build an objective by name; keyword arguments are its hyper-parameters."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; allowed: {', '.join(OBJECTIVES)}")
-    try:
-        return OBJECTIVES[name](**kwargs)
-    except TypeError as exc:
-        raise ValueError(f"objective {name!r}: bad options {sorted(kwargs)} ({exc})") from exc
+# the table of objectives (name -> class) and get_objective: smoothguard.training.registry

@@ -1,4 +1,4 @@
-"""Experiment files for ``smoothguard run``: loading, validating and planning the steps.
+"""Experiment files: loading, validating and planning the steps (``smoothguard run``).
 
 An experiment file (TOML) names steps; each step is one ``smoothguard`` sub-command with
 its options, written as a table ``[COMMAND.NAME]`` whose keys are the command's long
@@ -20,17 +20,18 @@ options with ``_`` for ``-`` (``noise_sd = 0.25`` is ``--noise-sd 0.25``)::
     [report]                        # a single step of a type needs no name
 
 Every option is parsed by the command's own argparse parser and checked by its own
-``validate(args)`` (where the module has one) when the file is loaded, so an experiment
+``validate(args)`` (where the command has one) when the file is loaded, so an experiment
 file is validated exactly like the command line, before any step runs. Output options
 (``--out``, ``--out-dir``, ...) are set by the runner: every step writes into its own
 folder ``RUN_DIR/COMMAND/NAME/``.
 
-Plugging in a new sub-command: every command in ``smoothguard.cli.COMMANDS`` (except
-demo, info and run) is a step type. Its outputs are taken from :data:`OUTPUTS`, else from
-the module's ``RUN_OUTPUTS`` dict (option dest -> path template with ``{step_dir}`` and
-``{run_dir}``; optional ``RUN_PRIMARY``: the file ``@COMMAND.NAME`` resolves to,
-``RUN_RESUME``: ``(flag dest, file)`` passed when that file exists), else ``--out-dir``
-or ``--out`` is pointed at the step folder.
+The step types come from a :class:`~smoothguard.runner.commands.CommandSet` that the
+command line builds (:func:`smoothguard.cli.run.step_commands`: every command except
+demo, info, run and serve): the runner itself imports nothing above it. A command's
+outputs are its ``StepCommand.outputs`` (option dest -> path template with
+``{step_dir}`` and ``{run_dir}``, the file ``@COMMAND.NAME`` resolves to, the resume flag,
+the files a finished step holds), else ``--out-dir`` or ``--out`` is pointed at the step
+folder.
 """
 
 from __future__ import annotations
@@ -39,68 +40,27 @@ import argparse
 import copy
 import difflib
 import hashlib
-import importlib
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smoothguard.runner.commands import ArgError, CommandSet, OutputSpec
+
 #: Top-level tables that are not steps.
 RESERVED_TABLES = ("experiment", "defaults")
 #: Keys of the ``[experiment]`` table.
 EXPERIMENT_KEYS = ("name", "description", "run_dir")
-#: Sub-commands that cannot be steps.
-EXCLUDED_COMMANDS = ("demo", "info", "run", "serve")
 #: Step keys read by the runner itself (not passed to the command).
 RUNNER_KEYS = ("after",)
 #: Options left out of a step's settings hash: they change speed, not results.
 NON_RESULT_OPTIONS = ("threads", "device", "workers")
 
 
-@dataclass(frozen=True)
-class OutputSpec:
-    """Where a step type writes. ``options``: option dest -> path template
-    (``{step_dir}``, ``{run_dir}``); ``primary``: the path ``@TYPE.NAME`` resolves to,
-    relative to the step folder ("" = the folder); ``resume``: (flag dest, file in the
-    step folder) -- the flag is passed when the file exists (train's ``--resume``);
-    ``complete``: files that a finished step must have."""
-
-    options: dict[str, str]
-    primary: str = ""
-    resume: tuple[str, str] | None = None
-    complete: tuple[str, ...] = ()
-
-
-OUTPUTS: dict[str, OutputSpec] = {
-    "train": OutputSpec({"out": "{step_dir}"}, "model.pt", ("resume", "checkpoint.pt"), ("model.pt", "log.tsv")),
-    "train-denoiser": OutputSpec({"out": "{step_dir}"}, "model.pt", ("resume", "checkpoint.pt"), ("model.pt",)),
-    "certify": OutputSpec({"out": "{step_dir}/certify.tsv"}, "certify.tsv", None, ("certify.tsv",)),
-    "predict": OutputSpec({"out": "{step_dir}/predict.tsv"}, "predict.tsv", None, ("predict.tsv",)),
-    "attack": OutputSpec({"out": "{step_dir}/attack.tsv"}, "attack.tsv", None, ("attack.tsv",)),
-    "evaluate": OutputSpec({"out_dir": "{step_dir}"}, "", None, ("table.json",)),
-    "smooth-eval": OutputSpec({"out_dir": "{step_dir}"}, "table.json", None, ("table.json",)),
-    "analyze": OutputSpec({"out_table": "{step_dir}/table.md", "plot": "{step_dir}/certified_accuracy"},
-                          "table.md", None, ("table.md",)),
-    "report": OutputSpec({"run_dir": "{run_dir}", "output": "{step_dir}/report.html"}, "report.html", None,
-                         ("report.html",)),
-}
-
-
 class ExperimentError(ValueError):
     """A problem in an experiment file; the message names the file, the TOML path of the
     key and the allowed values."""
-
-
-class _ArgError(Exception):
-    pass
-
-
-class _RaisingParser(argparse.ArgumentParser):
-    """An argparse parser that raises instead of printing usage and exiting."""
-
-    def error(self, message: str):  # noqa: D401 - argparse API
-        raise _ArgError(message)
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -121,45 +81,6 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ExperimentError(f"{path}: not valid TOML: {exc}") from None
-
-
-def step_commands() -> list[str]:
-    """The sub-commands usable as step types, in ``smoothguard --help`` order."""
-    from smoothguard.cli import COMMANDS
-
-    return [name for name, _ in COMMANDS if name not in EXCLUDED_COMMANDS]
-
-
-def command_module(command: str):
-    from smoothguard.cli import COMMANDS
-
-    return importlib.import_module(dict(COMMANDS)[command])
-
-
-def command_parser(command: str) -> argparse.ArgumentParser:
-    """The command's own parser (options as on the command line), raising on errors."""
-    from smoothguard.cli.common import common_parent
-
-    mod = command_module(command)
-    p = _RaisingParser(prog=f"smoothguard {command}", parents=[common_parent()], add_help=False)
-    mod.add_arguments(p)
-    return p
-
-
-def output_spec(command: str, parser: argparse.ArgumentParser | None = None) -> OutputSpec:
-    if command in OUTPUTS:
-        return OUTPUTS[command]
-    mod = command_module(command)
-    if getattr(mod, "RUN_OUTPUTS", None):
-        resume = getattr(mod, "RUN_RESUME", None)
-        return OutputSpec(dict(mod.RUN_OUTPUTS), getattr(mod, "RUN_PRIMARY", ""),
-                          tuple(resume) if resume else None, tuple(getattr(mod, "RUN_COMPLETE", ())))
-    dests = {a.dest for a in (parser or command_parser(command))._actions}
-    if "out_dir" in dests:
-        return OutputSpec({"out_dir": "{step_dir}"})
-    if "out" in dests:
-        return OutputSpec({"out": "{step_dir}"})
-    return OutputSpec({})
 
 
 # --------------------------------------------------------------------------- steps
@@ -203,6 +124,7 @@ class Experiment:
     run_dir: Path
     steps: list[Step]  # in execution (dependency) order
     raw: dict[str, Any]
+    commands: CommandSet | None = None  # the step types it was validated against
 
     def step(self, step_id: str) -> Step:
         return next(s for s in self.steps if s.id == step_id)
@@ -248,7 +170,7 @@ class Experiment:
             opts[dest] = template.format(step_dir=self.step_dir(step), run_dir=self.run_dir)
         if step.spec.resume and resume:
             opts[step.spec.resume[0]] = True
-        return options_to_argv(command_parser(step.command), opts, step.where)
+        return options_to_argv(self.commands.parser(step.command), opts, step.where)
 
 
 def _is_wildcard(v: Any) -> bool:
@@ -262,7 +184,15 @@ def _suggest(word: str, allowed: list[str]) -> str:
 
 
 def _action_for(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    return {a.dest: a for a in parser._actions if a.dest not in ("help", argparse.SUPPRESS)}
+    """dest -> the option that sets it (a hidden old spelling of the same dest, kept for one
+    release, is never the one a step's argv uses)."""
+    out: dict[str, argparse.Action] = {}
+    for a in parser._actions:
+        if a.dest in ("help", argparse.SUPPRESS):
+            continue
+        if a.dest not in out or out[a.dest].help == argparse.SUPPRESS:
+            out[a.dest] = a
+    return out
 
 
 def _fmt_scalar(v: Any) -> str:
@@ -331,8 +261,9 @@ def _translate_option_names(message: str, parser: argparse.ArgumentParser) -> st
     return message
 
 
-def load_experiment(path: str | Path, run_dir: str | Path | None = None) -> Experiment:
-    """Load and fully validate an experiment file. Nothing is written.
+def load_experiment(path: str | Path, commands: CommandSet, run_dir: str | Path | None = None) -> Experiment:
+    """Load and fully validate an experiment file against the step types ``commands``.
+    Nothing is written.
 
     Raises :class:`ExperimentError` naming the TOML path of the offending key and the
     allowed values: unknown tables or keys, bad values (parsed and checked by each
@@ -340,8 +271,8 @@ def load_experiment(path: str | Path, run_dir: str | Path | None = None) -> Expe
     """
     path = Path(path)
     raw = load_toml(path)
-    commands = step_commands()
-    allowed_tables = list(RESERVED_TABLES) + commands
+    step_types = commands.names()
+    allowed_tables = list(RESERVED_TABLES) + step_types
     exp = raw.get("experiment", {})
     defaults = raw.get("defaults", {})
     for key, value in raw.items():
@@ -377,13 +308,13 @@ def load_experiment(path: str | Path, run_dir: str | Path | None = None) -> Expe
             steps.append(Step(cmd, name, dict(opts), f"{cmd}.{name}" if name else cmd))
     if not steps:
         raise ExperimentError(f"{path}: no steps; add tables such as [train.NAME], [certify.NAME], [report] "
-                              f"(step types: {', '.join(commands)})")
+                              f"(step types: {', '.join(step_types)})")
     ids = [s.id for s in steps]
 
     # per-step checks with the command's own parser and validator
     for step in steps:
-        parser = command_parser(step.command)
-        step.spec = output_spec(step.command, parser)
+        parser = commands.parser(step.command)
+        step.spec = commands.output_spec(step.command, parser)
         actions = _action_for(parser)
         controlled = set(step.spec.options) | ({step.spec.resume[0]} if step.spec.resume else set()) | \
             {"overwrite"}
@@ -446,7 +377,7 @@ def load_experiment(path: str | Path, run_dir: str | Path | None = None) -> Expe
 
     used = set()
     for step in steps:
-        used |= set(_action_for(command_parser(step.command)))
+        used |= set(_action_for(commands.parser(step.command)))
     for key in defaults:
         if key.replace("-", "_") not in used:
             raise ExperimentError(f"{path}: [defaults] unknown key {key!r}{_suggest(key, sorted(used))}: no step's "
@@ -454,36 +385,27 @@ def load_experiment(path: str | Path, run_dir: str | Path | None = None) -> Expe
     order = _toposort(steps, path)
     rd = Path(run_dir) if run_dir else Path(exp.get("run_dir") or Path("runs") / path.stem)
     experiment = Experiment(path=path, name=exp.get("name", path.stem), description=exp.get("description", ""),
-                            run_dir=rd, steps=order, raw=raw)
+                            run_dir=rd, steps=order, raw=raw, commands=commands)
     # parse every step's argv with the command's parser, then its validator
     for step in order:
-        parser = command_parser(step.command)
+        parser = commands.parser(step.command)
         try:
             argv = experiment.argv(step)
             args = parser.parse_args(argv)
-        except _ArgError as exc:
+        except ArgError as exc:
             raise ExperimentError(f"{path}: {_arg_error_message(str(exc), step.where, parser)}") from None
-        _prevalidate(step, args, parser, path)
+        _prevalidate(step, args, parser, path, commands)
     return experiment
 
 
-def _prevalidate(step: Step, args: argparse.Namespace, parser: argparse.ArgumentParser, path: Path) -> None:
+def _prevalidate(step: Step, args: argparse.Namespace, parser: argparse.ArgumentParser, path: Path,
+                 commands: CommandSet) -> None:
     """Run the command's option checks that need no model or data."""
     args = copy.copy(args)
     args.command = step.command
     args.argv = []
-    checks = []
-    mod = command_module(step.command)
-    if callable(getattr(mod, "validate", None)):
-        checks.append(mod.validate)
-    elif step.command in ("certify", "predict"):
-        from smoothguard.cli._smoothing_run import validate_smoothing_arguments
-
-        checks.append(validate_smoothing_arguments)
-    elif step.command == "analyze":
-        checks.append(mod._check)
-    elif step.command == "train":
-        checks.append(_check_train)
+    validate = commands[step.command].validate
+    checks = [validate] if validate is not None else []
     if getattr(args, "threads", None) is not None and args.threads < 1:
         raise ExperimentError(f"{path}: [{step.where}] threads: must be >= 1, got {args.threads}")
     for check in checks:
@@ -501,16 +423,6 @@ def _prevalidate(step: Step, args: argparse.Namespace, parser: argparse.Argument
                     and not Path(v).exists():
                 raise ExperimentError(f"{path}: [{step.where}] {key}: no such file {v!r} (relative paths are "
                                       f"relative to the folder where smoothguard run is started)")
-
-
-def _check_train(args: argparse.Namespace) -> None:
-    from smoothguard.training import TrainConfig
-
-    TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, optimizer=args.optimizer,
-                momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
-                lr_step=args.lr_step, gamma=args.gamma, seed=args.seed)
-    if getattr(args, "noise_sd", 0.0) is not None and args.noise_sd < 0:
-        raise ValueError(f"--noise-sd must be >= 0 (pixel units), got {args.noise_sd}")
 
 
 def _toposort(steps: list[Step], path: Path) -> list[Step]:

@@ -16,6 +16,7 @@ from smoothguard.attacks.apgd import APGD
 from smoothguard.attacks.base import Attack
 from smoothguard.attacks.cw import CW
 from smoothguard.attacks.ddn import DDN
+from smoothguard.attacks.fab import FAB
 from smoothguard.attacks.fgsm import FGM, FGSM
 from smoothguard.attacks.nattack import NAttack
 from smoothguard.attacks.pgd import PGD
@@ -78,6 +79,8 @@ REGISTRY: tuple[AttackEntry, ...] = (
     # Andriushchenko et al. 2020 / Li et al. 2019: query budgets
     AttackEntry(Square, ("norm", "queries"), default_queries=10_000),
     AttackEntry(NAttack, ("norm", "queries"), default_queries=10_000),
+    # Croce & Hein 2020 (minimal norm); library only until `smoothguard attack` takes its options
+    AttackEntry(FAB, command=False),
     # attacks on smoothed models (library only: their settings are those of smoothing)
     AttackEntry(EPGD, command=False),
     AttackEntry(SmoothAdvPGD, command=False),

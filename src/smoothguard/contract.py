@@ -58,7 +58,7 @@ class OutputError(ContractError):
 
 def as_number(name: str, value: object) -> float:
     """``value`` as a float: Python and NumPy real scalars and 0-d tensors; not bool/str."""
-    if isinstance(value, bool) or (hasattr(value, "dtype") and str(getattr(value, "dtype")) == "bool"):
+    if isinstance(value, bool) or (hasattr(value, "dtype") and str(getattr(value, "dtype")) in ("bool", "torch.bool")):
         raise ContractError(f"{name} must be a number; got the boolean {value!r}")
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or value.is_complex():

@@ -19,6 +19,13 @@ line per target counts the target's mutants from mutmut's own results
 (``mutmut results --all true``); survivors are listed with ``mutmut show``-able names.
 Not part of CI (minutes of CPU per target); run on demand. Exit status 0 when every
 target reaches ``--min-score`` percent killed (default 90), else 1.
+
+``--resume`` (with ``--workdir`` of an earlier run) reruns only the mutants that were not
+killed, against the repository's current ``tests/`` (copied over the kept copy; the
+mutated ``src/`` stays the earlier run's): adding tests can only kill more mutants, so the
+other verdicts stand, and mutmut collects coverage for the new tests before the rerun.
+The summary is again mutmut's own count over all of the target's mutants. A target's
+test selection must not change between the two runs (mutmut then discards every verdict).
 """
 
 from __future__ import annotations
@@ -90,13 +97,17 @@ TARGETS: dict[str, tuple[str, list[str] | None, list[str]]] = {
     ]),
     "adaptive": (f"{PKG}/smoothing/adaptive.py", None, [
         "tests/test_adaptive.py",
+        "tests/test_mutation_sequential.py",
         "tests/test_guarantees.py::test_adaptive_certify_with_one_look_has_the_same_boundary",
     ]),
     "sequential": (f"{PKG}/smoothing/sequential.py", None, [
         "tests/test_sequential.py",
+        "tests/test_mutation_sequential.py",
     ]),
     "contract": (f"{PKG}/contract.py", None, [
-        "tests/test_contract.py",
+        # test_contract.py's hypothesis fuzzing of every library door is left out (a minute per mutant)
+        "tests/test_contract.py", "tests/test_mutation_contract.py", "-k",
+        "not sampler_certifies_only_valid and not every_attack_answers and not evaluate_and_the_smoothed_model",
     ]),
 }
 
@@ -138,20 +149,8 @@ def prepare(work: Path, file: str, tests: list[str], rev: str | None) -> None:
     (work / "setup.cfg").write_text("\n".join(lines))
 
 
-def run_target(name: str, work: Path, max_children: int, mutmut: list[str], rev: str | None) -> dict:
-    file, functions, tests = TARGETS[name]
-    prepare(work, file, tests, rev)
-    globs = mutant_globs(file, functions)
-    env = dict(os.environ)
-    # one intra-op thread per worker: forked workers stay fork-safe and do not oversubscribe
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", SMOOTHGUARD_NO_PROGRESS="1", PYTHONDONTWRITEBYTECODE="1")
-    env.pop("PYTHONPATH", None)
-    log = work / "mutmut-run.log"
-    t0 = time.time()
-    with open(log, "w") as fh:
-        rc = subprocess.run([*mutmut, "run", "--max-children", str(max_children), *globs], cwd=work, env=env,
-                            stdout=fh, stderr=subprocess.STDOUT).returncode
-    elapsed = time.time() - t0
+def _statuses(work: Path, env: dict, mutmut: list[str], globs: list[str]) -> dict[str, str]:
+    """mutmut's own verdict per mutant of the target (``mutmut results --all true``)."""
     out = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True,
                          text=True).stdout
     statuses: dict[str, str] = {}
@@ -159,6 +158,40 @@ def run_target(name: str, work: Path, max_children: int, mutmut: list[str], rev:
         m = STATUS_RE.match(line)
         if m and any(fnmatch.fnmatchcase(m.group(1), g) for g in globs):
             statuses[m.group(1)] = m.group(2).strip()
+    return statuses
+
+
+def refresh_tests(work: Path) -> None:
+    """Copy the repository's current tests/ over the kept copy (``--resume``)."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for dest in (work / "tests", work / "mutants" / "tests"):
+        if dest.exists():
+            shutil.copytree(ROOT / "tests", dest, ignore=ignore, dirs_exist_ok=True)
+
+
+def run_target(name: str, work: Path, max_children: int, mutmut: list[str], rev: str | None,
+               resume: bool = False) -> dict:
+    file, functions, tests = TARGETS[name]
+    globs = mutant_globs(file, functions)
+    env = dict(os.environ)
+    # one intra-op thread per worker: forked workers stay fork-safe and do not oversubscribe
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", SMOOTHGUARD_NO_PROGRESS="1", PYTHONDONTWRITEBYTECODE="1")
+    env.pop("PYTHONPATH", None)
+    names = globs
+    if resume and (work / "mutants").is_dir():
+        refresh_tests(work)
+        names = sorted(k for k, v in _statuses(work, env, mutmut, globs).items() if v not in ("killed", "timeout"))
+    else:
+        prepare(work, file, tests, rev)
+    log = work / ("mutmut-resume.log" if names is not globs else "mutmut-run.log")
+    t0 = time.time()
+    rc = 0
+    if names:
+        with open(log, "w") as fh:
+            rc = subprocess.run([*mutmut, "run", "--max-children", str(max_children), *names], cwd=work, env=env,
+                                stdout=fh, stderr=subprocess.STDOUT).returncode
+    elapsed = time.time() - t0
+    statuses = _statuses(work, env, mutmut, globs)
     counts: dict[str, int] = {}
     for s in statuses.values():
         counts[s] = counts.get(s, 0) + 1
@@ -166,7 +199,7 @@ def run_target(name: str, work: Path, max_children: int, mutmut: list[str], rev:
     killed = counts.get("killed", 0) + counts.get("timeout", 0)
     score = 100.0 * killed / tested if tested else 0.0
     tool_line = ""
-    log_text = log.read_text(errors="replace")
+    log_text = log.read_text(errors="replace") if log.exists() else ""
     for line in log_text.replace("\r", "\n").splitlines():
         m = re.search(r"(\d+/\d+\s+\U0001f389.*)$", line)  # mutmut's progress line: done/total, counts
         if m:
@@ -184,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-score", type=float, default=90.0, help="percent killed each target must reach")
     ap.add_argument("--rev", default=None, help="mutate this git revision's src/ and tests/ (default: the "
                     "working tree, uncommitted edits included)")
+    ap.add_argument("--resume", action="store_true", help="rerun only the mutants an earlier run in --workdir "
+                    "left alive, against the current tests/")
     ap.add_argument("--show", action="store_true", help="print the diff of every surviving mutant")
     ap.add_argument("--list", action="store_true", help="list the targets and exit")
     args = ap.parse_args(argv)
@@ -203,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     mutmut = [str(Path(sys.executable).with_name("mutmut"))]
     if not Path(mutmut[0]).exists():
         mutmut = [sys.executable, "-m", "mutmut"]
+    if args.resume and args.workdir is None:
+        ap.error("--resume needs the --workdir of the earlier run")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="smoothguard-mutation-"))
     workdir = workdir.resolve()
     if workdir == ROOT or ROOT in workdir.parents:
@@ -210,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"working copies in {workdir}", flush=True)
     results = []
     for name in args.targets or list(TARGETS):
-        r = run_target(name, workdir / name, args.max_children, mutmut, args.rev)
+        r = run_target(name, workdir / name, args.max_children, mutmut, args.rev, args.resume)
         results.append(r)
         c = r["counts"]
         print(f"{name:<11} {r['file']}: {c.get('killed', 0) + c.get('timeout', 0)}/"

@@ -1,0 +1,243 @@
+"""Anytime-valid (sequential) certification at its exact decision boundaries (issue 24).
+
+The e-process of ``smoothing/sequential.py`` is recomputed here by hand from its
+definition (a weighted sum of likelihood ratios, written with plain ``math``), and the
+vote counts come from a scripted base classifier, so the count at which the confidence
+sequence first shows p_A > 1/2 (or > Phi(r / sigma)) is known exactly: one vote fewer
+must abstain (or certify the smaller radius), one vote more must certify. The same for
+the sequential PREDICT (pairwise e-process at (K - 1) / alpha) and for the Bonferroni
+adaptive paths (each look at alpha / L).
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import beta as beta_dist
+from scipy.stats import binomtest, norm
+
+from smoothguard.smoothing import ABSTAIN, SmoothedClassifier
+from smoothguard.smoothing.adaptive import (
+    SequentialGridTest,
+    certify_adaptive,
+    certify_anytime,
+    certify_sequential,
+    predict_adaptive,
+    predict_sequential,
+)
+from smoothguard.smoothing.sequential import DEFAULT_THETAS, DEFAULT_WEIGHTS, BernoulliCS, log_evalue
+
+# the bet menu documented in sequential.py: failure-rate ratios theta and their weights
+THETAS = [0.96, 0.92, 0.84, 0.68, 0.4, 0.15, 0.03, 1e-4]
+WEIGHTS = [0.08, 0.08, 0.08, 0.08, 0.08, 0.05, 0.05, 0.5]
+
+
+def hand_log_e(s, n, t, side="lower", thetas=THETAS, weights=WEIGHTS):
+    """ln sum_k w_k (q_k / t)^s ((1 - q_k) / (1 - t))^(n - s), q_k = 1 - theta_k (1 - t)
+    (lower side) or 1 - (1 - t) / theta_k (upper side, bets with q_k <= 0 dropped)."""
+    logs = []
+    for th, w in zip(thetas, weights):
+        q = 1 - th * (1 - t) if side == "lower" else 1 - (1 - t) / th
+        if q <= 0:
+            continue
+        logs.append(math.log(w) + s * math.log(q / t) + (n - s) * math.log((1 - q) / (1 - t)))
+    if not logs:
+        return -math.inf
+    top = max(logs)
+    return top + math.log(sum(math.exp(v - top) for v in logs))
+
+
+def first_crossing(n, t, level):
+    """The smallest s whose hand e-value at (s, n, t) reaches ``level`` (ln 1/alpha)."""
+    return next(s for s in range(n + 1) if hand_log_e(s, n, t) >= level)
+
+
+class Scripted:
+    """Query-only base classifier answering a fixed label sequence, in order."""
+
+    def __init__(self, *runs):
+        self.labels = torch.cat([torch.full((c,), lab, dtype=torch.int64) for lab, c in runs])
+        self.pos = 0
+
+    def __call__(self, x):
+        out = self.labels[self.pos:self.pos + x.shape[0]]
+        assert out.shape[0] == x.shape[0], "script exhausted"
+        self.pos += x.shape[0]
+        return out
+
+
+X = torch.zeros(1, 1, 2, 2)
+
+
+def test_the_default_menu_and_the_mixture_are_the_documented_ones():
+    np.testing.assert_array_equal(DEFAULT_THETAS, THETAS)
+    np.testing.assert_array_equal(DEFAULT_WEIGHTS, WEIGHTS)
+    cs = BernoulliCS(0.01)
+    for s, n, t in [(0, 10, 0.5), (3, 10, 0.2), (10, 10, 0.5), (95, 100, 0.9), (400, 400, 0.999),
+                    (7, 50, 0.05), (1, 1, 0.3)]:
+        for side in ("lower", "upper"):
+            want = hand_log_e(s, n, t, side)
+            got = float(log_evalue(s, n, t, side=side))
+            assert got == pytest.approx(want, rel=1e-10, abs=1e-10), (s, n, t, side)
+            assert float(cs.log_evalue(s, n, t, side)) == pytest.approx(want, rel=1e-10, abs=1e-10)
+    # a custom menu reaches the formula too
+    got = float(log_evalue(30, 40, 0.6, thetas=[0.5], weights=[1.0]))
+    assert got == pytest.approx(hand_log_e(30, 40, 0.6, thetas=[0.5], weights=[1.0]), rel=1e-12)
+    assert cs.log_level == pytest.approx(math.log(100.0), rel=1e-15) and cs.alpha == 0.01
+
+
+@pytest.mark.parametrize("n,alpha", [(1000, 0.001), (400, 0.05)])
+def test_rejects_and_bounds_switch_at_the_hand_computed_count(n, alpha):
+    cs = BernoulliCS(alpha)
+    level = math.log(1 / alpha)
+    s_star = first_crossing(n, 0.5, level)
+    assert not cs.rejects_below(s_star - 1, n, 0.5) and cs.rejects_below(s_star, n, 0.5)
+    lo_below, lo_at = float(cs.lower(s_star - 1, n)), float(cs.lower(s_star, n))
+    assert 0.45 < lo_below < 0.5 <= lo_at < 0.55
+    # the bounds are the roots of the hand e-value: within the bisection's tolerance
+    for s, lo in ((s_star - 1, lo_below), (s_star, lo_at)):
+        assert hand_log_e(s, n, lo) >= level - 1e-9
+        assert hand_log_e(s, n, lo + 1e-9) < level
+    # upper side (bets on failure rates 1 / theta times the allowed one): U_n < 1/2 up to
+    # the largest success count whose hand e-value crosses
+    f_star = max(s for s in range(n + 1) if hand_log_e(s, n, 0.5, "upper") >= level)
+    assert cs.rejects_above(f_star, n, 0.5) and not cs.rejects_above(f_star + 1, n, 0.5)
+    up = float(cs.upper(f_star, n))
+    assert up <= 0.5 and hand_log_e(f_star, n, up, "upper") >= level - 1e-9
+    assert hand_log_e(f_star, n, up - 1e-9, "upper") < level
+    # no successes: nothing is shown; all successes: nothing below 1 is excluded
+    assert float(cs.lower(0, n)) == 0.0 and float(cs.upper(n, n)) == 1.0
+    assert float(cs.lower(n, n)) < 1.0 and float(cs.upper(0, n)) > 0.0
+
+
+@pytest.mark.parametrize("n,alpha", [(1000, 0.001), (600, 0.01)])
+def test_certify_sequential_abstains_one_vote_below_the_crossing_and_certifies_at_it(n, alpha):
+    n0 = 20
+    s_star = first_crossing(n, 0.5, math.log(1 / alpha))
+    for votes, certified in ((s_star - 1, False), (s_star, True)):
+        g = SmoothedClassifier(Scripted((2, n0), (2, votes), (0, n - votes)), 3, 0.25)
+        res = certify_sequential(g, X, [], n0=n0, n_max=n, alpha=alpha, batch_size=n, schedule=[n])
+        assert int(res.prediction[0]) == (2 if certified else ABSTAIN)
+        assert float(res.radius[0]) == 0.0
+        assert int(res.n_used[0]) == n
+        assert res.counts_selection[0].tolist() == [0, 0, n0]
+        assert (float(res.p_lower[0]) >= 0.5) == certified
+        assert float(res.p_lower[0]) == pytest.approx(float(BernoulliCS(alpha).lower(votes, n)), abs=1e-15)
+
+
+def test_certify_sequential_grid_radius_switches_at_its_threshold_crossing():
+    n, alpha, sigma, r = 1000, 0.001, 0.25, 0.25
+    t = norm.cdf(r / sigma)
+    s1 = first_crossing(n, t, math.log(1 / alpha))
+    assert s1 - 1 >= first_crossing(n, 0.5, math.log(1 / alpha))  # one vote fewer still certifies r = 0
+    for votes, radius in ((s1 - 1, 0.0), (s1, r)):
+        g = SmoothedClassifier(Scripted((1, 10), (1, votes), (0, n - votes)), 2, sigma)
+        res = certify_sequential(g, X, [r, 0.75], n0=10, n_max=n, alpha=alpha, batch_size=n, schedule=[n])
+        assert int(res.prediction[0]) == 1
+        assert float(res.radius[0]) == radius
+
+
+def test_a_certified_level_is_kept_when_later_looks_have_fewer_votes():
+    """The level is a running maximum over looks (Ville: E_n(t) crossing 1/alpha once is
+    the whole error event), and an image stops at the top level or at n_max."""
+    test = SequentialGridTest([0.5, 0.8, 0.95], 0.01, 10_000)
+    level, stop = test.update(np.array([0.0, 100.0]), np.array([100.0, 100.0]), np.array([2, -1]))
+    assert level.tolist() == [2, 1]  # 100 of 100 shows 0.8 but not 0.95 at alpha 0.01
+    assert stop.tolist() == [True, False]
+    level, stop = test.update(np.array([50.0]), np.array([10_000.0]), np.array([-1]))
+    assert level.tolist() == [-1] and stop.tolist() == [True]  # n_max reached
+    # certified() counts the rejected thresholds: -1 none, 0 only 1/2, ...
+    assert test.certified(np.array([0.0, 70.0, 100.0]), np.array([100.0] * 3)).tolist() == [-1, 0, 1]
+
+
+def test_reachable_is_the_hand_e_value_at_n_max_with_p_at_its_upper_bound():
+    test = SequentialGridTest([0.5, 0.9], 0.01, 2000, futility_alpha=0.05)
+    s, n = np.array([60.0, 80.0, 95.0]), np.array([100.0] * 3)
+    u = test.futility.upper(s, n)
+    want = [hand_log_e(si + ui * 1900, 2000, 0.9) >= math.log(100) for si, ui in zip(s, u)]
+    assert test.reachable(s, n, np.array([0, 0, 0])).tolist() == want
+    assert want == [False, False, True]
+    assert not test.reachable(s, n, np.array([1, 1, 1])).any()  # already at the top level
+    assert test.futility.alpha == 0.05 and test.cs.alpha == 0.01
+    with pytest.raises(ValueError, match=r"^thresholds must be increasing, got \[0\.5, 0\.5\]$"):
+        SequentialGridTest([0.5, 0.5], 0.01, 100)
+
+
+@pytest.mark.parametrize("n,alpha", [(1000, 0.001), (500, 0.05)])
+def test_certify_anytime_abstains_below_the_crossing_and_certifies_a_tiny_radius_at_it(n, alpha):
+    n0, sigma = 20, 0.5
+    s_star = first_crossing(n, 0.5, math.log(1 / alpha))
+    for votes, certified in ((s_star - 1, False), (s_star, True)):
+        g = SmoothedClassifier(Scripted((1, n0), (1, votes), (0, n - votes)), 2, sigma)
+        res = certify_anytime(g, X, n0=n0, budget=n, alpha=alpha, batch_size=n, schedule=[n])
+        low = float(BernoulliCS(alpha).lower(votes, n))
+        assert float(res.p_lower[0]) == pytest.approx(low, abs=1e-15)
+        assert int(res.prediction[0]) == (1 if certified else ABSTAIN)
+        if certified:
+            assert low > 0.5
+            assert float(res.radius[0]) == pytest.approx(sigma * norm.ppf(low), rel=1e-9)
+            assert 0.0 < float(res.radius[0]) < 0.02 * sigma
+        else:
+            assert float(res.radius[0]) == 0.0
+
+
+def test_certify_anytime_keeps_the_best_bound_over_looks():
+    """A bound reached at an early look is kept although the later counts are worse."""
+    n, alpha, sigma = 1000, 0.01, 0.25
+    g = SmoothedClassifier(Scripted((0, 10), (0, 200), (1, 800)), 2, sigma)
+    res = certify_anytime(g, X, n0=10, budget=n, alpha=alpha, batch_size=n, schedule=[200, n], tolerance=0.0)
+    early = float(BernoulliCS(alpha).lower(200, 200))
+    assert early > 0.9
+    assert int(res.n_used[0]) in (200, n)
+    assert float(res.p_lower[0]) == pytest.approx(early, abs=1e-15)
+    assert int(res.prediction[0]) == 0
+    assert float(res.radius[0]) == pytest.approx(sigma * norm.ppf(early), rel=1e-9)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_predict_sequential_answers_exactly_from_the_pairwise_crossing(k):
+    """The leader is returned once the e-process of (leader vs runner-up) at t = 1/2 reaches
+    (K - 1) / alpha; one vote fewer abstains. The reported p-value is (K - 1) / E."""
+    alpha, b = 0.01, 100
+    level = math.log((k - 1) / alpha)
+    a_star = next(a for a in range(b, 10 * b) if hand_log_e(a, a + b, 0.5) >= level)
+    for a, decided in ((a_star - 1, False), (a_star, True)):
+        n = a + b
+        g = SmoothedClassifier(Scripted((1, a), (0, b)), k, 0.25)
+        res = predict_sequential(g, X, n_max=n, alpha=alpha, batch_size=n, schedule=[n])
+        assert int(res.prediction[0]) == (1 if decided else ABSTAIN)
+        assert res.counts[0].tolist()[:2] == [b, a] and int(res.n_used[0]) == n
+        want_p = min(1.0, (k - 1) * math.exp(-hand_log_e(a, n, 0.5)))
+        assert float(res.p_value[0]) == pytest.approx(want_p, rel=1e-9)
+        assert (float(res.p_value[0]) <= alpha) == decided
+
+
+def test_bonferroni_paths_test_each_look_at_alpha_over_the_number_of_looks():
+    """With two looks each look runs at alpha / 2: a count whose Clopper-Pearson bound
+    reaches 1/2 at alpha but not at alpha / 2 abstains (certify_adaptive), and PREDICT's
+    top-two p-value must be <= alpha / 2 (predict_adaptive)."""
+    alpha, n = 0.01, 1000
+    n_a = np.arange(1, n + 1)
+    at_half = beta_dist.ppf(alpha / 2, n_a, n - n_a + 1)
+    s_half = int(n_a[np.argmax(at_half >= 0.5)])  # first count certifying at alpha / 2
+    assert beta_dist.ppf(alpha, s_half - 1, n - s_half + 2) >= 0.5  # s_half - 1 would at alpha
+    for votes, certified in ((s_half - 1, False), (s_half, True)):
+        # the first look (100 samples) sees 50/50: undecided, the image goes on to n
+        g = SmoothedClassifier(Scripted((1, 10), (1, 50), (0, 50), (1, votes - 50), (0, n - votes - 50)), 2, 0.25)
+        res = certify_adaptive(g, X, [], n0=10, n_max=n, alpha=alpha, batch_size=n, schedule=[100, n],
+                               futility_alpha=1e-6)
+        assert int(res.n_used[0]) == n
+        assert int(res.prediction[0]) == (1 if certified else ABSTAIN)
+        assert float(res.p_lower[0]) == pytest.approx(beta_dist.ppf(alpha / 2, votes, n - votes + 1), rel=1e-12)
+
+    # PREDICT: the smallest leader count with p <= alpha / 2 against 1000 - a
+    pv = [binomtest(a, n, 0.5).pvalue for a in range(500, n)]
+    a_half = 500 + next(i for i, p in enumerate(pv) if p <= alpha / 2)
+    assert pv[a_half - 1 - 500] <= alpha  # one vote fewer passes at alpha, not at alpha / 2
+    for a, decided in ((a_half - 1, False), (a_half, True)):
+        g = SmoothedClassifier(Scripted((1, 50), (0, 50), (1, a - 50), (0, n - a - 50)), 2, 0.25)
+        res = predict_adaptive(g, X, n_max=n, alpha=alpha, batch_size=n, schedule=[100, n], futility_alpha=1e-6)
+        assert int(res.n_used[0]) == n
+        assert int(res.prediction[0]) == (1 if decided else ABSTAIN)
+        assert float(res.p_value[0]) == pytest.approx(binomtest(a, n, 0.5).pvalue, rel=1e-9)

@@ -35,7 +35,7 @@ chain_pni() {  # PGD-AT with PNI weight noise (issue 5 item 2, used by issue 6 p
   python3 -m smoothguard train --device cuda --threads 1 --seed 0 --data fashion-mnist --arch lenet \
     --objective pgd_at --eps 0.1 --norm linf --attack-steps 10 --noise-injection pni-w \
     --epochs "$ADV_EPOCHS" --batch 128 --optimizer sgd --lr 0.01 --momentum 0.9 --weight-decay 5e-4 \
-    --schedule cosine --out runs/issue5_adversarial/pni
+    --schedule cosine --out-dir runs/issue5_adversarial/pni
 }
 chain_denoised() {
   DEVICE=cuda EPOCHS=$DEN_EPOCHS DEPTH=8 WIDTH=32 BATCH=10000 MODEL=runs/standard_lenet.pt \

@@ -22,5 +22,5 @@ train() {  # train DIR ARGS...: skip when DIR/model.pt exists, resume from DIR/c
   [[ -f "$dir/checkpoint.pt" ]] && resume=(--resume)
   echo "== train $dir"
   "${SG[@]}" train "${COMMON[@]}" "${DATA[@]}" --arch lenet "${OPTIM[@]}" --max-train "$MAX_TRAIN" \
-    --max-test "$MAX_TEST" --out "$dir" "${resume[@]}" "$@"
+    --max-test "$MAX_TEST" --out-dir "$dir" "${resume[@]}" "$@"
 }

@@ -41,7 +41,7 @@ done
 
 echo "== analyze"
 "${SG[@]}" analyze "${FILES[@]}" --radii 0,0.25,0.5,0.75,1.0 --format markdown \
-  --out-table "$OUT/table.md" --plot "$OUT/certified_accuracy"
+  --out "$OUT/table.md" --plot "$OUT/certified_accuracy"
 echo "== seconds per training epoch (mean over epochs, from log.tsv)"
 for f in "$OUT"/*/log.tsv; do
   awk -F'\t' -v name="$(basename "$(dirname "$f")")" 'NR==1{for(i=1;i<=NF;i++) if($i=="seconds") c=i; next}

@@ -72,7 +72,7 @@ train_step() {  # train_step DIR SUBCOMMAND ARGS...: skip when DIR/model.pt exis
     local resume=()
     [ -f "$dir/checkpoint.pt" ] && resume=(--resume)
     echo "== $dir: ${SG[*]} $*"
-    timed "$(basename "$dir")" "${SG[@]}" "$@" "${SUBSET[@]}" "${COMMON[@]}" --out "$dir" "${resume[@]}"
+    timed "$(basename "$dir")" "${SG[@]}" "$@" "${SUBSET[@]}" "${COMMON[@]}" --out-dir "$dir" "${resume[@]}"
 }
 
 # 1. the off-the-shelf classifier (no noise) and two surrogates for the black-box denoiser
@@ -109,7 +109,7 @@ for name in none mse stability hybrid blackbox; do
     timed "certify_$name" "${SG[@]}" certify "${CERT[@]}" "${den[@]}" --out "$OUT/cert_$name.tsv"
     FILES+=("$OUT/cert_$name.tsv")
 done
-"${SG[@]}" analyze "${FILES[@]}" --radii 0,0.25,0.5 --out-table "$OUT/table.md" --plot "$OUT/certified_accuracy"
+"${SG[@]}" analyze "${FILES[@]}" --radii 0,0.25,0.5 --out "$OUT/table.md" --plot "$OUT/certified_accuracy"
 
 # 4. the black-box denoiser in front of the target served as a label-only HTTP API:
 # D runs here, only D(x + noise) is sent, the answer is labels. Same seed -> same rows.
@@ -131,7 +131,7 @@ timed certify_api_blackbox "${SG[@]}" certify --api "$URL" --denoiser "$OUT/den_
     --out "$OUT/cert_api_blackbox.tsv"
 kill "$SERVER" 2>/dev/null || true
 "${SG[@]}" analyze "$OUT/cert_blackbox.tsv" "$OUT/cert_api_blackbox.tsv" --radii 0,0.25,0.5 \
-    --out-table "$OUT/table_api.md" --no-plot
+    --out "$OUT/table_api.md" --no-plot
 "$PY" - "$OUT/cert_blackbox.tsv" "$OUT/cert_api_blackbox.tsv" <<'EOF'
 import sys
 local, api = ({l.split("\t")[0]: l.split("\t")[:5] for l in open(p).read().splitlines()[1:]} for p in sys.argv[1:])

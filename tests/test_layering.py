@@ -8,6 +8,7 @@ alike: a lazy import is still a dependency), so the test needs no import of the 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,48 @@ def test_imports_are_read_from_the_source(tmp_path, monkeypatch, source, expecte
     path.write_text(source)
     monkeypatch.setitem(MODULES, "smoothguard.smoothing.probe", path)
     assert imports_of("smoothguard.smoothing.probe") == expected
+
+
+# --------------------------------------------------------------------------- the README's layout tree
+
+README = SRC.parent / "README.md"
+
+
+def readme_layout() -> dict[str, str]:
+    """{module path relative to src/: description} from the ```text tree in the README's
+    Development section (indentation of two spaces per folder level)."""
+    text = README.read_text(encoding="utf-8")
+    dev = text[text.index("## Development"):]
+    start = dev.index("src/smoothguard/")
+    block = dev[start: dev.index("```", start)]
+    out: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        name, _, desc = line.strip().partition(" ")
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        if name.endswith("/"):
+            stack.append((indent, name.rstrip("/")))
+        else:
+            out["/".join([s for _, s in stack] + [name]).removeprefix("src/")] = desc.strip()
+    return out
+
+
+def test_the_readme_layout_lists_every_module_and_nothing_else():
+    listed = readme_layout()
+    actual = {p.relative_to(SRC).as_posix() for p in (SRC / PKG).rglob("*.py")}
+    assert sorted(actual - set(listed)) == [], "modules missing from the README's layout tree"
+    assert sorted(set(listed) - actual) == [], "README layout lists modules that do not exist"
+    assert all(listed.values()), [k for k, v in listed.items() if not v]  # one line, with what it holds
+
+
+def test_the_layout_parser_follows_folders(tmp_path, monkeypatch):
+    global README
+    fake = tmp_path / "README.md"
+    fake.write_text("## Development\n```text\nsrc/smoothguard/\n  a.py   top\n  pkg/\n    b.py  inner\n"
+                    "  c.py   back up\n```\n")
+    monkeypatch.setattr(sys.modules[__name__], "README", fake)
+    assert readme_layout() == {"smoothguard/a.py": "top", "smoothguard/pkg/b.py": "inner", "smoothguard/c.py": "back up"}

@@ -14,6 +14,6 @@ smoothguard attack --model $RUN/model.pt $SEL --attack pgd --norm linf --eps 0.1
   --out $RUN/eval/attack_pgd.tsv
 smoothguard attack --model $RUN/model.pt $SEL --attack apgd --loss dlr --norm linf --eps 0.1 --steps 100 \
   --restarts 2 --out $RUN/eval/attack_apgd.tsv
-smoothguard analyze $RUN/eval/*.tsv --format markdown --out-table $RUN/eval/sandwich.md
+smoothguard analyze $RUN/eval/*.tsv --format markdown --out $RUN/eval/sandwich.md
 smoothguard verify --model $RUN/model.pt --data fashion-mnist --max 100 --threads 1 --norm linf --eps 0.1 \
   --method crown --out $RUN/eval100/verify_crown.tsv

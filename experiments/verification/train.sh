@@ -8,7 +8,7 @@ OUT=${1:?out dir}; WHICH=${2:?objective}
 COMMON="--data fashion-mnist --arch lenet --max-train 10000 --max-test 1000 --epochs 12 --batch 128 \
   --optimizer adam --lr 0.0005 --schedule constant --weight-decay 0 --threads 1 --seed 0"
 case $WHICH in
-  ibp) smoothguard train $COMMON --objective ibp --eps 0.15 --warmup 0.15 --ramp 0.6 --out $OUT/ibp ;;
-  crown_ibp) smoothguard train $COMMON --objective crown_ibp --eps 0.15 --warmup 0.15 --ramp 0.6 --out $OUT/crown_ibp ;;
+  ibp) smoothguard train $COMMON --objective ibp --eps 0.15 --warmup 0.15 --ramp 0.6 --out-dir $OUT/ibp ;;
+  crown_ibp) smoothguard train $COMMON --objective crown_ibp --eps 0.15 --warmup 0.15 --ramp 0.6 --out-dir $OUT/crown_ibp ;;
   pgd_at) smoothguard train $COMMON --objective pgd_at --eps 0.1 --attack-steps 10 --out $OUT/pgd_at ;;
 esac

@@ -10,7 +10,6 @@ import json
 import math
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -124,134 +123,20 @@ def validate(args: argparse.Namespace):
     return SmoothEvalGrid(tuple(sigmas), tuple(ms), methods, attacks)
 
 
-def _chunked(attack, x: torch.Tensor, y: torch.Tensor, chunk: int) -> torch.Tensor:
-    return torch.cat([attack.run(x[i:i + chunk], y[i:i + chunk]).x_adv for i in range(0, x.shape[0], chunk)])
-
-
-def make_compute(args: argparse.Namespace, grid, base: torch.nn.Module, num_classes: int, caught: dict):
-    """The per-group function of the run: (images, labels, dataset indices) -> rows of
-    predictions in the order of ``grid.columns()`` (without the time column).
-
-    Vote noise comes from the per-image seed ``image_seed(--seed, idx)``, the same for the
-    clean image, every attacked point, every m and every method (common random numbers:
-    an attack that returns x changes nothing). Attack randomness is seeded per group.
-    """
-    from smoothguard import attacks as A
-    from smoothguard.models.noise import set_noise_injection
-    from smoothguard.smoothing import SmoothedClassifier, SmoothedModel, image_seed, vote_scores
-    from smoothguard.utils import derive_seed
-
-    device = args.device
-    smoothed = {s: SmoothedClassifier(base, num_classes, s, memory_format="contiguous") for s in grid.sigmas if s > 0}
-    pgd_kw = dict(norm=args.norm, eps=args.eps, steps=args.steps, step_size=args.step_size)
-    stochastic: list[bool] = []  # is the base model itself noisy (PNI / CNI)? decided on the first group
-
-    def compute(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> list[list]:
-        x, y = x.to(device), y.to(device)
-        first = int(idx[0])
-        seeds = [image_seed(args.seed, int(i)) for i in idx.tolist()]
-
-        def aseed(*parts) -> int:
-            return derive_seed(args.seed, "smooth-eval", *parts, first) & ((1 << 62) - 1)
-
-        if not stochastic:
-            with torch.no_grad():
-                stochastic.append(not torch.equal(base(x[:8]), base(x[:8])))
-        noisy_base = stochastic[0]
-        base_pred: dict[str, torch.Tensor] = {}
-
-        def predict(s: float, xx: torch.Tensor, m: int, method: str, key: str) -> torch.Tensor:
-            if s == 0 and noisy_base:  # the model's own noise only: m separate forward passes
-                with torch.no_grad():
-                    return vote_scores(torch.stack([base(xx) for _ in range(m)]), method).argmax(1).cpu()
-            if s == 0:  # a deterministic model: every m and method is its argmax (``key`` names xx)
-                if key not in base_pred:
-                    with torch.no_grad():
-                        base_pred[key] = torch.cat([base(c).argmax(1) for c in xx.split(args.batch)]).cpu()
-                return base_pred[key]
-            return smoothed[s].vote(xx, m, method, args.batch, seeds=seeds)
-
-        preds: dict[tuple, torch.Tensor] = {}
-        with warnings.catch_warnings(record=True) as wlist:
-            warnings.simplefilter("always", A.RobustnessWarning)
-            x_tr = None
-            if grid.attacks:
-                # PGD on the base model without noise (noise-injection layers switched off while it
-                # runs): the transfer attack, and for a deterministic model at sigma 0 also pgd and epgd
-                switched = set_noise_injection(base, False) if noisy_base else 0
-                try:
-                    x_tr = _chunked(A.PGD(base, **pgd_kw, seed=aseed("transfer")), x, y, len(x))
-                finally:
-                    if switched:
-                        set_noise_injection(base, True)
-            for s in grid.sigmas:
-                x_pgd = None
-                if "pgd" in grid.attacks:
-                    # one noise draw per step (the paper's evaluation); no stop at a first success,
-                    # which under noise is often a lucky draw (the paper's loop runs all its steps)
-                    if s > 0 or noisy_base:  # at sigma 0: a draw of the model's own noise per step
-                        target = base if s == 0 else SmoothedModel(base, s, 1, "soft", batch_size=args.batch,
-                                                                   seed=aseed("pgd-noise", s))
-                        pgd = A.PGD(target, **pgd_kw, seed=aseed("pgd", s))
-                        pgd.stop_on_success = False
-                        x_pgd = _chunked(pgd, x, y, len(x))
-                    else:
-                        x_pgd = x_tr
-                na_cache: dict[tuple, torch.Tensor] = {}
-                for m in grid.ms:
-                    x_ep = None
-                    if "epgd" in grid.attacks:
-                        if s == 0:  # EOT over the model's own noise, or plain PGD on a deterministic model
-                            x_ep = _chunked(A.PGD(base, **pgd_kw, eot=m, seed=aseed("epgd", s, m)), x, y,
-                                            max(1, args.attack_batch // m)) if noisy_base and m > 1 else x_tr
-                        else:
-                            epgd = A.EPGD(base, **pgd_kw, sigma=s, num_noise=m, seed=aseed("epgd", s, m))
-                            x_ep = _chunked(epgd, x, y, max(1, args.attack_batch // m))
-                    for meth in grid.methods:
-                        adv = {"pgd": x_pgd, "epgd": x_ep, "transfer": x_tr}
-                        if "nattack" in grid.attacks:
-                            key = (meth,) if s == 0 else (meth, m)
-                            if key not in na_cache:
-                                m_eff = 1 if s == 0 else m
-                                target = SmoothedModel(base, s, m_eff, meth, batch_size=args.batch,
-                                                       seed=aseed("nattack-noise", s, m, meth))
-                                atk = A.NAttack(target, norm=args.norm, eps=args.eps, max_queries=args.queries,
-                                                population=args.population,
-                                                batch_size=args.population * max(1, args.attack_batch
-                                                                                 // (args.population * m_eff)),
-                                                seed=aseed("nattack", s, m, meth))
-                                na_cache[key] = atk.run(x, y).x_adv
-                            adv["nattack"] = na_cache[key]
-                        preds[(s, m, meth, "clean")] = predict(s, x, m, meth, "clean")
-                        for a in grid.attacks:
-                            # names the tensor for the sigma-0 cache of a deterministic model
-                            key = f"nattack:{meth}" if a == "nattack" else a if a != "epgd" else f"epgd:{m}"
-                            preds[(s, m, meth, a)] = predict(s, adv[a], m, meth, key)
-        for w in wlist:
-            msg = str(w.message)
-            caught[msg] = caught.get(msg, 0) + 1
-        rows = []
-        for j, (i, lab) in enumerate(zip(idx.tolist(), y.tolist())):
-            row = [int(i), int(lab)]
-            for s, m, meth in grid.combinations():
-                row += [int(preds[(s, m, meth, a)][j]) for a in grid.evaluations]
-            rows.append(row)
-        return rows
-
-    return compute
-
-
 def _atomic_write(path: Path, text: str) -> None:
     write_text_atomic(path, text)
 
 
 def run(args: argparse.Namespace) -> int:
     from smoothguard.cli._smoothing_run import run_rows
-    from smoothguard.cli.attack import check_shape, model_settings
+    from smoothguard.cli._provenance import model_settings
+    from smoothguard.cli.attack import check_shape
     from smoothguard.evaluation.resultfile import read_complete_rows
     from smoothguard.evaluation.robustness import json_safe
     from smoothguard.evaluation.smoothed_inference import (
         ATTACK_DESCRIPTIONS,
+        SmoothEvalOptions,
+        make_compute,
         plot_accuracy_vs,
         render_table,
         summarize,
@@ -282,7 +167,10 @@ def run(args: argparse.Namespace) -> int:
         "threads": torch.get_num_threads(),
     }
     caught: dict[str, int] = {}
-    compute = make_compute(args, grid, base, int(meta["num_classes"]), caught)
+    opts = SmoothEvalOptions(norm=args.norm, eps=args.eps, steps=args.steps, step_size=args.step_size,
+                             queries=args.queries, population=args.population, batch=args.batch,
+                             attack_batch=args.attack_batch, seed=args.seed, device=args.device)
+    compute = make_compute(opts, grid, base, int(meta["num_classes"]), caught)
     n_comb = len(grid.combinations())
     print(f"smooth-eval: {len(data)} images of {args.data}, {n_comb} combinations (sigma x m x method) x "
           f"{1 + len(grid.attacks)} evaluations, {args.norm} eps {args.eps:g}", file=sys.stderr)

@@ -548,6 +548,196 @@ def test_pgd_stops_attacking_a_point_once_fooled_and_skips_its_later_restarts():
     assert bool(torch.isfinite(res.losses[1]).all())
 
 
+class _Peak(nn.Module):
+    """One pixel, label 0, CE loss softplus(h) with h = -1 - 10 |v - PEAK|: a single
+    peak inside the ball; sign steps larger than the distance to it overshoot. Every
+    forward input is recorded."""
+
+    PEAK = 0.6137
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        v = x.flatten(1)[:, 0]
+        self.seen.append(v.detach().clone())
+        h = -1 - 10 * (v - self.PEAK).abs()
+        return torch.stack([torch.zeros_like(h), h], 1)
+
+
+def _paper_checkpoints(n_iter):
+    """w_j = ceil(p_j N_iter), p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)."""
+    p = [0.0, 0.22]
+    while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return sorted({math.ceil(round(q * n_iter, 6)) for q in p[1:]})
+
+
+def _apgd_paper_path(f, df, x0, eps, n_iter, alpha=0.75, rho=0.75):
+    """Croce & Hein (2020), Algorithm 1, for one scalar coordinate on the l_inf ball and
+    [0, 1]: eta = 2 eps; x1 = P(x0 + eta sign f'(x0)); then z = P(x_k + eta sign f'(x_k)),
+    x_{k+1} = P(x_k + alpha (z - x_k) + (1 - alpha)(x_k - x_{k-1})); at a checkpoint w_j the
+    step halves and x restarts at x_max (no momentum) when condition 1 (the loss rose in
+    fewer than rho (w_j - w_{j-1}) steps) or condition 2 (no halving at w_{j-1} and no new
+    f_max since) holds; condition 2 is not tested at w_1. Returns the iterates x1..xN."""
+    def proj(v):
+        return min(max(v, x0 - eps, 0.0), x0 + eps, 1.0)
+
+    def sign(v):
+        return (v > 0) - (v < 0)
+
+    checkpoints = [w for w in _paper_checkpoints(n_iter) if w < n_iter]
+    eta, x, x_prev = 2 * eps, x0, x0
+    fx = f(x)
+    x_max, f_max, f_max_before, halved_before = x, fx, fx, True
+    rises, last_w, path = 0, 0, []
+    for k in range(n_iter):
+        a = 1.0 if k == 0 else alpha
+        z = proj(x + eta * sign(df(x)))
+        x, x_prev = proj(x + a * (z - x) + (1 - a) * (x - x_prev)), x
+        f_new = f(x)
+        path.append(x)
+        rises += f_new > fx
+        fx = f_new
+        if fx > f_max:
+            x_max, f_max = x, fx
+        if k + 1 in checkpoints:
+            w = k + 1
+            halve = rises < rho * (w - last_w) or (not halved_before and f_max_before >= f_max)
+            if halve:
+                eta /= 2
+                x = x_prev = x_max
+                fx = f_max
+            halved_before, f_max_before, rises, last_w = halve, f_max, 0, w
+    return path
+
+
+@pytest.mark.parametrize("n_iter", [12, 40])
+def test_apgd_iterates_follow_the_papers_algorithm_on_a_one_pixel_peak(n_iter):
+    """Step 2 eps, momentum 0.75 after a first plain step, halving and restart at the best
+    point at the checkpoints under conditions 1 and 2: the points APGD queries are those of
+    Algorithm 1 written out by hand for one coordinate (four starts, so the per-image
+    halving decisions differ). E.g. from 0.5: 0.8, then 0.8 + 0.75 (0.2 - 0.8) + 0.25 (0.8
+    - 0.5) = 0.425 (no momentum would give 0.2, momentum 0.5 gives 0.65)."""
+    starts = [0.5, 0.41, 0.77, 0.45]
+    model = _Peak()
+    atk = APGD(model, norm="linf", eps=0.3, steps=n_iter, random_start=False, seed=0, sanity_checks=False)
+    x = torch.tensor(starts).view(-1, 1, 1, 1)
+    x_adv = atk.perturb(x, torch.zeros(4, dtype=torch.long), torch.Generator().manual_seed(0))
+    seen = torch.stack(model.seen).double()  # loss at x, the start x, then x1 .. xN
+    assert seen.shape == (n_iter + 2, 4)
+    torch.testing.assert_close(seen[0], x.flatten().double(), rtol=0, atol=0)
+    torch.testing.assert_close(seen[1], x.flatten().double(), rtol=0, atol=0)
+
+    def f(v):
+        return -abs(v - _Peak.PEAK)
+
+    def df(v):
+        return -1.0 if v > _Peak.PEAK else 1.0
+
+    for i, x0 in enumerate(starts):
+        want = _apgd_paper_path(f, df, float(np.float32(x0)), 0.3, n_iter)
+        np.testing.assert_allclose(seen[2:, i].numpy(), want, rtol=0, atol=2e-6, err_msg=f"start {x0}")
+    assert float(seen[3, 0]) == pytest.approx(0.425, abs=1e-6)
+    # the returned point is the best one queried; with the halvings it nears the peak
+    best = seen[1:].gather(0, (seen[1:] - _Peak.PEAK).abs().argmin(0, keepdim=True))[0]
+    torch.testing.assert_close(x_adv.flatten().double(), best, rtol=0, atol=1e-7)
+    if n_iter == 40:
+        assert float((x_adv.flatten() - _Peak.PEAK).abs().max()) < 2e-3
+
+
+def test_apgd_step_halving_is_what_reaches_an_interior_peak():
+    """Without halving, the 2 eps = 0.6 step keeps bouncing between the ball's faces and
+    the momentum mixtures; with it, APGD ends within 1e-3 of a peak that no fixed grid of
+    the first steps contains, and its late steps are short."""
+    model = _Peak()
+    atk = APGD(model, norm="linf", eps=0.3, steps=100, random_start=False, seed=0, sanity_checks=False)
+    x = torch.tensor([0.5, 0.41, 0.77, 0.45]).view(-1, 1, 1, 1)
+    x_adv = atk.perturb(x, torch.zeros(4, dtype=torch.long), torch.Generator().manual_seed(0))
+    seen = torch.stack(model.seen)
+    first = (seen[2:12] - _Peak.PEAK).abs().min(0).values
+    assert bool((first > 1e-3).all())  # the first ten iterates stay away from the peak
+    assert float((x_adv.flatten() - _Peak.PEAK).abs().max()) < 1e-3
+    late_moves = (seen[-10:] - seen[-11:-1]).abs().max()
+    assert float(late_moves) < 0.6 / 2 ** 5
+
+
+class _Window(nn.Module):
+    """One pixel, three classes, label 0. Class 1 wins only inside (lo, hi) (its logit is
+    0.05 there and -0.5 elsewhere, without gradient); class 2 never wins (logit h2 < 0)
+    but raises the loss where h2 is high, so a non-adversarial point can have a higher
+    loss than an adversarial one."""
+
+    def __init__(self, lo, hi, h2):
+        super().__init__()
+        self.lo, self.hi, self.h2 = lo, hi, h2
+        self.seen = []
+
+    def forward(self, x):
+        v = x.flatten(1)[:, 0]
+        self.seen.append(v.detach().clone())
+        h1 = torch.where((v > self.lo) & (v < self.hi), 0.05, -0.5) + 0 * v
+        return torch.stack([torch.zeros_like(v), h1, self.h2(v)], 1)
+
+
+def _ce(model, v):
+    with torch.no_grad():
+        return F.cross_entropy(model(v.view(-1, 1, 1, 1)), torch.zeros(v.numel(), dtype=torch.long), reduction="none")
+
+
+def test_pgd_returns_its_first_adversarial_point_though_a_later_step_has_higher_loss():
+    """From 0.5, steps of 0.07 reach 0.57 (class 1: fooled), and one more step would reach
+    0.64 (class 0 again, higher loss, zero gradient after). PGD stops attacking the fooled
+    point, so the returned example is adversarial; the control that keeps ascending
+    (stop_on_success off) returns 0.64."""
+    model = _Window(0.55, 0.6, lambda v: torch.clamp(-2 + 25 * (v - 0.57), max=-0.3))
+    assert float(_ce(model, torch.tensor([0.64]))) > float(_ce(model, torch.tensor([0.57]))) + 0.05
+    atk = PGD(model, norm="linf", eps=0.3, steps=5, step_size=0.07, random_start=False, seed=0,
+              sanity_checks=False)
+    x, y = torch.full((1, 1, 1, 1), 0.5), torch.tensor([0])
+    res = atk.run(x, y)
+    assert bool(res.success[0]) and int(res.adv_pred[0]) == 1
+    assert float(res.x_adv.flatten()[0]) == pytest.approx(0.57, abs=1e-6)
+    assert float(res.losses[0, 0]) == pytest.approx(float(_ce(model, torch.tensor([0.57]))), rel=1e-6)
+    atk.stop_on_success = False
+    later = atk.run(x, y)
+    assert float(later.x_adv.flatten()[0]) == pytest.approx(0.64, abs=1e-6) and not bool(later.success[0])
+
+
+def test_apgd_returns_its_first_adversarial_point_though_later_iterates_have_higher_loss():
+    """APGD's first step lands at 0.8 (class 1: fooled); the loss then pulls it towards
+    0.6137 (class 0, higher loss). The returned point is the first success, with its loss;
+    the points queried after it include non-adversarial ones of higher loss."""
+    model = _Window(0.78, 0.82, lambda v: -0.3 - 10 * (v - 0.6137).abs())
+    atk = APGD(model, norm="linf", eps=0.3, steps=20, random_start=False, seed=0, sanity_checks=False)
+    x, y = torch.full((1, 1, 1, 1), 0.5), torch.tensor([0])
+    res = atk.run(x, y)
+    assert bool(res.success[0]) and int(res.adv_pred[0]) == 1
+    assert float(res.x_adv.flatten()[0]) == pytest.approx(0.8, abs=1e-6)
+    ce_first = float(_ce(model, torch.tensor([0.8])))
+    assert float(res.losses[0, 0]) == pytest.approx(ce_first, rel=1e-6)
+    queried = torch.cat(model.seen)
+    outside = queried[(queried < 0.78) | (queried > 0.82)]
+    assert float(_ce(model, outside).max()) > ce_first + 0.05
+
+
+def test_apgd_restarts_skip_fooled_points_and_keep_the_best_over_runs():
+    """Image A is fooled in the first run (NaN losses for its later runs); image B (peak
+    model, never fooled) runs every restart, and its returned loss is the best run's."""
+    model = _Window(0.78, 0.82, lambda v: -0.3 - 10 * (v - 0.6137).abs())
+    atk = APGD(model, norm="linf", eps=0.3, steps=6, restarts=3, seed=6, sanity_checks=False)
+    x = torch.tensor([0.5, 0.45]).view(2, 1, 1, 1)  # from 0.45 the window (0.78, 0.82) is out of reach
+    res = atk.run(x, torch.tensor([0, 0]))
+    assert res.success.tolist() == [True, False]
+    assert bool(torch.isfinite(res.losses[0, 0])) and bool(torch.isnan(res.losses[0, 1:]).all())
+    assert bool(torch.isfinite(res.losses[1]).all())
+    assert len(set(res.losses[1].tolist())) == 3  # random starts: three different runs
+    assert float(res.losses[1].argmax()) != 2  # here the best run is not the last one
+    ce_b = float(_ce(model, res.x_adv.flatten()[1:]))
+    assert ce_b == pytest.approx(float(res.losses[1].max()), rel=1e-6)
+
+
 # ----------------------------------------------------------------------------- TRADES
 def _tiny_linear():
     torch.manual_seed(0)

@@ -194,3 +194,126 @@ def test_the_first_untrusted_row_is_named_and_resume_cuts_there(tmp_path, tail, 
     assert len(named) == (0 if reason.startswith("a partial") else 1)
     assert first_bad_row(path, COLS, allowed=range(5)) is None
     assert first_bad_row(path, COLS) is None
+
+
+# ----------------------------------------------------------------------------- issue 24: messages, sidecar, keys
+def test_the_sidecar_is_canonical_json_with_the_version(tmp_path):
+    """Indented, keys sorted (stable diffs between runs), newline-terminated, and it
+    records the package version."""
+    import smoothguard
+
+    path = tmp_path / "out.tsv"
+    _write(path, [(0, 1, 0.5)], settings={"z": 1, "a": [1, 2], "sigma": 0.25, "n": 10})
+    text = sidecar_path(path).read_text()
+    meta = json.loads(text)
+    assert text == json.dumps(meta, indent=2, sort_keys=True) + "\n"
+    assert text.startswith('{\n  "columns": [\n    "idx",')
+    assert set(meta) == {"kind", "columns", "settings", "key_settings", "smoothguard_version"}
+    assert meta["smoothguard_version"] == smoothguard.__version__
+    assert meta["settings"] == {"z": 1, "a": [1, 2], "sigma": 0.25, "n": 10}
+
+
+def test_a_refused_resume_leaves_the_file_and_its_sidecar_alone(tmp_path):
+    path = tmp_path / "out.tsv"
+    _write(path, [(0, 1, 0.5)])
+    side_before, rows_before = sidecar_path(path).read_text(), path.read_text()
+    for bad in (dict(settings={**SETTINGS, "n": 5}), dict(kind="predict")):
+        with pytest.raises(ResultFileError):
+            _writer(path, **bad).open()
+        assert sidecar_path(path).read_text() == side_before and path.read_text() == rows_before
+
+
+def test_refusal_messages_name_the_file_the_problem_and_the_remedy(tmp_path):
+    path = tmp_path / "out.tsv"
+    _write(path, [(0, 1, 0.5)])
+
+    def message(fn):
+        with pytest.raises(ResultFileError) as info:
+            fn()
+        return str(info.value)
+
+    assert message(lambda: _writer(path, settings={**SETTINGS, "sigma": 0.5, "n": 7}).open()) == (
+        f"refusing to resume {path}: settings differ (sigma: file 0.25, now 0.5; n: file 1000, now 7). "
+        "Use the same settings, another --out, or --overwrite")
+    assert message(lambda: _writer(path, kind="predict", columns=["idx", "label", "x"]).open()) == (
+        f"{path} was written by 'certify' with columns ['idx', 'label', 'radius']; this run is 'predict' with "
+        "columns ['idx', 'label', 'x']. Choose another --out or pass --overwrite")
+    assert message(lambda: read_complete_rows(path, ["idx", "x", "y"])) == (
+        f"{path}: header ['idx', 'label', 'radius'] differs from expected ['idx', 'x', 'y']")
+    side = sidecar_path(path)
+    side.write_text("{not json")
+    msg = message(lambda: _writer(path).open())
+    assert msg.startswith(f"{side}: unreadable settings file (Expecting property name") and msg.endswith(
+        "); pass --overwrite")
+    side.unlink()
+    assert message(lambda: _writer(path).open()) == (
+        f"{path} exists but has no settings file out.tsv.json, so it cannot be resumed safely; pass --overwrite "
+        "to start it again or choose another --out")
+    binary = tmp_path / "bin.tsv"
+    binary.write_bytes(b"\xff\xfe\n0\t1\t0.5\n")
+    assert message(lambda: read_complete_rows(binary, COLS)) == (
+        f"{binary}: header None differs from expected ['idx', 'label', 'radius']")
+    with pytest.raises(ValueError, match=r"^the first column of a result file must be 'idx'$"):
+        ResultWriter(tmp_path / "o.tsv", [], "certify", {}, [])
+    with _writer(tmp_path / "o.tsv") as w:
+        with pytest.raises(ValueError, match=r"^row has 4 fields, expected 3$"):
+            w.write((0, 1, 0.5, 9))
+
+
+def test_the_cut_warning_names_the_line_the_reason_and_points_at_the_caller(tmp_path):
+    from smoothguard.evaluation.resultfile import ResultFileWarning
+
+    path = tmp_path / "out.tsv"
+    _write(path, [(0, 1, 0.5), (1, 1, 0.25)])
+    with open(path, "a") as fh:
+        fh.write("0\t1\t0.5\n2\t0\t0.0\n")
+    w = _writer(path)
+    with pytest.warns(ResultFileWarning) as caught:
+        w.open()  # the warning is attributed to this line, not to resultfile.py
+    w.close()
+    assert len(caught) == 1
+    assert str(caught[0].message) == (f"{path}: line 4: idx 0 appears twice; resuming from the rows before it "
+                                      "(2 kept, the rest is recomputed)")
+    assert caught[0].filename == __file__
+    assert issubclass(ResultFileWarning, UserWarning) and issubclass(ResultFileError, ValueError)
+
+
+@pytest.mark.parametrize("key,old,new", [("noise", "gaussian", "laplace"), ("sequential", "bonferroni", "cs")])
+def test_a_file_from_before_a_key_existed_resumes_as_that_keys_old_value(tmp_path, key, old, new):
+    path = tmp_path / "out.tsv"
+    _write(path, [(0, 1, 0.5)])  # written without the key
+    keys = KEYS + [key]
+    with ResultWriter(path, COLS, "certify", {**SETTINGS, key: old}, keys) as w:
+        assert sorted(w.done) == [0]
+    _write(path, [(0, 1, 0.5)], overwrite=True)
+    with pytest.raises(ResultFileError, match=rf"settings differ \({key}: file '{old}', now '{new}'\)"):
+        ResultWriter(path, COLS, "certify", {**SETTINGS, key: new}, keys).open()
+
+
+def test_numbers_in_rows_and_file_hashes(tmp_path):
+    import hashlib
+
+    from smoothguard.evaluation.resultfile import file_sha256
+
+    path = tmp_path / "out.tsv"
+    path.write_text("idx\tlabel\tradius\n0\tnan\tinf\n1\t-1\t1e-300\n2\t\t0.5\n")
+    assert sorted(read_complete_rows(path, COLS)[0]) == [0, 1]  # an empty field is not a number
+    blob = tmp_path / "model.pt"
+    data = bytes(range(256)) * 10_000  # 2.5 MB: several read chunks
+    blob.write_bytes(data)
+    assert file_sha256(blob) == hashlib.sha256(data).hexdigest()
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert file_sha256(str(empty)) == hashlib.sha256(b"").hexdigest()
+
+
+def test_merge_writes_the_sidecar_of_the_merged_run_and_skips_missing_parts(tmp_path):
+    a, out = tmp_path / "a.tsv", tmp_path / "all.tsv"
+    _write(a, [(1, 1, 0.5), (0, 2, 0.25)])
+    assert merge_parts(out, [tmp_path / "gone.tsv", a], COLS, "predict", {"n": 3}, ["n"], [0, 1]) is True
+    assert out.read_text() == "idx\tlabel\tradius\n0\t2\t0.25\n1\t1\t0.5\n"
+    meta = json.loads(sidecar_path(out).read_text())
+    assert (meta["kind"], meta["columns"], meta["settings"], meta["key_settings"]) == ("predict", COLS, {"n": 3},
+                                                                                        ["n"])
+    with ResultWriter(out, COLS, "predict", {"n": 3}, ["n"]) as w:  # the merged file resumes
+        assert sorted(w.done) == [0, 1]

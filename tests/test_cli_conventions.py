@@ -131,3 +131,20 @@ def test_analyze_out_table_still_writes_the_table_and_warns(tmp_path, capsys):
 def test_train_without_out_dir_is_refused_before_any_work(capsys):
     assert main(["train", "--data", "demo", "--epochs", "1"]) == 2
     assert "--out-dir is required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["analyze", "report"])
+def test_commands_without_a_device_take_no_device_seed_or_threads(command, tmp_path, capsys):
+    # they read files and draw plots: the options would be accepted and do nothing
+    shown = set(_visible(SUBPARSERS[command]))
+    assert not {"--device", "--seed", "--threads"} & shown
+    with pytest.raises(SystemExit) as exc:
+        main([command, str(tmp_path), "--threads", "2"])
+    assert exc.value.code == 2
+    assert f"usage: smoothguard {command}" in capsys.readouterr().err
+
+
+def test_every_other_command_takes_the_common_options():
+    for name, _ in COMMANDS:
+        if name not in ("analyze", "report"):
+            assert {"--device", "--seed", "--threads"} <= set(_visible(SUBPARSERS[name])), name

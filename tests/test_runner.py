@@ -230,8 +230,10 @@ def test_run_threads_apply_to_steps_that_do_not_set_them(tmp_path, capsys):
     assert main(["run", str(exp), "--run-dir", str(tmp_path / "run"), "--threads", "1", "--dry-run"]) == 0
     lines = [ln.strip() for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("smoothguard")]
     assert "--threads 1" in lines[0] and "--threads 2" in lines[1] and "--threads 1" not in lines[1]
-    # options go before the positional files of analyze, never after the "--" separator
-    assert lines[2].index("--threads 1") < lines[2].index(" -- ")
+    # analyze takes no --threads (it uses no torch); its options go before its positional files,
+    # never after the "--" separator
+    assert "--threads" not in lines[2]
+    assert lines[2].index("--out ") < lines[2].index(" -- ")
 
 
 def test_python_310_without_tomli_gets_a_clear_message(tmp_path, monkeypatch):

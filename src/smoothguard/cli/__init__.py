@@ -1,6 +1,8 @@
 """The ``smoothguard`` command line: one module per sub-command.
 
-Each module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+Each module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``;
+``COMMON_OPTIONS = False`` where the command has no use for --device, --seed and --threads
+(analyze and report read files and draw plots: those options would be accepted and inert).
 """
 
 from __future__ import annotations
@@ -73,6 +75,11 @@ class _CommandParser(argparse.ArgumentParser):
         self.error("unrecognized arguments: " + ", ".join(hints))
 
 
+def takes_common_options(mod) -> bool:
+    """Whether a command module takes --device, --seed and --threads."""
+    return bool(getattr(mod, "COMMON_OPTIONS", True))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from smoothguard.cli.common import common_parent
 
@@ -88,12 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, modname in COMMANDS:
         mod = importlib.import_module(modname)
         # allow_abbrev=False: --alp is not silently --alpha (a later option could make it ambiguous)
+        common = takes_common_options(mod)
         p = sub.add_parser(
-            name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP), parents=[parent],
+            name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP), parents=[parent] if common else [],
             formatter_class=_DefaultsFormatter, allow_abbrev=False,
         )
         mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        p.set_defaults(_run=mod.run, _common=common)
     return parser
 
 
@@ -115,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        apply_common(args)
+        if args._common:
+            apply_common(args)
         return int(args._run(args) or 0)
     except (CLIError, DataError, CheckpointError, ValueError, FileNotFoundError) as exc:
         # ContractError, OutputError, APIError, ResultFileError ... are ValueErrors: the contract's messages

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from smoothguard.cli._conventions import add_deprecated
@@ -25,6 +26,8 @@ the first certify file, or at --plot PATH_STEM."""
 
 _SUFFIX_FORMATS = {".md": "markdown", ".markdown": "markdown", ".tex": "latex", ".csv": "csv",
                    ".txt": "table"}
+
+COMMON_OPTIONS = False  # reads files and draws plots: no device, seed or threads
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,51 +89,82 @@ def _default_stem(path: Path) -> Path:
     return path.with_name(name + "_certified_accuracy")
 
 
-def run(args: argparse.Namespace) -> int:
-    from smoothguard.evaluation.analysis import read_results, summary_table
+@dataclass(frozen=True)
+class AnalyzeOptions:
+    """What ``smoothguard analyze`` does: summarize ``files`` at ``radii``; write the table
+    to ``out`` in ``format`` (None: from out's suffix, else the terminal table); ``plot``:
+    None for no plot, "" for one next to the first certify file, else the path stem;
+    ``sigma`` / ``n`` / ``alpha`` for files without a sidecar; the lower bound at ``rho``."""
 
+    files: tuple[str, ...]
+    radii: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    format: str | None = None
+    out: Path | None = None
+    plot: str | None = None
+    sigma: float | None = None
+    n: int | None = None
+    alpha: float | None = None
+    rho: float = 0.001
+    lower_bound: bool = False
+
+
+def options(args: argparse.Namespace) -> AnalyzeOptions:
+    """The checked, typed options of the command line."""
     radii = validate(args)
-    # verify and attack files (issue 20): verified accuracy beside robust accuracy per eps
-    from smoothguard.evaluation.verified import format_sandwich, is_sandwich_file, read_runs
+    return AnalyzeOptions(files=tuple(args.files), radii=tuple(radii), format=args.format,
+                          out=Path(args.out) if args.out is not None else None,
+                          plot=None if args.no_plot else args.plot, sigma=args.sigma, n=args.n, alpha=args.alpha,
+                          rho=args.rho, lower_bound=args.lower_bound)
 
-    sandwich = [p for p in args.files if is_sandwich_file(p)]
+
+def run(args: argparse.Namespace) -> int:
+    return analyze(options(args))
+
+
+def analyze(opts: AnalyzeOptions) -> int:
+    from smoothguard.evaluation.analysis import read_results, summary_table
+    from smoothguard.evaluation.formats import ATTACK, VERIFY, read_header
+
+    files = list(opts.files)
+    # verify and attack files (issue 20): verified accuracy beside robust accuracy per eps
+    sandwich = [p for p in files if tuple(read_header(p)) in (VERIFY.columns, ATTACK.columns)]
     if sandwich:
-        fmt = args.format or (_SUFFIX_FORMATS.get(Path(args.out).suffix.lower(), "table")
-                              if args.out else "table")
+        from smoothguard.evaluation.verified import format_sandwich, read_runs
+
+        fmt = opts.format or (_SUFFIX_FORMATS.get(opts.out.suffix.lower(), "table") if opts.out else "table")
         text = format_sandwich(read_runs(sandwich), "csv" if fmt == "csv" else
                                "markdown" if fmt == "markdown" else "table")
         print(_ends_line(text), end="")
-        args.files = [p for p in args.files if p not in sandwich]
-        if not args.files:
-            if args.out is not None:
-                write_text_atomic(Path(args.out), text, "--out")
-                print(f"wrote {args.out}", file=sys.stderr)
+        files = [p for p in files if p not in sandwich]
+        if not files:
+            if opts.out is not None:
+                write_text_atomic(opts.out, text, "--out")
+                print(f"wrote {opts.out}", file=sys.stderr)
             return 0
-    results = [read_results(p).with_settings(sigma=args.sigma, n=args.n, alpha=args.alpha) for p in args.files]
+    results = [read_results(p).with_settings(sigma=opts.sigma, n=opts.n, alpha=opts.alpha) for p in files]
     for res in results:
         if res.skipped_partial_line is not None:
             print(f"note: {res.path}: skipped the unfinished last line {res.skipped_partial_line} "
                   "(file still being written?)", file=sys.stderr)
         if len(res) == 0:
             print(f"note: {res.path}: no result rows yet", file=sys.stderr)
-    if args.lower_bound:
+    if opts.lower_bound:
         for res in results:
             if res.kind == "certify" and res.settings.get("alpha") is None:
                 print(f"note: {res.path}: alpha unknown (no sidecar): give --alpha for the lower bound",
                       file=sys.stderr)
-    table = summary_table(results, radii, rho=args.rho, lower_bound=args.lower_bound)
+    table = summary_table(results, list(opts.radii), rho=opts.rho, lower_bound=opts.lower_bound)
 
-    fmt = args.format
-    if args.out is not None:
-        out = Path(args.out)
-        fmt = fmt or _SUFFIX_FORMATS.get(out.suffix.lower(), "table")
-        write_text_atomic(out, table.render(fmt), "--out")
+    fmt = opts.format
+    if opts.out is not None:
+        fmt = fmt or _SUFFIX_FORMATS.get(opts.out.suffix.lower(), "table")
+        write_text_atomic(opts.out, table.render(fmt), "--out")
         print(_ends_line(table.render("table")), end="", flush=True)
-        print(f"wrote {out} ({fmt})", file=sys.stderr)
+        print(f"wrote {opts.out} ({fmt})", file=sys.stderr)
     else:
         print(_ends_line(table.render(fmt or "table")), end="", flush=True)
 
-    if args.plot is not None and not args.no_plot:
+    if opts.plot is not None:
         certify = [r for r in results if r.kind == "certify"]
         if not certify:
             print("note: no certify file among the inputs: no certified-accuracy plot", file=sys.stderr)
@@ -138,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
             from smoothguard.evaluation.plots import plot_certified_accuracy
 
             labels = [row.label for row, r in zip(table.rows, results) if r.kind == "certify"]
-            stem = Path(args.plot) if args.plot else _default_stem(Path(certify[0].path))  # --plot alone: beside
+            stem = Path(opts.plot) if opts.plot else _default_stem(Path(certify[0].path))  # --plot alone: beside
             paths = plot_certified_accuracy(certify, labels, stem)
             print("wrote " + " and ".join(str(p) for p in paths), file=sys.stderr)
     return 0

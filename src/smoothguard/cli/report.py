@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from smoothguard.cli._conventions import add_deprecated
@@ -18,6 +19,8 @@ DESCRIPTION = (
     "every step's settings. The figures are also written as PNG and SVG next to the report."
 )
 
+COMMON_OPTIONS = False  # reads files and draws plots: no device, seed or threads
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder (or any folder of result files)")
@@ -26,14 +29,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--title", default=None, help="report title (default: the experiment's name or the folder name)")
 
 
+@dataclass(frozen=True)
+class ReportOptions:
+    """``smoothguard report``: the folder to scan, the HTML file (None:
+    RUN_DIR/report/report.html) and the title (None: the experiment's name or the folder's)."""
+
+    run_dir: Path
+    out: Path | None = None
+    title: str | None = None
+
+    @property
+    def html(self) -> Path:
+        return self.out if self.out is not None else self.run_dir / "report" / "report.html"
+
+
+def options(args: argparse.Namespace) -> ReportOptions:
+    return ReportOptions(Path(args.run_dir), Path(args.out) if args.out else None, args.title)
+
+
 def run(args: argparse.Namespace) -> int:
+    return report(options(args))
+
+
+def report(opts: ReportOptions) -> int:
     from smoothguard.evaluation.report import write_report
 
-    root = Path(args.run_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such folder (give a run folder or a folder of result files)")
-    out = Path(args.out) if args.out else root / "report" / "report.html"
-    info = write_report(root, out, title=args.title)
+    if not opts.run_dir.is_dir():
+        raise FileNotFoundError(f"{opts.run_dir}: no such folder (give a run folder or a folder of result files)")
+    out = opts.html
+    info = write_report(opts.run_dir, out, title=opts.title)
     missing = [k for k, v in info["sections"].items() if not v]
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {len(info['figures'])} figure files next to it)"
           + (f"; sections without data: {', '.join(missing)}" if missing else ""), file=sys.stderr)

@@ -65,7 +65,7 @@ def _validator(name: str, mod):
 
 def step_commands() -> CommandSet:
     """The sub-commands as step types of the runner, in ``smoothguard --help`` order."""
-    from smoothguard.cli import COMMANDS, CLIError
+    from smoothguard.cli import COMMANDS, CLIError, takes_common_options
     from smoothguard.cli.common import apply_common, common_parent
     from smoothguard.data import DataError
     from smoothguard.models import CheckpointError
@@ -75,7 +75,8 @@ def step_commands() -> CommandSet:
         if name in EXCLUDED_COMMANDS:
             continue
         mod = importlib.import_module(modname)
-        table[name] = StepCommand(name, mod.add_arguments, mod.run, _validator(name, mod), OUTPUTS.get(name))
+        table[name] = StepCommand(name, mod.add_arguments, mod.run, _validator(name, mod), OUTPUTS.get(name),
+                                  takes_common_options(mod))
     return CommandSet(table, common_parent, apply_common,
                       (CLIError, DataError, CheckpointError, ValueError, FileNotFoundError))
 

@@ -48,6 +48,7 @@ class StepCommand:
     run: Callable[[argparse.Namespace], int]
     validate: Callable[[argparse.Namespace], object] | None = None
     outputs: OutputSpec | None = None  # None: --out-dir, else --out, pointed at the step folder
+    common: bool = True  # takes the common options (--device, --seed, --threads) and their preparation
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,8 @@ class CommandSet:
 
     def parser(self, name: str) -> argparse.ArgumentParser:
         """The command's own parser (options as on the command line), raising on errors."""
-        p = RaisingParser(prog=f"{self.program} {name}", parents=[self.common_parent()], add_help=False)
+        parents = [self.common_parent()] if self.commands[name].common else []
+        p = RaisingParser(prog=f"{self.program} {name}", parents=parents, add_help=False)
         self.commands[name].add_arguments(p)
         return p
 

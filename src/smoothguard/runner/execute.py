@@ -164,7 +164,8 @@ def _execute_inprocess(commands: CommandSet, command: str, argv: list[str]) -> t
 
         seed_everything(ns.seed)
     try:
-        commands.prepare(ns)
+        if commands[command].common:
+            commands.prepare(ns)
         info = {"seed": getattr(ns, "seed", None), "device": str(getattr(ns, "device", "")),
                 "threads": _torch_threads()}
         rc = int(commands[command].run(ns) or 0)

@@ -164,13 +164,16 @@ class Experiment:
         references replaced by paths and the runner's output options added; ``extra``:
         options (dest -> value) used where the step does not set them."""
         opts = {k: self._resolve_value(v) for k, v in step.options.items()}
+        parser = self.commands.parser(step.command)
+        dests = {a.dest for a in parser._actions}
         for k, v in (extra or {}).items():
-            opts.setdefault(k, v)
+            if k in dests:  # --threads / --device of the run, for the steps whose command takes them
+                opts.setdefault(k, v)
         for dest, template in step.spec.options.items():
             opts[dest] = template.format(step_dir=self.step_dir(step), run_dir=self.run_dir)
         if step.spec.resume and resume:
             opts[step.spec.resume[0]] = True
-        return options_to_argv(self.commands.parser(step.command), opts, step.where)
+        return options_to_argv(parser, opts, step.where)
 
 
 def _is_wildcard(v: Any) -> bool:

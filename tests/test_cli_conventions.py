@@ -148,3 +148,19 @@ def test_every_other_command_takes_the_common_options():
     for name, _ in COMMANDS:
         if name not in ("analyze", "report"):
             assert {"--device", "--seed", "--threads"} <= set(_visible(SUBPARSERS[name])), name
+
+
+def test_data_defaults_to_the_bundled_set_except_where_a_training_split_is_needed():
+    from smoothguard.cli._conventions import DEFAULT_DATA, DEFAULT_TRAIN_DATA, TRAINING_COMMANDS
+    from smoothguard.data import load_dataset
+
+    seen = {}
+    for name, _ in COMMANDS:
+        act = next((a for a in SUBPARSERS[name]._actions if "--data" in a.option_strings), None)
+        if act is not None:
+            seen[name] = act.default
+    assert {n for n, d in seen.items() if d != DEFAULT_DATA} == set(TRAINING_COMMANDS) & set(seen)
+    assert all(seen[n] == DEFAULT_TRAIN_DATA for n in TRAINING_COMMANDS)
+    assert len(load_dataset(DEFAULT_DATA, "test")) == 500  # runs right after install, no files needed
+    with pytest.raises(ValueError, match="only split 'test'"):  # why training cannot default to it
+        load_dataset(DEFAULT_DATA, "train")

@@ -24,6 +24,7 @@ FLOORS: dict[str, int] = {
     "noise": 0,
     "utils": 0,
     "distributed": 0,
+    "defaults": 0,  # one default per concept (radii, steps, budgets), read by the library and the CLI
     "data": 1,
     "models": 2,
     "runtime": 2,  # opt-in speed options: rewrites models, below the sampler that records them

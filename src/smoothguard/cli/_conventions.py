@@ -1,6 +1,6 @@
 """The command line's conventions, declared once: output options (``--out`` for a file,
-``--out-dir`` for a folder), ``--max`` for a count of images, and the old spellings that
-keep working for one release with a deprecation message on stderr.
+``--out-dir`` for a folder), ``--max`` for a count of images, the default ``--data``, and
+the old spellings that keep working for one release with a deprecation message on stderr.
 """
 
 from __future__ import annotations
@@ -8,6 +8,15 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Any
+
+#: ``--data`` of every command that reads test images: the 500 Fashion-MNIST test images
+#: bundled in the package, so each command runs right after install.
+DEFAULT_DATA = "demo"
+#: ``--data`` of the training commands: the bundled set has no training split, so they
+#: default to the full Fashion-MNIST (``apt-get install dataset-fashion-mnist``).
+DEFAULT_TRAIN_DATA = "fashion-mnist"
+#: Commands that train (and so read a training split).
+TRAINING_COMMANDS = ("train", "train-denoiser")
 
 #: The release after which the deprecated spellings below are removed.
 REMOVED_IN = "0.2"

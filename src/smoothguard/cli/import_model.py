@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from smoothguard.cli._conventions import DEFAULT_DATA
 from smoothguard.cli.common import add_data_arguments, load_data, parse_floats
 from smoothguard.models import MODELS
 
@@ -48,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--noise-sd", type=float, default=None,
                    help="Gaussian noise sd it was trained with (pixel units; certify's default --sigma). Cohen et "
                         "al.'s files: read from a 'noise_S' folder in the path when not given")
-    add_data_arguments(p, default="demo", split="test", selection=False)
+    add_data_arguments(p, default=DEFAULT_DATA, split="test", selection=False)
     p.add_argument("--check-images", type=int, default=100,
                    help="images of --data for the checking forward pass (0: no check, e.g. without data)")
     p.add_argument("--out", required=True, help="checkpoint to write (.pt)")

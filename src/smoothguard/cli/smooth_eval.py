@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from smoothguard.cli._conventions import DEFAULT_DATA
 from smoothguard.contract import check_eps, check_int, check_norm, check_positive, write_text_atomic
 from smoothguard.cli.common import (add_data_arguments, add_model_factory_arguments, load_data, load_model_arg,
                                     parse_floats)
@@ -45,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", default=None, help="checkpoint (default: the embedded Fashion-MNIST LeNet, sigma 0.25)")
     add_model_factory_arguments(p)
-    add_data_arguments(p, default="demo")
+    add_data_arguments(p, default=DEFAULT_DATA)
     g = p.add_argument_group("grid")
     g.add_argument("--sigmas", default=DEFAULTS["sigmas"],
                    help="comma-separated noise sds in [0,1] pixel units (0: no noise, the base model)")

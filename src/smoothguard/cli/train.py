@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from smoothguard.cli._conventions import add_deprecated
+from smoothguard.cli._conventions import DEFAULT_TRAIN_DATA, add_deprecated
 from smoothguard.cli._objective_args import add_objective_arguments, objective_kwargs
 from smoothguard.cli.common import add_data_arguments, load_data, progress
 from smoothguard.models import MODELS, get_model
@@ -26,7 +26,7 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_data_arguments(p, default="fashion-mnist", split="train", selection=False)
+    add_data_arguments(p, default=DEFAULT_TRAIN_DATA, split="train", selection=False)
     p.add_argument("--arch", default="lenet", choices=MODELS, help="architecture")
     p.add_argument("--objective", default="gaussian", choices=list(CLASSIFIER_OBJECTIVES),
                    help="training objective")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from smoothguard.cli._conventions import DEFAULT_TRAIN_DATA
 from smoothguard.cli._smoothing_run import file_sha256
 from smoothguard.cli.common import add_data_arguments
 from smoothguard.cli.train import _Bar, add_loop_arguments, fit_in_out_dir, load_train_test, require_out_dir
@@ -33,7 +34,7 @@ OBJECTIVE_NAMES = {"mse": "denoiser_mse", "stability": "denoiser_stability",
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_data_arguments(p, default="fashion-mnist", split="train", selection=False)
+    add_data_arguments(p, default=DEFAULT_TRAIN_DATA, split="train", selection=False)
     g = p.add_argument_group("classifier (white box) or surrogates (black box)")
     g.add_argument("--classifier", default=None,
                    help="checkpoint of the frozen classifier f (stability/classification; for mse only used to log "

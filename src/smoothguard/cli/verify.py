@@ -7,6 +7,9 @@ import json
 import math
 import sys
 
+from smoothguard.cli._conventions import DEFAULT_DATA
+from smoothguard.evaluation.formats import VERIFY  # the format's one declaration
+
 HELP = "deterministic verification (IBP, CROWN, CROWN-IBP): per-image verified rows and verified accuracy"
 DESCRIPTION = (
     "Proves, image by image, that no input within ||delta||_p <= eps (pixel units, images in [0,1]) "
@@ -16,7 +19,6 @@ DESCRIPTION = (
     "square of the widest layer), crown-ibp (Zhang et al. 2020). Rows are flushed one group at a time; rerunning "
     "with the same --out resumes; under torchrun each rank verifies its share."
 )
-from smoothguard.evaluation.formats import VERIFY  # noqa: E402 - the format's one declaration
 
 COLUMNS = list(VERIFY.columns)
 KEY_SETTINGS = ["model_sha256", "data", "root", "split", "skip", "norm", "eps", "method"]
@@ -27,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", default=None, help="checkpoint to verify (default: the embedded Fashion-MNIST LeNet)")
     add_model_factory_arguments(p)
-    add_data_arguments(p, default="demo")
+    add_data_arguments(p, default=DEFAULT_DATA)
     g = p.add_argument_group("verification")
     g.add_argument("--norm", default="linf", help="threat model: linf or l2")
     g.add_argument("--eps", type=float, default=0.1, help="radius in [0,1] pixel units")

@@ -146,10 +146,16 @@ def test_certify_with_l1_noise_records_the_norm_and_its_r_max(tmp_path, capsys):
     # another noise on the same --out is a different run: resuming it is refused
     assert main(["certify", "--noise", "uniform", "--max", "2", "--n0", "20", "--n", "300", "--out", str(out)]) == 2
     assert "noise: file 'laplace', now 'uniform'" in capsys.readouterr().err
-    # adaptive certification is Gaussian-only for now: refused, not silently wrong
-    assert main(["certify", "--noise", "uniform", "--radii", "0.25", "--max", "1",
-                 "--out", str(tmp_path / "a.tsv")]) == 2
-    assert "supports gaussian noise only" in capsys.readouterr().err
+    # adaptive certification takes the noise's own thresholds: l1 grid radii for uniform noise
+    assert main(["certify", "--noise", "uniform", "--radii", "0.25", "--max", "1", "--n-max", "500",
+                 "--out", str(tmp_path / "a.tsv")]) == 0
+    side = json.loads((tmp_path / "a.tsv.json").read_text())["settings"]
+    assert (side["noise"], side["norm"], side["mode"]) == ("uniform", "l1", "adaptive")
+    # a radius beyond the uniform noise's reach (l1 radii stay below lambda = sqrt(3) sigma) is refused
+    assert main(["certify", "--noise", "uniform", "--radii", "0.5", "--max", "1", "--n-max", "500",
+                 "--out", str(tmp_path / "b.tsv")]) == 2
+    assert "beyond what uniform noise of sigma 0.25 can certify" in capsys.readouterr().err
+    assert not (tmp_path / "b.tsv").exists()
 
 
 def test_a_result_file_from_before_the_noise_setting_still_resumes(tmp_path):

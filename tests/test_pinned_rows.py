@@ -102,7 +102,8 @@ def test_cli_rows_are_the_ones_pinned_before_the_redesign(run, tmp_path):
     out = tmp_path / f"{run}.tsv"
     assert main([*RUNS[run], "--out", str(out)]) == 0
     rows = [line.split("\t")[:-1] for line in out.read_text().splitlines()[1:]]
-    assert rows == PINNED_ROWS[run]
+    # adaptive rows are written as their images finish, so the file's order may differ from c5b4d8c's
+    assert sorted(rows, key=lambda r: int(r[0])) == PINNED_ROWS[run]
 
 
 def test_library_counts_are_the_ones_pinned_before_the_redesign():

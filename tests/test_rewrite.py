@@ -95,8 +95,8 @@ def test_smoothed_classifier_counts_are_identical_with_and_without_the_rewrite()
     x = torch.rand(3, 1, 28, 28)
     fast = SmoothedClassifier(copy.deepcopy(model), 10, 0.5)
     plain = SmoothedClassifier(copy.deepcopy(model), 10, 0.5, rewrite=False)
-    assert fast._module is not fast.base_classifier and plain._module is plain.base_classifier
-    assert [type(m) for m in fast._module[1].features][1:3] == [StridedMaxPool2d, nn.ReLU]
+    assert fast.sampler.module is not fast.base_classifier and plain.sampler.module is plain.base_classifier
+    assert [type(m) for m in fast.sampler.module[1].features][1:3] == [StridedMaxPool2d, nn.ReLU]
     a = fast.sample_counts(x, 700, 300, seeds=[1, 2, 3])
     b = plain.sample_counts(x, 700, 300, seeds=[1, 2, 3])
     assert torch.equal(a, b)

@@ -236,11 +236,3 @@ def test_predict_sequential_returns_a_wrong_class_at_most_alpha_of_the_time():
     assert (pred[reps:] == 0).all() and (res.n_used.numpy()[reps:] <= 500).all()
     # most tied images give up (futility) long before n_max
     assert np.median(res.n_used.numpy()[:reps]) < 5000
-
-
-def test_non_gaussian_noise_is_refused_by_the_grid_and_anytime_methods():
-    g = SmoothedClassifier(lambda b: torch.zeros(b.shape[0], dtype=torch.long), 2, SIGMA, noise="laplace")
-    for call in (lambda: certify_sequential(g, torch.zeros(1, 1, 1, 1), [0.25]),
-                 lambda: certify_anytime(g, torch.zeros(1, 1, 1, 1))):
-        with pytest.raises(ValueError, match="Gaussian noise"):
-            call()

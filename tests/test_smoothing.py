@@ -261,51 +261,24 @@ def test_jit_path_gives_the_counts_of_the_eager_model(lenet):
     eager = SmoothedClassifier(copy.deepcopy(lenet), 10, 0.25).sample_counts(x, 500, seeds=[1, 2, 3])
     g = SmoothedClassifier(copy.deepcopy(lenet), 10, 0.25, jit="always")
     traced = g.sample_counts(x, 500, seeds=[1, 2, 3])
-    assert isinstance(g._forward, torch.jit.ScriptModule)
+    assert isinstance(g.sampler.forward, torch.jit.ScriptModule)
     assert torch.equal(eager, traced)
 
 
-@pytest.mark.parametrize("frozen_faster", [True, False])
-def test_jit_keeps_the_frozen_graph_only_when_it_is_faster(lenet, monkeypatch, frozen_faster):
+def test_jit_is_the_callers_choice_never_a_timing(lenet):
     import copy
 
-    from smoothguard.smoothing import core
-
-    timed = []
-
-    def fake_times(fns, batch):
-        timed.append((len(fns), batch.shape[0]))
-        return [1.0, 2.0] if frozen_faster else [2.0, 1.0]  # (frozen, eager)
-
-    monkeypatch.setattr(core, "_time_forwards", fake_times)
-    g = SmoothedClassifier(copy.deepcopy(lenet), 10, 0.25, jit=True)
-    # the first forward batch holds 100 copies; the choice is timed at the full batch size
+    # default: eager (the frozen graph's logits differ in the last bits; smoothguard.runtime)
+    g = SmoothedClassifier(copy.deepcopy(lenet), 10, 0.25)
     g.certify_batch(torch.rand(1, 1, 28, 28), 100, 800, 0.001, batch_size=400, seeds=[1])
-    assert timed == [(2, 400)]
-    assert isinstance(g._forward, torch.jit.ScriptModule) == frozen_faster
-    with pytest.raises(ValueError, match="jit must be False, True or 'always'"):
+    assert g.sampler.forward is g.sampler.module and g.speed.jit is False
+    # asked for: the frozen graph whenever it is correct, whatever the timings
+    g = SmoothedClassifier(copy.deepcopy(lenet), 10, 0.25, jit=True)
+    g.certify_batch(torch.rand(1, 1, 28, 28), 100, 800, 0.001, batch_size=400, seeds=[1])
+    assert isinstance(g.sampler.forward, torch.jit.ScriptModule) and g.speed.jit is True
+    assert g.speed.rule == "given" and g.speed.settings()["jit"] is True
+    with pytest.raises(ValueError, match="jit must be False or True"):
         SmoothedClassifier(lenet, 10, 0.25, jit="sometimes")
-
-
-def test_forward_timing_measures_each_function(monkeypatch):
-    import time
-
-    from smoothguard.smoothing.core import _time_forwards
-
-    # a fake clock that only the timed functions advance: exact, whatever the load
-    now = [100.0]
-    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
-    costs = iter([5.0, 7.0, 3.0, 2.0, 4.0, 9.0])  # (fast, slow) per rep: the fastest rep of each counts
-
-    def advance(dt):
-        now[0] += dt
-
-    fast, slow = _time_forwards((lambda b: advance(next(costs)), lambda b: advance(10 * next(costs))),
-                                torch.zeros(1), warmup=0, reps=3)
-    assert (fast, slow) == (3.0, 20.0)
-    calls = []
-    _time_forwards((lambda b: calls.append("a"), lambda b: calls.append("b")), torch.zeros(1), warmup=2, reps=1)
-    assert calls == ["a", "b", "a", "b", "a", "b"]  # warm-up calls first, interleaved
 
 
 def test_jit_falls_back_to_eager_with_a_warning_when_tracing_is_wrong():
@@ -325,9 +298,18 @@ def test_concurrent_workers_give_the_counts_of_one_worker(lenet):
     import copy
 
     x = torch.rand(3, 1, 28, 28)
-    one = SmoothedClassifier(copy.deepcopy(lenet), 10, 0.25).sample_counts(x, 700, batch_size=200, seeds=[4, 5, 6])
-    for jit in (False, "always"):
-        two = SmoothedClassifier(copy.deepcopy(lenet), 10, 0.25, jit=jit, workers=2)
-        assert torch.equal(two.sample_counts(x, 700, batch_size=200, seeds=[4, 5, 6]), one)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # one worker on 2 intra-op threads vs two workers on 1 each (the default split)
+    try:
+        one = SmoothedClassifier(copy.deepcopy(lenet), 10, 0.25, workers=1)
+        assert one.speed.threads == 2
+        counts = one.sample_counts(x, 700, batch_size=200, seeds=[4, 5, 6])
+        for jit in (False, "always"):
+            two = SmoothedClassifier(copy.deepcopy(lenet), 10, 0.25, jit=jit, workers=2)
+            assert (two.speed.workers, two.speed.threads) == (2, 1)
+            assert torch.equal(two.sample_counts(x, 700, batch_size=200, seeds=[4, 5, 6]), counts)
+            assert torch.get_num_threads() == 2  # the split lasts only while the sampler runs
+    finally:
+        torch.set_num_threads(threads)
     with pytest.raises(ValueError, match="workers must be an integer >= 1"):
         SmoothedClassifier(lenet, 10, 0.25, workers=0)

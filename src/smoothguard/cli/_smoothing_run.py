@@ -20,7 +20,6 @@ from smoothguard.distributed import World, barrier
 from smoothguard.evaluation.resultfile import ResultWriter, format_value, merge_parts, read_complete_rows
 from smoothguard.noise import NOISES
 from smoothguard.smoothing import NOISE_BLOCK, SmoothedClassifier
-from smoothguard.utils import model_device
 
 
 def add_smoothing_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,13 +39,14 @@ def add_smoothing_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="fp32 (exact) or bf16 autocast (faster; may flip a few votes)")
     p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
-                   help="run the model TorchScript-frozen (conv+ReLU fusion; checked against the eager model, "
-                        "falls back to it with a warning). Default: on for CPU, off on GPUs (measured slower "
-                        "there, see BENCHMARKS.md)")
+                   help="run the model TorchScript-frozen (conv+ReLU fusion, batch-norm folding; checked against "
+                        "the eager model, falls back to it with a warning). Off unless asked: its logits differ from "
+                        "the eager model's in the last bits, which can move a vote (smoothguard.runtime)")
     p.add_argument("--workers", type=int, default=None,
                    help="threads running forward passes concurrently while the main thread draws the next noise "
-                        "(results identical); torch's threads are split among them. Default: 2 on a CPU with at "
-                        "least 2 threads, else 1")
+                        "(results identical); torch's threads are split among them while sampling. Default: the "
+                        "rule of smoothguard.runtime (2 on a CPU with at least 2 threads, else 1), recorded in the "
+                        "sidecar's 'speed'")
     p.add_argument("--out", default=None,
                    help="result TSV (flushed row by row; rerun with the same --out to resume). Default: stdout")
     p.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming it")
@@ -96,15 +96,6 @@ def resolve_sigma(args: argparse.Namespace, trained_sd: Any, source: str) -> tup
     return float(args.sigma), "flag"
 
 
-def _use_jit(args: argparse.Namespace, model: torch.nn.Module) -> bool:
-    """--jit / --no-jit, or by default: on for CPU models only (TorchScript's frozen graph
-    fuses conv + ReLU for oneDNN; on CUDA it was 1.5-3x slower for these small models)."""
-    jit = getattr(args, "jit", None)
-    if jit is None:
-        return model_device(model).type == "cpu"
-    return bool(jit)
-
-
 def build_smoothed(args: argparse.Namespace) -> tuple[SmoothedClassifier, dict[str, Any], Any]:
     validate_smoothing_arguments(args)
     if getattr(args, "api", None) is not None:  # a query-only classifier behind an HTTP endpoint ("" is refused)
@@ -138,19 +129,12 @@ def build_smoothed(args: argparse.Namespace) -> tuple[SmoothedClassifier, dict[s
     if noise != trained_noise:
         print(f"{getattr(args, 'command', 'certify')}: note: --noise {noise} differs from the {trained_noise} noise "
               "the model was trained with (allowed; recorded in the result sidecar)", file=sys.stderr)
-    if noise != "gaussian" and (getattr(args, "radii", None) or getattr(args, "budget", None) is not None):
-        raise ContractError(f"--noise {noise}: adaptive certification (--radii, --budget) supports gaussian noise "
-                            "only; use fixed-n certify (--n) for l1 certificates")
-    workers = getattr(args, "workers", None)
-    total = torch.get_num_threads()  # --threads, applied already
-    if workers is None:  # the pipeline measured 1.2-1.9x faster on 2 CPU threads (BENCHMARKS.md)
-        on_cpu = isinstance(model, torch.nn.Module) and model_device(model).type == "cpu"
-        workers = 2 if on_cpu and total >= 2 else 1
-    if workers > 1:  # the workers share the cores rather than each op using all of them
-        torch.set_num_threads(max(1, total // workers))
     is_module = isinstance(model, torch.nn.Module)
+    # every speed choice (layout, rewrite, workers, threads, jit) is the library's own rule
+    # (smoothguard.runtime.fastest_exact) unless a flag overrides it: the CLI and
+    # SmoothedClassifier(model, K, sigma) run a model the same way
     smoothed = SmoothedClassifier(model, meta["num_classes"], args.sigma, precision=args.precision,
-                                  jit=_use_jit(args, model) if is_module else False, workers=workers,
+                                  jit=getattr(args, "jit", None), workers=getattr(args, "workers", None),
                                   device=None if is_module else args.device, in_shape=data.info.input_shape,
                                   noise=noise)
     from smoothguard.cli.attack import model_settings
@@ -165,7 +149,7 @@ def build_smoothed(args: argparse.Namespace) -> tuple[SmoothedClassifier, dict[s
         "sigma": args.sigma, "sigma_source": sigma_source, "noise": noise, "norm": smoothed.noise.norm,
         "alpha": args.alpha, "seed": args.seed, "precision": args.precision,
         "batch": args.batch, "noise_block": min(NOISE_BLOCK, args.batch), "denoiser": None,
-        "device": str(args.device),
+        "device": str(args.device), "speed": smoothed.speed.settings(),
     }
     settings.update(extra)
     return smoothed, settings, data
@@ -185,7 +169,8 @@ def _print_estimate(kind: str, remaining: int, per_image: float, bar) -> None:
 
 
 # images per call of the adaptive procedures: their early looks are a few hundred samples
-# per image, so many images must share the forward batches (rows are flushed per group)
+# per image, so many images must share the forward batches (each row is still written as
+# soon as its image finishes: the procedures' on_done)
 ADAPTIVE_GROUP = 64
 
 KEY_SETTINGS = ["model_sha256", "data", "root", "split", "skip", "sigma", "noise", "alpha", "seed", "precision",
@@ -200,8 +185,9 @@ def run_rows(
     settings: dict[str, Any],
     key_settings: Sequence[str],
     group: int,
-    compute: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], list[list[Any]]],
+    compute: Callable[..., list[list[Any]] | None],
     on_bar: Callable[[Any], None] | None = None,
+    streaming: bool = False,
 ) -> list[list[str]] | None:
     """Compute rows for every selected image not yet in ``--out``; return all rows of the
     run (resumed and new, formatted, in index order), or None on ranks other than 0.
@@ -211,6 +197,11 @@ def run_rows(
     ``OUT`` in index order once all are complete. Per-image seeds make every row the
     same as in a single-process run. ``on_bar(bar)`` gets the progress bar once it exists
     (for progress inside a group, e.g. Square's query loop).
+
+    ``compute(x, y, idx)`` returns a group's rows without the time column, which is then the
+    group's wall time over its images. With ``streaming``, ``compute(x, y, idx, emit)``
+    instead calls ``emit(row, seconds)`` for each image as soon as it is done (any order),
+    with ``seconds`` the time attributable to that image; each row is written at once.
     """
     world = getattr(args, "world", None) or World()
     if world.distributed and not args.out:
@@ -240,27 +231,36 @@ def run_rows(
         on_bar(bar)
     t_start = time.perf_counter()
     computed = 0
+
+    def emit(row: list[Any], seconds: float) -> None:
+        nonlocal n_correct, n_rows, computed
+        row.append(seconds)
+        if writer:
+            writer.write(row)
+        else:
+            printed[int(row[0])] = [format_value(v) for v in row]
+            print("\t".join(printed[int(row[0])]), flush=True)
+        n_correct += int(row[correct_col]) if correct_col is not None else 0
+        n_rows += 1
+        computed += 1
+        bar.update(1)
+        bar.set_postfix(**({"acc": f"{n_correct / max(n_rows, 1):.3f}"} if correct_col is not None else {}),
+                        img_s=f"{computed / (time.perf_counter() - t_start):.2f}")
+
     try:
         for start in range(0, len(todo), group):
             pos = torch.tensor(todo[start:start + group])
-            t0 = time.perf_counter()
-            rows = compute(data.images[pos], data.labels[pos], data.indices[pos])
-            per_image = (time.perf_counter() - t0) / len(rows)
-            for row in rows:
-                row.append(per_image)
-                if writer:
-                    writer.write(row)
-                else:
-                    printed[int(row[0])] = [format_value(v) for v in row]
-                    print("\t".join(printed[int(row[0])]), flush=True)
-                n_correct += int(row[correct_col]) if correct_col is not None else 0
-                n_rows += 1
-            computed += len(rows)
+            t0, before = time.perf_counter(), computed
+            if streaming:
+                compute(data.images[pos], data.labels[pos], data.indices[pos], emit)
+            else:
+                rows = compute(data.images[pos], data.labels[pos], data.indices[pos])
+                per_image = (time.perf_counter() - t0) / max(len(rows), 1)
+                for row in rows:
+                    emit(row, per_image)
             if start == group and world.rank == 0:  # the second group: past the one-time start-up (jit, threads)
+                per_image = (time.perf_counter() - t0) / max(computed - before, 1)
                 _print_estimate(kind, len(todo) - computed, per_image, bar)
-            bar.update(len(rows))
-            bar.set_postfix(**({"acc": f"{n_correct / max(n_rows, 1):.3f}"} if correct_col is not None else {}),
-                            img_s=f"{computed / (time.perf_counter() - t_start):.2f}")
     finally:
         bar.close()
         if writer:

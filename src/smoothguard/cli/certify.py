@@ -34,8 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "--n-samples); not with --radii, whose budget is --n-max")
     g = p.add_argument_group("adaptive certification at table radii (fewer samples, same guarantee)")
     g.add_argument("--radii", default=None,
-                   help="comma-separated l2 radii, e.g. 0.25,0.5,0.75: certify the largest of them per image with "
-                        "a sequential test that stops as soon as the answer is clear (rows add n_used)")
+                   help="comma-separated radii in the noise's norm (l2 for gaussian, l1 for uniform and laplace), "
+                        "e.g. 0.25,0.5,0.75: certify the largest of them per image with a sequential test that stops "
+                        "as soon as the answer is clear (rows add n_used; each row is written as its image finishes)")
     g.add_argument("--n-max", type=int, default=100_000, help="adaptive mode: most estimation samples per image")
     g.add_argument("--futility-alpha", type=float, default=0.05,
                    help="adaptive mode: stop early once a larger radius is out of reach with this confidence "
@@ -49,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the certified radius (confidence-sequence bound) can no longer grow by more than "
                         "--tolerance; rows add n_used. Not with --n or --radii")
     g.add_argument("--tolerance", type=float, default=0.01,
-                   help="anytime mode (--budget): stop when the radius could grow by at most this much (l2, pixels)")
+                   help="anytime mode (--budget): stop when the radius could grow by at most this much (in the noise's "
+                        "norm, pixel units)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,22 +71,24 @@ def run(args: argparse.Namespace) -> int:
     settings.update(n0=args.n0, n=args.n, r_max=smoothed.noise.r_max(args.n, args.alpha))
     from smoothguard.smoothing import image_seed
 
-    def compute(x, y, idx):
+    def compute(x, y, idx, emit):
         res = smoothed.certify_batch(x, args.n0, args.n, args.alpha, args.batch,
                                      seeds=[image_seed(args.seed, i) for i in idx.tolist()])
-        return [[int(i), int(lab), int(p), float(r), int(p == lab)]
-                for i, lab, p, r in zip(idx.tolist(), y.tolist(), res.prediction.tolist(), res.radius.tolist())]
+        for i, lab, p, r, t in zip(idx.tolist(), y.tolist(), res.prediction.tolist(), res.radius.tolist(),
+                                   res.seconds.tolist()):
+            emit([int(i), int(lab), int(p), float(r), int(p == lab)], t)
 
     # several images per call so the n0 selection samples of several images share a batch
     group = max(1, min(16, args.batch // max(args.n0, 1)))
-    run_rows(args, data, COLUMNS, "certify", settings, KEY_SETTINGS + ["n0", "n"], group, compute)
+    run_rows(args, data, COLUMNS, "certify", settings, KEY_SETTINGS + ["n0", "n"], group, compute, streaming=True)
     return 0
 
 
 def _run_adaptive(args: argparse.Namespace) -> int:
     from smoothguard.cli.common import parse_floats
     from smoothguard.smoothing import image_seed
-    from smoothguard.smoothing.adaptive import certify_adaptive, certify_sequential, cs_schedule, grid_schedule
+    from smoothguard.smoothing.adaptive import (certify_adaptive, certify_sequential, cs_schedule, grid_schedule,
+                                                 grid_thresholds)
 
     radii = parse_floats(args.radii, "--radii")
     if not radii or any(r < 0 for r in radii):
@@ -94,9 +98,8 @@ def _run_adaptive(args: argparse.Namespace) -> int:
     if not 0.0 < args.futility_alpha < 1.0:
         raise ValueError(f"--futility-alpha must be in (0, 1), got {args.futility_alpha}")
     smoothed, settings, data = build_smoothed(args)
-    from scipy.stats import norm
-
-    thresholds = [0.5, *(float(norm.cdf(r / args.sigma)) for r in sorted(set(radii)) if r > 0)]
+    # the p_A each radius needs under the noise (checked here: before any file is written)
+    thresholds = grid_thresholds(smoothed, sorted({0.0, *radii})).tolist()
     sequential = getattr(args, "sequential", "bonferroni")
     if sequential == "cs":
         schedule, method = cs_schedule(args.n_max), certify_sequential
@@ -105,19 +108,27 @@ def _run_adaptive(args: argparse.Namespace) -> int:
     settings.update(n0=args.n0, n=args.n_max, n_max=args.n_max, radii=sorted(radii), schedule=schedule,
                     futility_alpha=args.futility_alpha, mode="adaptive", sequential=sequential)
 
-    def compute(x, y, idx):
-        res = method(smoothed, x, radii, args.n0, args.n_max, args.alpha, args.batch, schedule=schedule,
-                     seeds=[image_seed(args.seed, i) for i in idx.tolist()], futility_alpha=args.futility_alpha)
-        return [[int(i), int(lab), int(p), float(r), int(p == lab), int(u)]
-                for i, lab, p, r, u in zip(idx.tolist(), y.tolist(), res.prediction.tolist(), res.radius.tolist(),
-                                           res.n_used.tolist())]
+    def compute(x, y, idx, emit):
+        method(smoothed, x, radii, args.n0, args.n_max, args.alpha, args.batch, schedule=schedule,
+               seeds=[image_seed(args.seed, i) for i in idx.tolist()], futility_alpha=args.futility_alpha,
+               on_done=_emit_certified(idx, y, emit))
 
     run_rows(args, data, ADAPTIVE_COLUMNS, "certify", settings, KEY_SETTINGS + ["n0", "n_max", "radii", "schedule", "futility_alpha", "mode", "sequential"],
-             ADAPTIVE_GROUP, compute)
+             ADAPTIVE_GROUP, compute, streaming=True)
     return 0
 
 
 ADAPTIVE_COLUMNS = ["idx", "label", "predict", "radius", "correct", "n_used", "time"]
+
+
+def _emit_certified(idx, y, emit):
+    """The adaptive procedures' ``on_done``: one row per image as soon as it finishes."""
+    def on_done(positions, res):
+        for j, pos in enumerate(positions.tolist()):
+            p, lab = int(res.prediction[j]), int(y[pos])
+            emit([int(idx[pos]), lab, p, float(res.radius[j]), int(p == lab), int(res.n_used[j])],
+                 float(res.seconds[j]))
+    return on_done
 
 
 def _run_anytime(args: argparse.Namespace) -> int:
@@ -129,7 +140,7 @@ def _run_anytime(args: argparse.Namespace) -> int:
 
     budget = check_int("--budget", args.budget, minimum=1)
     if not (isinstance(args.tolerance, float) and math.isfinite(args.tolerance) and args.tolerance >= 0):
-        raise ContractError(f"--tolerance must be a finite radius >= 0 (l2, pixel units), got {args.tolerance}")
+        raise ContractError(f"--tolerance must be a finite radius >= 0 (pixel units), got {args.tolerance}")
     if not 0.0 < args.futility_alpha < 1.0:
         raise ContractError(f"--futility-alpha must be in (0, 1), got {args.futility_alpha}")
     smoothed, settings, data = build_smoothed(args)
@@ -137,15 +148,12 @@ def _run_anytime(args: argparse.Namespace) -> int:
     settings.update(n0=args.n0, n=budget, budget=budget, tolerance=args.tolerance, schedule=schedule,
                     futility_alpha=args.futility_alpha, mode="anytime", sequential="cs")
 
-    def compute(x, y, idx):
-        res = certify_anytime(smoothed, x, args.n0, budget, args.alpha, args.batch, tolerance=args.tolerance,
-                              schedule=schedule, seeds=[image_seed(args.seed, i) for i in idx.tolist()],
-                              futility_alpha=args.futility_alpha)
-        return [[int(i), int(lab), int(p), float(r), int(p == lab), int(u)]
-                for i, lab, p, r, u in zip(idx.tolist(), y.tolist(), res.prediction.tolist(), res.radius.tolist(),
-                                           res.n_used.tolist())]
+    def compute(x, y, idx, emit):
+        certify_anytime(smoothed, x, args.n0, budget, args.alpha, args.batch, tolerance=args.tolerance,
+                        schedule=schedule, seeds=[image_seed(args.seed, i) for i in idx.tolist()],
+                        futility_alpha=args.futility_alpha, on_done=_emit_certified(idx, y, emit))
 
     run_rows(args, data, ADAPTIVE_COLUMNS, "certify", settings,
              KEY_SETTINGS + ["n0", "budget", "tolerance", "schedule", "futility_alpha", "mode", "sequential"],
-             ADAPTIVE_GROUP, compute)
+             ADAPTIVE_GROUP, compute, streaming=True)
     return 0

@@ -121,20 +121,17 @@ def add_channels_last_argument(p: argparse.ArgumentParser) -> None:
 
 
 def prepare_for_speed(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
-    """``model`` in channels_last where --channels-last (default: on CPU) asks for it, with
-    its ``ReLU -> MaxPool`` pairs swapped (:func:`smoothguard.models.pool_before_relu`: the
-    same outputs and gradients bit for bit, shared weights).
+    """``model`` as :func:`smoothguard.runtime.for_gradients` runs it (the library's one
+    rule: channels_last for a convolutional model on the CPU unless --channels-last /
+    --no-channels-last says otherwise, and the gradient-exact ``ReLU -> MaxPool`` swap,
+    shared weights). The configuration is left in ``args.speed`` for the sidecar.
 
     Inputs stay NCHW: a convolution with channels_last weights computes in channels_last."""
-    from smoothguard.models import pool_before_relu
-    from smoothguard.utils import model_device
+    from smoothguard import runtime
 
-    use = getattr(args, "channels_last", None)
-    if use is None:
-        use = model_device(model).type == "cpu"
-    if use:
-        model = model.to(memory_format=torch.channels_last)
-    return pool_before_relu(model)[0]
+    module, config = runtime.for_gradients(model, getattr(args, "channels_last", None))
+    args.speed = config.settings()
+    return module
 
 
 def parse_floats(text: str, name: str) -> list[float]:

@@ -30,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("adaptive PREDICT (fewer samples, same guarantee)")
     g.add_argument("--adaptive", action="store_true",
                    help="look at the counts after a growing schedule of samples and stop as soon as the top-two "
-                        "test is decided (rows add n_used); the test runs at alpha / (number of looks)")
+                        "test is decided (rows add n_used; each row is written as its image finishes); the test runs at "
+                        "alpha / (number of looks)")
     g.add_argument("--n-max", type=int, default=100_000, help="adaptive mode: most noise samples per image")
     g.add_argument("--futility-alpha", type=float, default=0.05,
                    help="adaptive mode: abstain early once the test cannot reject by n_max with this confidence "
@@ -53,14 +54,14 @@ def run(args: argparse.Namespace) -> int:
     settings.update(n=args.n)
     from smoothguard.smoothing import image_seed
 
-    def compute(x, y, idx):
+    def compute(x, y, idx, emit):
         res = smoothed.predict_batch(x, args.n, args.alpha, args.batch,
                                      seeds=[image_seed(args.seed, i) for i in idx.tolist()])
-        return [[int(i), int(lab), int(p), int(p == lab)]
-                for i, lab, p in zip(idx.tolist(), y.tolist(), res.prediction.tolist())]
+        for i, lab, p, t in zip(idx.tolist(), y.tolist(), res.prediction.tolist(), res.seconds.tolist()):
+            emit([int(i), int(lab), int(p), int(p == lab)], t)
 
     group = max(1, min(16, args.batch // max(args.n, 1)))
-    run_rows(args, data, COLUMNS, "predict", settings, KEY_SETTINGS + ["n"], group, compute)
+    run_rows(args, data, COLUMNS, "predict", settings, KEY_SETTINGS + ["n"], group, compute, streaming=True)
     return 0
 
 
@@ -84,12 +85,18 @@ def _run_adaptive(args: argparse.Namespace) -> int:
     settings.update(n=args.n_max, n_max=args.n_max, schedule=schedule,
                     futility_alpha=args.futility_alpha, mode="adaptive", sequential=sequential)
 
-    def compute(x, y, idx):
-        res = method(smoothed, x, args.n_max, args.alpha, args.batch, schedule=schedule,
-                     seeds=[image_seed(args.seed, i) for i in idx.tolist()], futility_alpha=args.futility_alpha)
-        return [[int(i), int(lab), int(p), int(p == lab), int(u)]
-                for i, lab, p, u in zip(idx.tolist(), y.tolist(), res.prediction.tolist(), res.n_used.tolist())]
+    def on_done(idx, y, emit):  # one row per image as soon as it finishes
+        def done(positions, res):
+            for j, pos in enumerate(positions.tolist()):
+                p, lab = int(res.prediction[j]), int(y[pos])
+                emit([int(idx[pos]), lab, p, int(p == lab), int(res.n_used[j])], float(res.seconds[j]))
+        return done
+
+    def compute(x, y, idx, emit):
+        method(smoothed, x, args.n_max, args.alpha, args.batch, schedule=schedule,
+               seeds=[image_seed(args.seed, i) for i in idx.tolist()], futility_alpha=args.futility_alpha,
+               on_done=on_done(idx, y, emit))
 
     run_rows(args, data, ADAPTIVE_COLUMNS, "predict", settings, KEY_SETTINGS + ["n_max", "futility_alpha", "mode", "sequential"],
-             ADAPTIVE_GROUP, compute)
+             ADAPTIVE_GROUP, compute, streaming=True)
     return 0

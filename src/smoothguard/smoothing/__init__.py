@@ -13,6 +13,7 @@ from smoothguard.smoothing.core import (
     SmoothedClassifier,
     image_seed,
 )
+from smoothguard.smoothing.sampler import Sampler
 from smoothguard.smoothing.inference import VOTE_METHODS, SmoothedModel, smoothed_scores, vote_scores
 from smoothguard.smoothing.sequential import BernoulliCS
 from smoothguard.smoothing.stats import (
@@ -30,6 +31,7 @@ __all__ = [
     "CertifyResult",
     "PredictResult",
     "SmoothedClassifier",
+    "Sampler",
     "SmoothedModel",
     "VOTE_METHODS",
     "smoothed_scores",

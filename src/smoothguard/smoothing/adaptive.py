@@ -49,6 +49,18 @@ threshold needs more samples than the fixed-n test at the same n (Ville's bound 
 ln(1/alpha) where a fixed-n test costs z_alpha^2 / 2), see BENCHMARKS.md. The grid logic
 on counts alone is :class:`SequentialGridTest` (used by the simulations).
 
+Other noises: the grid thresholds and the anytime radius are the noise object's
+(:meth:`smoothguard.noise.Noise.p_needed` and :meth:`~smoothguard.noise.Noise.radius`):
+Phi(r / sigma) and sigma * PhiInv(p) for Gaussian noise (l_2), and the l_1 formulas of
+uniform and Laplace noise otherwise; the tests of validity above never used the form of
+Phi.
+
+Rows as images finish: every procedure takes ``on_done(positions, result)``, called as
+soon as images stop (their answers can no longer change) with their positions in ``x``
+and their part of the result, so a caller can write their rows before the other images
+of the call are done. Each result's ``seconds`` is the time attributable to each image
+(its share of every forward batch it took part in, :mod:`smoothguard.smoothing.sampler`).
+
 Related work on randomized smoothing: Horvath et al., "Boosting randomized smoothing with
 variance reduced classifiers", ICLR 2022; Chen et al., "Input-specific robustness
 certification for randomized smoothing", 2022; Voracek, "Treatment of statistical
@@ -59,12 +71,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from scipy.stats import beta as _beta
-from scipy.stats import norm
 
 from smoothguard.contract import check_alpha, check_int
 from smoothguard import ABSTAIN
@@ -199,30 +210,53 @@ class SequentialGridTest:
         return level, stop
 
 
-def _require_gaussian(smoothed: SmoothedClassifier) -> None:
-    """The grid thresholds Phi(r / sigma) and radii sigma * PhiInv(p) are Gaussian noise's (l2)."""
-    noise = getattr(smoothed, "noise", None)
-    name = getattr(noise, "name", "gaussian")
-    if name != "gaussian":
-        raise ValueError(f"adaptive and anytime certification support Gaussian noise (l2 radii) only; this "
-                         f"smoothed classifier uses {name!r} noise: use fixed-n certify_batch for it")
+def grid_thresholds(smoothed: SmoothedClassifier, grid: Sequence[float]) -> np.ndarray:
+    """The p_A each grid radius needs under the classifier's noise (its inverse radius,
+    :meth:`smoothguard.noise.Noise.p_needed`: Phi(r / sigma) for Gaussian noise), with
+    1/2 for the radius 0 ("predict c_A"). A radius the noise cannot certify at any p_A < 1
+    (uniform noise: l_1 radii below lambda) is refused."""
+    noise = smoothed.noise
+    grid = np.asarray(grid, dtype=np.float64)
+    limit = float(noise.radius(1.0))  # the supremum of the noise's radii: inf for Gaussian and Laplace
+    if np.any(grid >= limit):
+        raise ValueError(f"radii {grid[grid >= limit].tolist()} are beyond what {noise.name} noise of sigma "
+                         f"{noise.sigma} can certify ({noise.norm} radii below {limit:g})")
+    thresholds = np.asarray(noise.p_needed(grid), dtype=np.float64)
+    thresholds[0] = 0.5
+    return thresholds
 
+
+def _finisher(on_done, result):
+    """The callback of :func:`_looks`: hands the caller's ``on_done`` the positions of the
+    images that just finished and ``result(positions)``."""
+    return None if on_done is None else (lambda pos: on_done(pos, result(pos)))
 
 
 def _looks(smoothed: SmoothedClassifier, x: torch.Tensor, gens, looks: Sequence[int], batch_size: int,
-           active: np.ndarray):
+           active: np.ndarray, seconds: np.ndarray, finished: Callable[[np.ndarray], None] | None = None):
     """The loop every sequential procedure shares: at each look, the images still ``active``
     (the caller clears entries as images are decided; the array is read anew at each look)
-    get the estimation samples that bring them to ``look``, from their own generators.
-    Yields (look, positions of those images, class counts of the new samples)."""
+    get the estimation samples that bring them to ``look``, from their own generators, and
+    their shares of the batches' time added to ``seconds``. Yields (look, positions of those
+    images, class counts of the new samples). Once the caller has cleared an image (or the
+    looks end), ``finished(positions)`` hears of it at once, before the next look."""
     done_n = 0
     for look in looks:
         idx = np.flatnonzero(active)
         if idx.size == 0:
             return
-        counts = smoothed.sample_counts(x[idx], look - done_n, batch_size, generators=[gens[i] for i in idx])
+        spent = np.zeros(idx.size)
+        counts = smoothed.sample_counts(x[idx], look - done_n, batch_size, generators=[gens[i] for i in idx],
+                                        seconds=spent)
+        seconds[idx] += spent
         done_n = look
         yield look, idx, counts
+        stopped = idx[~active[idx]]
+        if finished is not None and stopped.size:
+            finished(stopped)
+    rest = np.flatnonzero(active)
+    if finished is not None and rest.size:
+        finished(rest)
 
 
 @dataclass
@@ -234,6 +268,10 @@ class AdaptiveResult:
     p_lower: torch.Tensor  # float64 (B,): the lower bound at the stopping look (level alpha / L)
     n_used: torch.Tensor  # int64 (B,): estimation samples spent (excluding the n0 selection samples)
     counts_selection: torch.Tensor  # int64 (B, K)
+    seconds: np.ndarray | None = None  # float64 (B,): each image's share of the forward batches' time
+
+
+OnDone = Callable[[np.ndarray, "AdaptiveResult | AdaptivePredictResult"], None]
 
 
 def certify_adaptive(
@@ -249,6 +287,7 @@ def certify_adaptive(
     seeds: Sequence[int] | None = None,
     generator: torch.Generator | None = None,
     futility_alpha: float = 0.05,
+    on_done: OnDone | None = None,
 ) -> AdaptiveResult:
     """Adaptive CERTIFY on a grid of radii (see the module docstring).
 
@@ -260,15 +299,13 @@ def certify_adaptive(
     is robust within the returned grid radius; the grid radius 0 (g(x) is the class, with
     p_A > 1/2) is always part of the grid.
     """
-    _require_gaussian(smoothed)
     check_alpha(alpha)
     check_int("n0", n0)
     check_alpha(futility_alpha, "futility_alpha")
     grid = sorted({0.0, *(float(r) for r in radii)})
     if any(r < 0 or not np.isfinite(r) for r in grid):
         raise ValueError(f"radii must be finite and >= 0, got {list(radii)}")
-    thresholds = norm.cdf(np.asarray(grid) / smoothed.sigma)  # p_A needed per grid radius
-    thresholds[0] = 0.5
+    thresholds = grid_thresholds(smoothed, grid)  # p_A needed per grid radius
     looks = list(schedule) if schedule is not None else grid_schedule(n_max, thresholds, alpha)
     if any(b <= a for a, b in zip(looks, looks[1:])) or looks[0] < 1:
         raise ValueError(f"the schedule must be increasing positive sample counts, got {looks}")
@@ -279,15 +316,25 @@ def certify_adaptive(
     if x.dim() == 3:
         x = x.unsqueeze(0)
     count = x.shape[0]
-    gens = smoothed._generators(count, seeds, generator)
-    counts0 = smoothed.sample_counts(x, n0, batch_size, generators=gens)
+    gens, seconds = smoothed._generators(count, seeds, generator), np.zeros(count)
+    counts0 = smoothed.sample_counts(x, n0, batch_size, generators=gens, seconds=seconds)
     c_a = counts0.argmax(1)
     n_a = torch.zeros(count, dtype=torch.int64)
     n_used = torch.zeros(count, dtype=torch.int64)
     level = np.full(count, -1)
     p_lower = np.zeros(count)
     active = np.ones(count, dtype=bool)
-    for look, idx, counts in _looks(smoothed, x, gens, looks, batch_size, active):
+    grid_arr = np.asarray(grid)
+
+    def result(pos: np.ndarray) -> AdaptiveResult:
+        sel, certified = torch.as_tensor(pos), level[pos] >= 0
+        prediction = torch.where(torch.as_tensor(certified), c_a[sel], torch.full_like(c_a[sel], ABSTAIN))
+        radius = torch.as_tensor(np.where(certified, grid_arr[np.maximum(level[pos], 0)], 0.0), dtype=torch.float64)
+        return AdaptiveResult(prediction, radius, torch.as_tensor(p_lower[pos], dtype=torch.float64), n_used[sel],
+                              counts0[sel], seconds[pos])
+
+    for look, idx, counts in _looks(smoothed, x, gens, looks, batch_size, active, seconds,
+                                    _finisher(on_done, result)):
         sel = torch.as_tensor(idx)
         n_a[sel] += counts.gather(1, c_a[sel][:, None]).squeeze(1)
         n_used[sel] = look
@@ -300,11 +347,7 @@ def certify_adaptive(
         best = np.maximum(lv, grid_level(reach, thresholds))
         level[idx], p_lower[idx] = lv, low
         active[idx[lv >= best]] = False  # decided: the certified level is the best still possible
-    grid_arr = np.asarray(grid)
-    certified = level >= 0
-    prediction = torch.where(torch.as_tensor(certified), c_a, torch.full_like(c_a, ABSTAIN))
-    radius = torch.as_tensor(np.where(certified, grid_arr[np.maximum(level, 0)], 0.0), dtype=torch.float64)
-    return AdaptiveResult(prediction, radius, torch.as_tensor(p_lower, dtype=torch.float64), n_used, counts0)
+    return result(np.arange(count))
 
 
 def certify_sequential(
@@ -321,6 +364,7 @@ def certify_sequential(
     generator: torch.Generator | None = None,
     futility_alpha: float = 0.05,
     cs: BernoulliCS | None = None,
+    on_done: OnDone | None = None,
 ) -> AdaptiveResult:
     """Anytime-valid CERTIFY on a grid of radii (``certify --radii ... --sequential cs``).
 
@@ -335,18 +379,16 @@ def certify_sequential(
     is robust within the returned grid radius (Ville's inequality; no Bonferroni split).
     ``p_lower`` is the confidence sequence's lower bound L_n at the stopping look.
     """
-    _require_gaussian(smoothed)
     check_alpha(alpha)
     check_int("n0", n0)
     check_int("n_max", n_max)
     grid = sorted({0.0, *(float(r) for r in radii)})
     if any(r < 0 or not np.isfinite(r) for r in grid):
         raise ValueError(f"radii must be finite and >= 0, got {list(radii)}")
-    thresholds = norm.cdf(np.asarray(grid) / smoothed.sigma)
-    thresholds[0] = 0.5
+    thresholds = grid_thresholds(smoothed, grid)
     if np.any(np.diff(thresholds) <= 0):
         raise ValueError(f"radii {list(radii)} are too large for sigma {smoothed.sigma}: their thresholds "
-                         "Phi(r / sigma) round to 1")
+                         "p_needed(r) round to 1")
     if cs is not None and cs.alpha != alpha:
         raise ValueError(f"the confidence sequence has alpha {cs.alpha}, the call {alpha}")
     test = SequentialGridTest(thresholds, alpha, n_max, futility_alpha, cs)
@@ -357,26 +399,31 @@ def certify_sequential(
     if x.dim() == 3:
         x = x.unsqueeze(0)
     count = x.shape[0]
-    gens = smoothed._generators(count, seeds, generator)
-    counts0 = smoothed.sample_counts(x, n0, batch_size, generators=gens)
+    gens, seconds = smoothed._generators(count, seeds, generator), np.zeros(count)
+    counts0 = smoothed.sample_counts(x, n0, batch_size, generators=gens, seconds=seconds)
     c_a = counts0.argmax(1)
     n_a = np.zeros(count)
     n_used = np.zeros(count, dtype=np.int64)
     level = np.full(count, -1)
     active = np.ones(count, dtype=bool)
-    for look, idx, counts in _looks(smoothed, x, gens, looks, batch_size, active):
+    grid_arr = np.asarray(grid)
+
+    def result(pos: np.ndarray) -> AdaptiveResult:
+        sel, certified = torch.as_tensor(pos), level[pos] >= 0
+        p_lower = test.cs.lower(n_a[pos], n_used[pos].astype(np.float64))
+        prediction = torch.where(torch.as_tensor(certified), c_a[sel], torch.full_like(c_a[sel], ABSTAIN))
+        radius = torch.as_tensor(np.where(certified, grid_arr[np.maximum(level[pos], 0)], 0.0), dtype=torch.float64)
+        return AdaptiveResult(prediction, radius, torch.as_tensor(p_lower, dtype=torch.float64),
+                              torch.as_tensor(n_used[pos]), counts0[sel], seconds[pos])
+
+    for look, idx, counts in _looks(smoothed, x, gens, looks, batch_size, active, seconds,
+                                    _finisher(on_done, result)):
         sel = torch.as_tensor(idx)
         n_a[idx] += counts.gather(1, c_a[sel][:, None]).squeeze(1).numpy()
         n_used[idx] = look
         level[idx], stop = test.update(n_a[idx], n_used[idx].astype(np.float64), level[idx])
         active[idx[stop]] = False
-    p_lower = test.cs.lower(n_a, n_used.astype(np.float64))
-    grid_arr = np.asarray(grid)
-    certified = level >= 0
-    prediction = torch.where(torch.as_tensor(certified), c_a, torch.full_like(c_a, ABSTAIN))
-    radius = torch.as_tensor(np.where(certified, grid_arr[np.maximum(level, 0)], 0.0), dtype=torch.float64)
-    return AdaptiveResult(prediction, radius, torch.as_tensor(p_lower, dtype=torch.float64),
-                          torch.as_tensor(n_used), counts0)
+    return result(np.arange(count))
 
 
 def certify_anytime(
@@ -393,6 +440,7 @@ def certify_anytime(
     generator: torch.Generator | None = None,
     futility_alpha: float = 0.05,
     cs: BernoulliCS | None = None,
+    on_done: OnDone | None = None,
 ) -> AdaptiveResult:
     """Anytime-valid CERTIFY without a grid (``certify --budget N``): a radius per image.
 
@@ -410,7 +458,6 @@ def certify_anytime(
     The radius is below fixed-n CERTIFY's at the same n (the price of looking at every n):
     for an image right at its largest radius, fixed n gives a larger radius.
     """
-    _require_gaussian(smoothed)
     check_alpha(alpha)
     check_int("n0", n0)
     check_int("budget", budget)
@@ -424,39 +471,44 @@ def certify_anytime(
     looks = list(schedule) if schedule is not None else cs_schedule(budget)
     if any(b <= a for a, b in zip(looks, looks[1:])) or looks[0] < 1 or looks[-1] != budget:
         raise ValueError(f"the schedule must be increasing positive sample counts ending at budget={budget}")
-    sigma = smoothed.sigma
+    noise = smoothed.noise
 
-    def radius_of(p):
-        return np.where(p > 0.5, sigma * norm.ppf(np.clip(p, 0.5, 1.0)), -np.inf)
+    def radius_of(p):  # the noise's radius (Gaussian: sigma * PhiInv(p)); -inf while nothing is shown
+        return np.where(p > 0.5, noise.radius(p), -np.inf)
 
     if x.dim() == 3:
         x = x.unsqueeze(0)
     count = x.shape[0]
-    gens = smoothed._generators(count, seeds, generator)
-    counts0 = smoothed.sample_counts(x, n0, batch_size, generators=gens)
+    gens, seconds = smoothed._generators(count, seeds, generator), np.zeros(count)
+    counts0 = smoothed.sample_counts(x, n0, batch_size, generators=gens, seconds=seconds)
     c_a = counts0.argmax(1)
     n_a = np.zeros(count)
     n_used = np.zeros(count, dtype=np.int64)
     best = np.zeros(count)  # running maximum of L_n (0: nothing shown yet)
     active = np.ones(count, dtype=bool)
-    for look, idx, counts in _looks(smoothed, x, gens, looks, batch_size, active):
+
+    def result(pos: np.ndarray) -> AdaptiveResult:
+        sel, certified = torch.as_tensor(pos), best[pos] > 0.5
+        prediction = torch.where(torch.as_tensor(certified), c_a[sel], torch.full_like(c_a[sel], ABSTAIN))
+        radius = torch.as_tensor(np.where(certified, noise.radius(best[pos]), 0.0), dtype=torch.float64)
+        return AdaptiveResult(prediction, radius, torch.as_tensor(best[pos], dtype=torch.float64),
+                              torch.as_tensor(n_used[pos]), counts0[sel], seconds[pos])
+
+    for look, idx, counts in _looks(smoothed, x, gens, looks, batch_size, active, seconds,
+                                    _finisher(on_done, result)):
         n_a[idx] += counts.gather(1, c_a[torch.as_tensor(idx)][:, None]).squeeze(1).numpy()
         n_used[idx] = look
         s, n = n_a[idx], np.full(idx.size, float(look))
         best[idx] = np.maximum(best[idx], cs.lower(s, n))
         if look >= budget:
-            break
+            active[idx] = False
+            continue
         s_end = s + futility.upper(s, n) * (budget - look)
         reach = radius_of(cs.lower(s_end, np.full(idx.size, float(budget))))
         now = radius_of(best[idx])
         grows = np.where(np.isfinite(now), reach > now + tolerance, np.isfinite(reach))
         active[idx[~grows]] = False
-    certified = best > 0.5
-    prediction = torch.where(torch.as_tensor(certified), c_a, torch.full_like(c_a, ABSTAIN))
-    radius = torch.as_tensor(np.where(certified, sigma * norm.ppf(np.clip(best, 0.5, 1.0)), 0.0),
-                             dtype=torch.float64)
-    return AdaptiveResult(prediction, radius, torch.as_tensor(best, dtype=torch.float64),
-                          torch.as_tensor(n_used), counts0)
+    return result(np.arange(count))
 
 
 @dataclass
@@ -467,6 +519,7 @@ class AdaptivePredictResult:
     p_value: torch.Tensor  # float64 (B,): the top-two test's p-value at the stopping look (level alpha / L)
     n_used: torch.Tensor  # int64 (B,): noise samples spent
     counts: torch.Tensor  # int64 (B, K): the class counts of those samples
+    seconds: np.ndarray | None = None  # float64 (B,): each image's share of the forward batches' time
 
 
 def predict_adaptive(
@@ -480,6 +533,7 @@ def predict_adaptive(
     seeds: Sequence[int] | None = None,
     generator: torch.Generator | None = None,
     futility_alpha: float = 0.05,
+    on_done: OnDone | None = None,
 ) -> AdaptivePredictResult:
     """Adaptive PREDICT: Cohen's PREDICT with looks at a growing number of samples.
 
@@ -503,13 +557,20 @@ def predict_adaptive(
     if x.dim() == 3:
         x = x.unsqueeze(0)
     count = x.shape[0]
-    gens = smoothed._generators(count, seeds, generator)
+    gens, seconds = smoothed._generators(count, seeds, generator), np.zeros(count)
     counts = torch.zeros(count, smoothed.num_classes, dtype=torch.int64)
     n_used = torch.zeros(count, dtype=torch.int64)
     prediction = torch.full((count,), ABSTAIN, dtype=torch.int64)
     p_value = np.ones(count)
     active = np.ones(count, dtype=bool)
-    for look, idx, new in _looks(smoothed, x, gens, looks, batch_size, active):
+
+    def result(pos: np.ndarray) -> AdaptivePredictResult:
+        sel = torch.as_tensor(pos)
+        return AdaptivePredictResult(prediction[sel], torch.as_tensor(p_value[pos], dtype=torch.float64),
+                                     n_used[sel], counts[sel], seconds[pos])
+
+    for look, idx, new in _looks(smoothed, x, gens, looks, batch_size, active, seconds,
+                                 _finisher(on_done, result)):
         sel = torch.as_tensor(idx)
         counts[sel] += new
         n_used[sel] = look
@@ -525,7 +586,7 @@ def predict_adaptive(
         m = np.floor((n1 + n2) * (n_max / look))
         hopeless = binom_pvalues(np.floor(share * m), m - np.floor(share * m)) > alpha_look
         active[idx[decided | hopeless]] = False
-    return AdaptivePredictResult(prediction, torch.as_tensor(p_value, dtype=torch.float64), n_used, counts)
+    return result(np.arange(count))
 
 
 def predict_sequential(
@@ -540,6 +601,7 @@ def predict_sequential(
     generator: torch.Generator | None = None,
     futility_alpha: float = 0.05,
     cs: BernoulliCS | None = None,
+    on_done: OnDone | None = None,
 ) -> AdaptivePredictResult:
     """Anytime-valid PREDICT (``predict --adaptive --sequential cs``).
 
@@ -568,13 +630,22 @@ def predict_sequential(
     if x.dim() == 3:
         x = x.unsqueeze(0)
     count = x.shape[0]
-    gens = smoothed._generators(count, seeds, generator)
+    gens, seconds = smoothed._generators(count, seeds, generator), np.zeros(count)
     counts = torch.zeros(count, k, dtype=torch.int64)
     n_used = torch.zeros(count, dtype=torch.int64)
     prediction = torch.full((count,), ABSTAIN, dtype=torch.int64)
     log_e = np.zeros(count)
     active = np.ones(count, dtype=bool)
-    for look, idx, new in _looks(smoothed, x, gens, looks, batch_size, active):
+
+    def result(pos: np.ndarray) -> AdaptivePredictResult:
+        sel = torch.as_tensor(pos)
+        # p_value: 1 / E (an anytime-valid p-value for the binding pair, capped at 1)
+        p_value = np.minimum(1.0, np.exp(-log_e[pos]) * max(k - 1, 1))
+        return AdaptivePredictResult(prediction[sel], torch.as_tensor(p_value, dtype=torch.float64), n_used[sel],
+                                     counts[sel], seconds[pos])
+
+    for look, idx, new in _looks(smoothed, x, gens, looks, batch_size, active, seconds,
+                                 _finisher(on_done, result)):
         sel = torch.as_tensor(idx)
         counts[sel] += new
         n_used[sel] = look
@@ -592,6 +663,4 @@ def predict_sequential(
         m_end = m * (n_max / look)
         hopeless = cs.log_evalue(n1 + share * (m_end - m), m_end, 0.5) < cs.log_level
         active[idx[decided | hopeless | (look >= n_max)]] = False
-    # p_value: 1 / E (an anytime-valid p-value for the binding pair, capped at 1)
-    p_value = np.minimum(1.0, np.exp(-log_e) * max(k - 1, 1))
-    return AdaptivePredictResult(prediction, torch.as_tensor(p_value, dtype=torch.float64), n_used, counts)
+    return result(np.arange(count))

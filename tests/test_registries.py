@@ -80,7 +80,9 @@ def test_the_attack_table_is_the_registry_and_every_class_once():
     assert all(attacks.ATTACKS[k] is ATTACKS[k] for k in ATTACKS)
     assert len({e.cls for e in REGISTRY}) == len(REGISTRY)
     assert all(issubclass(e.cls, Attack) and e.name == e.cls.name for e in REGISTRY)
-    assert list(COMMAND_ATTACKS) == ["pgd", "fgsm", "fgm", "apgd", "cw", "ddn", "square", "nattack"]
+    before = ["pgd", "fgsm", "fgm", "apgd", "cw", "ddn", "square", "nattack"]  # the command's list before
+    assert [a for a in COMMAND_ATTACKS if a in before] == before
+    assert all(e.command == (e.name in COMMAND_ATTACKS) for e in REGISTRY)
 
 
 class _Tiny(nn.Module):
@@ -102,9 +104,16 @@ _BEFORE = {
     "fgm": lambda A, m: A.FGM(m, eps=0.5, loss="cw", eot=1, seed=3),
     "cw": lambda A, m: A.CW(m, eps=0.5, steps=1000, seed=3),
     "ddn": lambda A, m: A.DDN(m, eps=0.5, steps=100, loss="cw", eot=1, seed=3),
-    "square": lambda A, m: A.Square(m, norm="l2", eps=0.5, max_queries=10_000, seed=3),
-    "nattack": lambda A, m: A.NAttack(m, norm="l2", eps=0.5, max_queries=10_000, seed=3),
+    # the query budgets are the registry's defaults (smoothguard.defaults may change them)
+    "square": lambda A, m: A.Square(m, norm="l2", eps=0.5, max_queries=_queries("square"), seed=3),
+    "nattack": lambda A, m: A.NAttack(m, norm="l2", eps=0.5, max_queries=_queries("nattack"), seed=3),
 }
+
+
+def _queries(name):
+    from smoothguard.attacks.registry import COMMAND_ATTACKS
+
+    return COMMAND_ATTACKS[name].default_queries
 
 
 @pytest.mark.parametrize("name", sorted(_BEFORE))
@@ -134,6 +143,8 @@ def test_unknown_attack_names_the_allowed_ones():
 
     with pytest.raises(ValueError, match="--attack must be one of pgd, fgsm, fgm, apgd, cw, ddn, square, nattack"):
         get_attack_entry("fgsn")
+    with pytest.raises(ValueError, match="got 'epgd'"):  # library-only attacks are not offered by the command
+        get_attack_entry("epgd")
 
 
 def test_objectives_split_into_classifier_and_denoiser_ones_and_checkpoints_know_both_kinds():

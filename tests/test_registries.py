@@ -5,6 +5,7 @@ noises. The attack registry builds exactly the attacks ``smoothguard attack`` bu
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,12 @@ REGISTRIES = {"attacks/registry.py": "ATTACKS", "training/registry.py": "OBJECTI
 TABLE_NAMES = {"ATTACKS", "COMMAND_ATTACKS", "OBJECTIVES", "MODEL_KINDS", "_BUILDERS", "_DENOISERS", "NOISES",
                "FORMATS"}
 MUTATORS = {"update", "setdefault", "pop", "popitem", "clear", "__setitem__"}
+
+
+@functools.cache
+def _trees() -> dict[str, ast.Module]:
+    """Every module of the package, parsed once: {path relative to the package: tree}."""
+    return {p.relative_to(SRC).as_posix(): ast.parse(p.read_text(encoding="utf-8")) for p in sorted(SRC.rglob("*.py"))}
 
 
 def _mutations(tree: ast.AST) -> list[str]:
@@ -44,10 +51,10 @@ def _mutations(tree: ast.AST) -> list[str]:
 
 def test_no_module_changes_a_registry():
     bad = {}
-    for path in sorted(SRC.rglob("*.py")):
-        found = _mutations(ast.parse(path.read_text(encoding="utf-8")))
+    for path, tree in _trees().items():
+        found = _mutations(tree)
         if found:
-            bad[str(path.relative_to(SRC))] = found
+            bad[path] = found
     assert not bad, f"registries changed outside their declaration: {bad}"
 
 
@@ -58,11 +65,11 @@ def test_the_mutation_finder_finds_an_update_and_an_item_assignment():
 
 @pytest.mark.parametrize("module,name", sorted(REGISTRIES.items()))
 def test_each_registry_is_declared_once_in_its_module(module, name):
-    declared = [p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py")
+    declared = [p for p, tree in _trees().items()
                 if any(isinstance(n, (ast.Assign, ast.AnnAssign)) and
                        any(isinstance(t, ast.Name) and t.id == name
                            for t in (n.targets if isinstance(n, ast.Assign) else [n.target]))
-                       for n in ast.parse(p.read_text(encoding="utf-8")).body)]
+                       for n in tree.body)]
     # the package's __init__ may re-export the table under its name, never build another
     assert module in declared
     for other in set(declared) - {module}:

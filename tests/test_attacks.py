@@ -492,12 +492,26 @@ def test_epgd_draws_fresh_noise_each_step(trained):
         (lambda m: NAttack(m, population=1), "population"),
         (lambda m: Square(m, max_queries=1), "max_queries"),
         (lambda m: Square(m, p_init=2.0), "p_init"),
-        (lambda m: PGD(m, eps=None), "eps"),
     ],
 )
 def test_validation_errors_name_the_parameter(factory, match, trained):
     with pytest.raises(ValueError, match=match):
         factory(trained["model"])
+
+
+def test_one_default_radius_per_norm(trained):
+    """eps not given: the radius of smoothguard.defaults.EPS for the attack's norm, the same
+    as the command line's; for minimal-perturbation attacks None keeps meaning no bound."""
+    from smoothguard.defaults import EPS
+
+    m = trained["model"]
+    for norm in ("linf", "l2"):
+        for atk in (PGD(m, norm=norm), APGD(m, norm=norm), Square(m, norm=norm), NAttack(m, norm=norm),
+                    EPGD(m, norm=norm)):
+            assert atk.eps == EPS[norm], type(atk).__name__
+    assert FGSM(m).eps == EPS["linf"] and FGM(m).eps == EPS["l2"]
+    assert CW(m).eps is None and DDN(m).eps is None and FAB(m).eps is None
+    assert Square(m).max_queries == 5000 and Square(m).p_init == 0.8
 
 
 def test_force_allows_large_linf_eps(trained):

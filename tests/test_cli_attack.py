@@ -115,7 +115,7 @@ def test_transfer_reports_the_target_predictions(tmp_path):
     (["--loss", "hinge"], "--loss must be one of ce, cw, dlr"),
     (["--eps", "-1"], "--eps must be a positive"),
     (["--eps", "3"], "--eps 3.0 > 1"),
-    (["--eps", "none"], "--eps none (minimal perturbation) is only allowed for --attack cw or ddn"),
+    (["--eps", "none"], "--eps none (minimal perturbation) is only allowed for --attack cw, ddn, fab, not pgd"),
     (["--attack", "square", "--restarts", "3"], "--restarts applies to --attack pgd, apgd"),
     (["--queries", "100"], "--queries applies to --attack square, nattack"),
     (["--attack", "square", "--queries", "1"], "--queries must be an integer >= 2"),

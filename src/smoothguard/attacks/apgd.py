@@ -51,7 +51,7 @@ class APGD(GradientAttack):
         self,
         model,
         norm: str = "linf",
-        eps: float = 0.3,
+        eps: float | None = None,
         steps: int = 100,
         restarts: int = 1,
         loss: str = "ce",

@@ -31,6 +31,7 @@ from torch import nn
 from smoothguard.attacks.losses import LOSSES, get_loss
 from smoothguard.attacks.sanity import check_gradients, check_logits, check_stochastic
 from smoothguard.contract import NORMS
+from smoothguard.defaults import default_eps
 from smoothguard.utils import make_generator, model_device
 
 # validation helpers: the contract's (re-exported here for the attacks' constructors)
@@ -212,8 +213,10 @@ class Attack:
     Args:
         model: maps images in [0, 1], (N, C, H, W), to logits (N, K).
         norm: ``"linf"`` or ``"l2"`` (the subclasses that support one only fix it).
-        eps: radius of the threat model in [0, 1] pixel units (``None`` only for
-            minimal-perturbation attacks: then only [0, 1] constrains the result).
+        eps: radius of the threat model in [0, 1] pixel units. ``None``: the default
+            radius of the norm (:data:`smoothguard.defaults.EPS`: l_inf 0.1, l_2 1.0), except
+            for minimal-perturbation attacks, where it means no bound (only [0, 1]
+            constrains the result).
         seed: seeds the attack's ``torch.Generator`` (None: fresh entropy each call).
         force: allow an l_inf eps above 1 (with [0, 1] images it is the whole box).
         sanity_checks: emit :class:`~smoothguard.attacks.sanity.RobustnessWarning` for
@@ -229,7 +232,7 @@ class Attack:
         model: nn.Module,
         *,
         norm: str = "linf",
-        eps: float | None = 0.3,
+        eps: float | None = None,
         seed: int | None = None,
         force: bool = False,
         sanity_checks: bool = True,
@@ -237,10 +240,9 @@ class Attack:
         if not isinstance(model, nn.Module) and not callable(model):
             raise TypeError(f"model must be a torch.nn.Module (or callable); got {type(model).__name__}")
         check_choice("norm", norm, self.norms)
-        if eps is None:
-            if not self.minimal:
-                raise ContractError(f"{type(self).__name__} needs eps (a positive number in [0, 1] pixel units)")
-        else:
+        if eps is None and not self.minimal:
+            eps = default_eps(norm)  # the one default per norm (smoothguard.defaults.EPS)
+        if eps is not None:
             eps = check_positive("eps", eps)
             if norm == "linf" and eps > 1 and not force:
                 raise ContractError(

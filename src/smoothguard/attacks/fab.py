@@ -195,51 +195,47 @@ class FAB(Attack):
         return (x0 + t * _bcast(radius / 2, t)).clamp(0.0, 1.0)
 
     def _run_once(self, x0_all, y_all, t_all, idx, start, best, best_norm, shape) -> None:
-        """One FAB run on the points ``idx`` from ``start``; updates best / best_norm in place."""
+        """One FAB run on the points ``idx`` from ``start``; updates best / best_norm in place.
+
+        Per iteration: the linearization at the iterate (one forward and backward pass),
+        the step, and one forward pass for the decision at the new iterate (the paper's
+        order). Points already found within eps leave the run (eps-bounded mode)."""
         x1 = start.clone()
         act = idx  # indices (into the batch) of the points still searched
-        pos = torch.arange(idx.numel(), device=idx.device)  # their rows in x1
-        for it in range(self.steps + 1):
-            x0 = x0_all[act]
-            y = y_all[act]
-            t = None if t_all is None else t_all[act]
-            xs = x1[pos]
-            if it == self.steps:  # the last iterate only needs its decision
-                with torch.no_grad():
-                    logits = self.model(xs.view(-1, *shape))
-                g = w = None
-            else:
-                logits, g, w = self._boundary(xs.view(-1, *shape), y, t)
-            adv = logits.argmax(1) != y
-            if bool(adv.any()):
-                # record the smallest adversarial point, then step back towards x0 and
-                # linearize again there
-                nrm = lp_norms(xs[adv] - x0[adv], self.norm)
-                a_idx = act[adv]
-                better = nrm < best_norm[a_idx]
-                best[a_idx[better]] = xs[adv][better]
-                best_norm[a_idx[better]] = nrm[better]
-                xs = xs.clone()
-                xs[adv] = x0[adv] + self.beta * (xs[adv] - x0[adv])
-                x1[pos[adv]] = xs[adv]
-                if it < self.steps:
-                    _, g_b, w_b = self._boundary(xs[adv].view(-1, *shape), y[adv], None if t is None else t[adv])
-                    g, w = g.clone(), w.clone()
-                    g[adv], w[adv] = g_b, w_b
-            if it == self.steps:
-                break
+        self._record(x1, x0_all[act], y_all[act], act, best, best_norm, shape)  # a random start may be adversarial
+        for _ in range(self.steps):
             if self.eps is not None:  # eps-bounded: a point found within eps is done
                 keep = ~(best_norm[act] <= self.eps)
                 if not bool(keep.all()):
-                    act, pos, xs, x0, g, w = act[keep], pos[keep], xs[keep], x0[keep], g[keep], w[keep]
+                    act, x1 = act[keep], x1[keep]
                     if act.numel() == 0:
                         break
+            x0, y = x0_all[act], y_all[act]
+            t = None if t_all is None else t_all[act]
+            _, g, w = self._boundary(x1.view(-1, *shape), y, t)
             # the smallest steps to the linearized boundary, from the iterate and from x0
             r1 = -g
-            r0 = -g - (w * (x0 - xs)).sum(1)
-            d = boundary_step(torch.cat([xs, x0]), torch.cat([w, w]), torch.cat([r1, r0]), self.norm)
-            d1, d0 = d[: len(xs)], d[len(xs):]
+            r0 = -g - (w * (x0 - x1)).sum(1)
+            d = boundary_step(torch.cat([x1, x0]), torch.cat([w, w]), torch.cat([r1, r0]), self.norm)
+            d1, d0 = d[: len(x1)], d[len(x1):]
             a1 = lp_norms(d1, self.norm).clamp_min(1e-8)
             a0 = lp_norms(d0, self.norm).clamp_min(1e-8)
             alpha = (a1 / (a1 + a0)).clamp(0.0, self.alpha_max).unsqueeze(1)
-            x1[pos] = ((xs + self.eta * d1) * (1 - alpha) + (x0 + self.eta * d0) * alpha).clamp(0.0, 1.0)
+            x1 = ((x1 + self.eta * d1) * (1 - alpha) + (x0 + self.eta * d0) * alpha).clamp(0.0, 1.0)
+            x1 = self._record(x1, x0, y, act, best, best_norm, shape)
+
+    @torch.no_grad()
+    def _record(self, x1, x0, y, act, best, best_norm, shape) -> torch.Tensor:
+        """Keep the adversarial iterates that are the smallest found so far, and step those
+        iterates back towards x0 (x0 + beta (x1 - x0)); returns the iterates."""
+        adv = self.model(x1.view(-1, *shape)).argmax(1) != y
+        if not bool(adv.any()):
+            return x1
+        nrm = lp_norms(x1[adv] - x0[adv], self.norm)
+        a_idx = act[adv]
+        better = nrm < best_norm[a_idx]
+        best[a_idx[better]] = x1[adv][better]
+        best_norm[a_idx[better]] = nrm[better]
+        x1 = x1.clone()
+        x1[adv] = x0[adv] + self.beta * (x1[adv] - x0[adv])
+        return x1

@@ -34,14 +34,14 @@ class _SingleStep(GradientAttack):
 class FGSM(_SingleStep):
     """Fast gradient sign method (l_inf): x' = clip(x + eps * sign(grad_x L(x, y))).
 
-    Paper setting (Goodfellow et al. 2015): MNIST eps = 0.25 (here default 0.3, Madry's
-    MNIST budget). ``loss``: ``"ce"`` (paper), ``"cw"`` or ``"dlr"``.
+    Paper setting (Goodfellow et al. 2015): MNIST eps = 0.25 (here the project's l_inf
+    default, :data:`smoothguard.defaults.EPS`, 0.1). ``loss``: ``"ce"`` (paper), ``"cw"`` or ``"dlr"``.
     """
 
     name = "fgsm"
     norms = ("linf",)
 
-    def __init__(self, model, eps: float = 0.3, loss: str = "ce", kappa: float = math.inf, eot: int = 1,
+    def __init__(self, model, eps: float | None = None, loss: str = "ce", kappa: float = math.inf, eot: int = 1,
                  seed: int | None = None, force: bool = False, sanity_checks: bool = True) -> None:
         super().__init__(model, eps, loss, kappa, eot, seed, force, sanity_checks, norm="linf")
 
@@ -52,6 +52,6 @@ class FGM(_SingleStep):
     name = "fgm"
     norms = ("l2",)
 
-    def __init__(self, model, eps: float = 1.0, loss: str = "ce", kappa: float = math.inf, eot: int = 1,
+    def __init__(self, model, eps: float | None = None, loss: str = "ce", kappa: float = math.inf, eot: int = 1,
                  seed: int | None = None, force: bool = False, sanity_checks: bool = True) -> None:
         super().__init__(model, eps, loss, kappa, eot, seed, force, sanity_checks, norm="l2")

@@ -44,7 +44,7 @@ class NAttack(Attack):
         self,
         model,
         norm: str = "linf",
-        eps: float = 0.3,
+        eps: float | None = None,
         max_queries: int = 10_000,
         population: int = 300,
         sigma: float = 0.1,

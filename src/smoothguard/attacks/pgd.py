@@ -66,7 +66,7 @@ class PGD(GradientAttack):
         self,
         model,
         norm: str = "linf",
-        eps: float = 0.3,
+        eps: float | None = None,
         steps: int = 40,
         step_size: float | None = None,
         random_start: bool = True,

@@ -22,6 +22,7 @@ from smoothguard.attacks.nattack import NAttack
 from smoothguard.attacks.pgd import PGD
 from smoothguard.attacks.smooth import EPGD, SmoothAdvDDN, SmoothAdvPGD
 from smoothguard.attacks.square import Square
+from smoothguard.defaults import APGD_STEPS, FAB_STEPS, PGD_STEPS, SQUARE_QUERIES
 
 #: The command's options an attack may take, and the constructor argument each becomes.
 OPTION_ARGUMENTS = {"norm": "norm", "steps": "steps", "step_size": "step_size", "restarts": "restarts",
@@ -67,20 +68,20 @@ _GRAD = ("eot",)
 #: Every attack, in the order ``smoothguard attack --help`` lists them.
 REGISTRY: tuple[AttackEntry, ...] = (
     # Madry et al. 2018: 40 steps, step 2.5 eps / steps, random start
-    AttackEntry(PGD, ("norm", "steps", "step_size", "restarts", "loss") + _GRAD, default_steps=40),
+    AttackEntry(PGD, ("norm", "steps", "step_size", "restarts", "loss") + _GRAD, default_steps=PGD_STEPS),
     AttackEntry(FGSM, ("loss",) + _GRAD),
     AttackEntry(FGM, ("loss",) + _GRAD),
     # Croce & Hein 2020: 100 iterations
-    AttackEntry(APGD, ("norm", "steps", "restarts", "loss") + _GRAD, default_steps=100),
+    AttackEntry(APGD, ("norm", "steps", "restarts", "loss") + _GRAD, default_steps=APGD_STEPS),
     # Carlini & Wagner 2017: 1000 iterations (l2, minimal)
     AttackEntry(CW, ("steps",), default_steps=1000),
     # Rony et al. 2019: 100 iterations (l2, minimal)
     AttackEntry(DDN, ("steps", "loss") + _GRAD, default_steps=100),
-    # Andriushchenko et al. 2020 / Li et al. 2019: query budgets
-    AttackEntry(Square, ("norm", "queries"), default_queries=10_000),
+    # Andriushchenko et al. 2020 (AutoAttack's budget, smoothguard.defaults) / Li et al. 2019
+    AttackEntry(Square, ("norm", "queries"), default_queries=SQUARE_QUERIES),
     AttackEntry(NAttack, ("norm", "queries"), default_queries=10_000),
-    # Croce & Hein 2020 (minimal norm); library only until `smoothguard attack` takes its options
-    AttackEntry(FAB, command=False),
+    # Croce & Hein 2020: 100 iterations (minimal norm, or eps-bounded)
+    AttackEntry(FAB, ("norm", "steps", "restarts"), default_steps=FAB_STEPS),
     # attacks on smoothed models (library only: their settings are those of smoothing)
     AttackEntry(EPGD, command=False),
     AttackEntry(SmoothAdvPGD, command=False),

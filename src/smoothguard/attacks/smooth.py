@@ -80,7 +80,7 @@ class EPGD(_Smoothed, PGD):
     name = "epgd"
     stop_on_success = False
 
-    def __init__(self, model, norm: str = "linf", eps: float = 0.3, sigma: float = 0.25, num_noise: int = 8,
+    def __init__(self, model, norm: str = "linf", eps: float | None = None, sigma: float = 0.25, num_noise: int = 8,
                  steps: int = 40, step_size: float | None = None, random_start: bool = True, restarts: int = 1,
                  loss: str = "ce", kappa: float = math.inf, eot: int = 1, seed: int | None = None,
                  force: bool = False, sanity_checks: bool = True) -> None:

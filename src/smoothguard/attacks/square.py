@@ -19,6 +19,7 @@ from smoothguard.attacks.base import (
     project,
 )
 from smoothguard.attacks.losses import _other_max
+from smoothguard.defaults import SQUARE_P_INIT, SQUARE_QUERIES
 
 # fraction of pixels changed, as a function of progress (iterations scaled to 10,000):
 # p_init halves at each of these boundaries (Andriushchenko et al. 2020, Appendix).
@@ -65,9 +66,10 @@ class Square(Attack):
     Queries: 1 for the clean check, 1 for the initialization, then 1 per iteration for
     each example not yet fooled; never more than ``max_queries`` per example.
 
-    Paper defaults (Andriushchenko et al. 2020): 10,000 queries; p_init = 0.05 (l_inf)
-    and 0.1 (l_2) for untargeted attacks; the same square position for all images of a
-    batch in an iteration.
+    Defaults: AutoAttack's standard settings (:mod:`smoothguard.defaults`), 5,000 queries
+    and p_init = 0.8. The paper (Andriushchenko et al. 2020) uses 10,000 queries and
+    p_init = 0.05 (l_inf) / 0.1 (l_2) on ImageNet; pass them to reproduce it. The same
+    square position serves all images of a batch in an iteration.
     """
 
     name = "square"
@@ -76,8 +78,8 @@ class Square(Attack):
         self,
         model,
         norm: str = "linf",
-        eps: float = 0.3,
-        max_queries: int = 10_000,
+        eps: float | None = None,
+        max_queries: int = SQUARE_QUERIES,
         p_init: float | None = None,
         seed: int | None = None,
         force: bool = False,
@@ -86,7 +88,7 @@ class Square(Attack):
         super().__init__(model, norm=norm, eps=eps, seed=seed, force=force, sanity_checks=sanity_checks)
         self.max_queries = check_int("max_queries", max_queries, 2)
         if p_init is None:
-            p_init = 0.05 if norm == "linf" else 0.1
+            p_init = SQUARE_P_INIT
         self.p_init = check_fraction("p_init", p_init)
 
     def _loss(self, logits, y, t):

@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 
+from smoothguard.cli._conventions import DEFAULT_DATA
 from smoothguard.attacks.registry import COMMAND_ATTACKS, get_attack_entry
 from smoothguard.cli._provenance import model_settings  # noqa: F401 - also imported from here by _smoothing_run
 from smoothguard.contract import check_eps, check_int, check_norm, check_positive, write_text_atomic
+from smoothguard.defaults import ATTACK_BATCH, default_eps
 from smoothguard.evaluation.formats import ATTACK, summarize_attack
 from smoothguard.cli.common import (add_channels_last_argument, add_data_arguments, add_model_factory_arguments,
                                     prepare_for_speed, load_data,
@@ -36,39 +38,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="checkpoint to attack (default: the embedded Fashion-MNIST LeNet)")
     add_model_factory_arguments(p)
-    add_data_arguments(p, default="demo")
+    add_data_arguments(p, default=DEFAULT_DATA)
     g = p.add_argument_group("attack")
     g.add_argument("--attack", default="pgd", help=f"one of: {', '.join(ATTACK_NAMES)}")
     g.add_argument("--norm", default="linf", help="threat model: linf or l2 (fgsm: linf; fgm, cw, ddn: l2)")
-    g.add_argument("--eps", default="0.1",
-                   help="radius in [0,1] pixel units; cw and ddn also accept 'none' (minimal perturbation)")
+    g.add_argument("--eps", default=None,
+                   help="radius in [0,1] pixel units (default: linf 0.1, l2 1.0); the minimal-perturbation "
+                        "attacks cw, ddn and fab also accept 'none' (no bound)")
     g.add_argument("--steps", type=int, default=None,
                    help="iterations (default: pgd 40, apgd 100, ddn 100, cw 1000; not used by fgsm/fgm/square/nattack)")
     g.add_argument("--restarts", type=int, default=1, help="random restarts (pgd, apgd)")
     g.add_argument("--step-size", type=float, default=None, help="pgd step in pixel units (default 2.5*eps/steps)")
     g.add_argument("--loss", default="ce", help="ce, cw (C&W margin) or dlr (pgd, apgd, fgsm, fgm, ddn)")
     g.add_argument("--queries", type=int, default=None,
-                   help="query budget per image for square / nattack (default 10000)")
+                   help="query budget per image (default: square 5000, AutoAttack's; nattack 10000)")
     g.add_argument("--eot", type=int, default=1, help="gradient samples per step (stochastic models)")
     g.add_argument("--target-model", default=None,
                    help="transfer: craft the examples on --model and evaluate them on this checkpoint")
-    g.add_argument("--batch", type=int, default=250, help="images per attack call")
+    g.add_argument("--batch", type=int, default=ATTACK_BATCH, help="images per attack call")
     add_channels_last_argument(g)
     g.add_argument("--out", default=None,
                    help="result TSV (flushed per group; rerun with the same --out to resume). Default: stdout")
     g.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming it")
 
 
-def parse_eps(text: str, attack: str) -> float | None:
+def parse_eps(text: str | None, attack: str, norm: str = "linf") -> float | None:
+    """--eps: a radius, or 'none' (no bound) for the minimal-perturbation attacks; not given:
+    the default radius of the norm (smoothguard.defaults.EPS)."""
+    minimal = [e.name for e in COMMAND_ATTACKS.values() if e.cls.minimal]
+    if text is None:
+        return default_eps(norm)
     if str(text).lower() == "none":
-        if attack not in ("cw", "ddn"):
-            raise ValueError(f"--eps none (minimal perturbation) is only allowed for --attack cw or ddn, not {attack}")
+        if attack not in minimal:
+            raise ValueError(f"--eps none (minimal perturbation) is only allowed for --attack "
+                             f"{', '.join(minimal)}, not {attack}")
         return None
     try:
         eps = float(text)
     except ValueError:
-        raise ValueError(f"--eps must be a positive number in [0,1] pixel units (or 'none' for cw/ddn); "
-                         f"got {text!r}") from None
+        raise ValueError(f"--eps must be a positive number in [0,1] pixel units (or 'none' for "
+                         f"{', '.join(minimal)}); got {text!r}") from None
     return check_positive("--eps", eps)
 
 
@@ -79,7 +88,7 @@ def validate(args: argparse.Namespace) -> None:
     if args.norm not in entry.norms:
         raise ValueError(f"--norm {args.norm} is not supported by --attack {args.attack}; "
                          f"allowed: {', '.join(entry.norms)}")
-    args.eps_value = parse_eps(args.eps, args.attack)
+    args.eps_value = parse_eps(args.eps, args.attack, args.norm)
     if args.eps_value is not None:
         check_eps(args.eps_value, args.norm, "--eps")
     if args.loss not in ("ce", "cw", "dlr"):

@@ -63,6 +63,7 @@ attacks = "fgsm,pgd"
 steps = 3
 restarts = 1
 max = 8
+curves = true
 curve_steps = 2
 eps_grid_linf = "0,0.1"
 eps_grid_l2 = "0,1"

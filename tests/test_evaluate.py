@@ -220,18 +220,18 @@ def test_library_imports_without_matplotlib_or_tqdm():
 def test_evaluate_command_writes_every_artifact(tmp_path, capsys):
     out = tmp_path / "ev"
     argv = ["evaluate", "--max", "10", "--steps", "5", "--restarts", "2", "--apgd-steps", "5", "--queries", "20",
-            "--curve-steps", "3", "--eps-grid-linf", "0,0.1", "--eps-grid-l2", "0,1", "--loss-restarts", "4",
+            "--fab-steps", "3", "--apgd-targets", "2", "--curves", "--curve-steps", "3", "--eps-grid-linf", "0,0.1", "--eps-grid-l2", "0,1", "--loss-restarts", "4",
             "--loss-examples", "2", "--grid-examples", "3", "--threads", "1", "--out-dir", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "worst case (all attacks)" in printed and "PGD-5, 2 restarts (CE)" in printed
+    assert "worst case (all attacks)" in printed and "FAB-T (3, 2 targets)" in printed
     for name in ("table.md", "table.csv", "table.json", "per_example.tsv", "accuracy_vs_eps.png",
                  "accuracy_vs_eps.svg", "restart_losses.png", "restart_losses.svg", "examples.png", "examples.svg"):
         assert (out / name).stat().st_size > 0, name
     assert not list(out.glob("*.tmp"))
     result = json.loads((out / "table.json").read_text())
     ev = result["evaluation"]
-    assert [r["key"] for r in ev["rows"]] == ["fgsm", "pgd", "pgd-cw", "apgd-ce", "apgd-dlr", "square"]
+    assert [r["key"] for r in ev["rows"]] == ["fgsm", "apgd-ce", "apgd-t", "fab-t", "square"]
     assert result["settings"]["command"].startswith("smoothguard evaluate")
     assert [c["norm"] for c in result["curves"]] == ["linf", "l2"]
     per = (out / "per_example.tsv").read_text().splitlines()
@@ -248,12 +248,31 @@ def test_evaluate_command_writes_every_artifact(tmp_path, capsys):
     (["--attacks", "pgd,bim"], "--attacks must be a comma-separated subset of fgsm, pgd, pgd-cw"),
     (["--eps", "2"], "--eps 2.0 > 1"),
     (["--restarts", "0"], "--restarts must be an integer >= 1"),
-    (["--eps-grid-l2", "0,x"], "--eps-grid-l2 must be comma-separated numbers"),
+    (["--curves", "--eps-grid-l2", "0,x"], "--eps-grid-l2 must be comma-separated numbers"),
+    (["--eps-grid-l2", "0,1"], "--eps-grid-l2 shapes the accuracy-vs-eps curves, which are opt-in: add --curves"),
+    (["--curve-steps", "5"], "--curve-steps shapes the accuracy-vs-eps curves, which are opt-in: add --curves"),
+    (["--curves", "--no-curves"], "--curves and --no-curves contradict each other"),
+    (["--fab-steps", "0"], "--fab-steps must be an integer >= 1"),
     (["--transfer-from", "/nonexistent.pt"], "--transfer-from: no such checkpoint"),
 ])
 def test_evaluate_bad_options_exit_2(argv, match, tmp_path, capsys):
     assert main(["evaluate", *argv, "--out-dir", str(tmp_path / "x")]) == 2
     assert match in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_evaluate_default_run_has_no_curves_or_histogram(tmp_path, capsys):
+    """Curves and the restart histogram are opt-in: a default run writes the table, the
+    per-example rows and the image grid only, and --no-curves (deprecated) still parses."""
+    out = tmp_path / "ev"
+    argv = ["evaluate", "--max", "4", "--apgd-steps", "2", "--fab-steps", "2", "--apgd-targets", "1",
+            "--queries", "4", "--grid-examples", "2", "--threads", "1", "--no-curves", "--out-dir", str(out)]
+    assert main(argv) == 0
+    assert "--no-curves is deprecated" in capsys.readouterr().err
+    result = json.loads((out / "table.json").read_text())
+    assert "curves" not in result and "restart_losses" not in result
+    assert not list(out.glob("accuracy_vs_eps*")) and not list(out.glob("restart_losses*"))
+    assert (out / "examples.png").exists() or result["evaluation"]["clean_accuracy"] == 0
     assert not (tmp_path / "x").exists()
 
 
@@ -267,7 +286,7 @@ def test_evaluate_command_transfer_row_and_l2(tmp_path, capsys):
     save_checkpoint(path, src, {k: meta[k] for k in ("arch", "num_classes", "in_shape", "mean", "std")})
     out = tmp_path / "ev"
     argv = ["evaluate", "--max", "6", "--norm", "l2", "--attacks", "fgsm,pgd", "--steps", "3", "--restarts", "1",
-            "--transfer-from", str(path), "--no-curves", "--loss-restarts", "0", "--no-plots", "--threads", "1",
+            "--transfer-from", str(path), "--no-plots", "--threads", "1",
             "--out-dir", str(out)]
     assert main(argv) == 0
     ev = json.loads((out / "table.json").read_text())["evaluation"]

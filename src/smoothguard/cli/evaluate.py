@@ -1,6 +1,6 @@
-"""``smoothguard evaluate``: a Madry et al. (Table 1) style robustness table from a
-cascade of attacks, with accuracy-vs-eps curves, restart-loss histograms and an image
-grid."""
+"""``smoothguard evaluate``: a worst-case robustness table from a cascade of attacks (by
+default FGSM and AutoAttack's standard suite), an image grid, and on request accuracy-vs-eps
+curves and restart-loss histograms (Madry et al. 2018, Table 1 and Figure 2)."""
 
 from __future__ import annotations
 
@@ -16,20 +16,24 @@ from pathlib import Path
 import torch
 
 from smoothguard.contract import check_eps, check_fraction, check_int, check_norm, check_positive, write_text_atomic
+from smoothguard.defaults import (APGD_STEPS, ATTACK_BATCH, EPS, FAB_STEPS, N_TARGETS, PGD_STEPS,
+                                  SQUARE_QUERIES)
 from smoothguard.cli.common import (add_channels_last_argument, add_data_arguments, add_model_factory_arguments,
                                     prepare_for_speed, load_data,
                                     load_model_arg, parse_floats, progress)
 
-HELP = "evaluate robustness: a cascade of attacks (FGSM, PGD, APGD, Square, transfer) -> worst-case table + plots"
+HELP = "evaluate robustness: a worst-case cascade of attacks (by default FGSM + AutoAttack's standard suite)"
 DESCRIPTION = (
-    "Runs FGSM, PGD (k steps, r restarts, CE), PGD with the C&W loss, APGD-CE, APGD-DLR, Square and transfer "
-    "attacks as a cascade: each attack only on the points still robust, so each row is the running worst case "
-    "and the last row the worst case per example. Writes table.md/.csv/.json, per_example.tsv, "
-    "accuracy-vs-eps curves for linf and l2, a histogram of PGD losses over random restarts (Madry et al. "
-    "Figure 2) and a clean/perturbation/adversarial image grid into --out-dir. eps in [0,1] pixel units."
+    "Runs a cascade of attacks, each only on the points still robust after the ones before it, so each row "
+    "is the running worst case and the last row the worst case per example. Default cascade: FGSM, then "
+    "AutoAttack's standard suite (APGD-CE, APGD-T and FAB-T against the 9 highest wrong classes, Square with "
+    "5000 queries); --attacks adds PGD (k steps, r restarts), PGD with the C&W loss, APGD-DLR and transfer "
+    "rows. Writes table.md/.csv/.json, per_example.tsv and a clean/perturbation/adversarial image grid into "
+    "--out-dir; --curves adds accuracy-vs-eps curves for linf and l2 and --loss-restarts N a histogram of PGD "
+    "losses over N random restarts (Madry et al. Figure 2). eps in [0,1] pixel units."
 )
 
-DEFAULT_EPS = {"linf": 0.1, "l2": 1.0}
+DEFAULT_EPS = EPS  # one default per norm, shared with the library (smoothguard.defaults)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,12 +47,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eps", type=float, default=None, help="radius in [0,1] pixel units (default: linf 0.1, l2 1.0)")
     g.add_argument("--attacks", default=",".join(DEFAULT_CASCADE),
                    help=f"comma-separated rows, in cascade order; allowed: {', '.join(CASCADE_ATTACKS)}")
-    g.add_argument("--steps", type=int, default=40, help="PGD steps (PGD, CW-loss PGD and transfer rows)")
+    g.add_argument("--steps", type=int, default=PGD_STEPS, help="PGD steps (PGD, CW-loss PGD and transfer rows)")
     g.add_argument("--restarts", type=int, default=10, help="PGD random restarts")
     g.add_argument("--step-size", type=float, default=None, help="PGD step in pixel units (default 2.5*eps/steps)")
-    g.add_argument("--apgd-steps", type=int, default=100, help="APGD iterations (paper: 100)")
-    g.add_argument("--apgd-targets", type=int, default=9, help="target classes of the apgd-t row")
-    g.add_argument("--queries", type=int, default=5000, help="Square query budget per point")
+    g.add_argument("--apgd-steps", type=int, default=APGD_STEPS, help="APGD iterations (paper: 100)")
+    g.add_argument("--fab-steps", type=int, default=FAB_STEPS, help="FAB iterations per target (paper: 100)")
+    g.add_argument("--apgd-targets", type=int, default=N_TARGETS,
+                   help="target classes of the apgd-t and fab-t rows (the highest-scoring wrong classes)")
+    g.add_argument("--queries", type=int, default=SQUARE_QUERIES, help="Square query budget per point")
     g.add_argument("--transfer-from", default=None,
                    help="comma-separated surrogate checkpoints: PGD crafted on each, evaluated on --model")
     g.add_argument("--eot", type=int, default=1, help="gradient samples per step (stochastic models)")
@@ -57,17 +63,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--masking-tolerance", type=float, default=0.005,
                    help="fraction of points black-box/transfer rows may fool beyond the white-box rows "
                         "before the gradient-masking warning")
-    g.add_argument("--batch", type=int, default=500, help="images per attack call")
+    g.add_argument("--batch", type=int, default=ATTACK_BATCH, help="images per attack call")
     add_channels_last_argument(g)
-    c = p.add_argument_group("curves and figures")
-    c.add_argument("--eps-grid", default=None, help="eps values for the --norm curve (comma-separated)")
-    c.add_argument("--eps-grid-linf", default=None, help="eps values of the linf curve (default 0,.02,.05,.075,.1,.15,.2,.3)")
-    c.add_argument("--eps-grid-l2", default=None, help="eps values of the l2 curve (default 0,.25,.5,1,1.5,2,3)")
-    c.add_argument("--curve-steps", type=int, default=20,
-                   help="steps of the curve attacks (PGD-CE then APGD-DLR at each eps)")
-    c.add_argument("--no-curves", action="store_true", help="skip the accuracy-vs-eps curves")
-    c.add_argument("--loss-restarts", type=int, default=50,
-                   help="random restarts for the loss histogram (0: skip it)")
+    c = p.add_argument_group("curves and figures (opt-in: each costs about as much as the cascade)")
+    c.add_argument("--curves", action="store_true",
+                   help="also compute accuracy-vs-eps curves for linf and l2 (PGD-CE then APGD-DLR at each eps)")
+    c.add_argument("--no-curves", action="store_true", help=argparse.SUPPRESS)  # deprecated: curves are opt-in now
+    c.add_argument("--eps-grid", default=None, help="with --curves: eps values of the --norm curve (comma-separated)")
+    c.add_argument("--eps-grid-linf", default=None,
+                   help="with --curves: eps values of the linf curve (default 0,.02,.05,.075,.1,.15,.2,.3)")
+    c.add_argument("--eps-grid-l2", default=None,
+                   help="with --curves: eps values of the l2 curve (default 0,.25,.5,1,1.5,2,3)")
+    c.add_argument("--curve-steps", type=int, default=None,
+                   help="with --curves: steps of the curve attacks (default 20)")
+    c.add_argument("--loss-restarts", type=int, default=0,
+                   help="PGD random restarts for the loss histogram of Madry et al. Figure 2 (default 0: no "
+                        "histogram; the paper's figure uses 50)")
     c.add_argument("--loss-examples", type=int, default=5, help="examples in the loss histogram")
     c.add_argument("--grid-examples", type=int, default=8, help="examples in the image grid (0: skip it)")
     c.add_argument("--no-plots", action="store_true", help="write the tables only")
@@ -92,8 +103,9 @@ def validate(args: argparse.Namespace) -> None:
                          f"got {bad[0] if bad else args.attacks!r}")
     for name, v, lo in (("--steps", args.steps, 1), ("--restarts", args.restarts, 1),
                         ("--apgd-steps", args.apgd_steps, 1), ("--apgd-targets", args.apgd_targets, 1),
+                        ("--fab-steps", args.fab_steps, 1),
                         ("--queries", args.queries, 2), ("--eot", args.eot, 1), ("--batch", args.batch, 1),
-                        ("--curve-steps", args.curve_steps, 1), ("--loss-restarts", args.loss_restarts, 0),
+                        ("--loss-restarts", args.loss_restarts, 0),
                         ("--loss-examples", args.loss_examples, 1), ("--grid-examples", args.grid_examples, 0),
                         ("--skip", args.skip, 1)):
         _positive_int(name, v, lo)
@@ -102,6 +114,19 @@ def validate(args: argparse.Namespace) -> None:
     if args.step_size is not None:
         check_positive("--step-size (pixel units)", args.step_size)
     check_fraction("--masking-tolerance", args.masking_tolerance, low_open=False, high_open=True)
+    if args.no_curves:
+        print("smoothguard evaluate: --no-curves is deprecated and has no effect: curves are opt-in (--curves) "
+              "since the cascade's cost alone is what a default run should pay", file=sys.stderr)
+        if args.curves:
+            raise ValueError("--curves and --no-curves contradict each other (curves are opt-in: drop --no-curves)")
+    curve_opts = [o for o, v in (("--eps-grid", args.eps_grid), ("--eps-grid-linf", args.eps_grid_linf),
+                                 ("--eps-grid-l2", args.eps_grid_l2), ("--curve-steps", args.curve_steps))
+                  if v is not None]
+    if curve_opts and not args.curves:
+        raise ValueError(f"{curve_opts[0]} shapes the accuracy-vs-eps curves, which are opt-in: add --curves")
+    if args.curve_steps is None:
+        args.curve_steps = 20
+    check_int("--curve-steps", args.curve_steps, minimum=1)
     from smoothguard.evaluation.robustness import DEFAULT_EPS_GRID
 
     grids = {}
@@ -197,7 +222,8 @@ def run(args: argparse.Namespace) -> int:
 
     rows = build_cascade(model, args.norm, args.eps, attacks=args.attack_list, steps=args.steps,
                          restarts=args.restarts, step_size=args.step_size, apgd_steps=args.apgd_steps,
-                         apgd_targets=args.apgd_targets, square_queries=args.queries, sources=sources,
+                         apgd_targets=args.apgd_targets, fab_steps=args.fab_steps, square_queries=args.queries,
+                         sources=sources,
                          eot=args.eot, seed=args.seed)
     x, y = data.images, data.labels
     bar = _Bar()
@@ -221,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
         "data": args.data, "root": args.root, "split": args.split, "skip": args.skip, "max": args.max,
         "norm": args.norm, "eps": args.eps, "attacks": args.attack_list, "steps": args.steps,
         "restarts": args.restarts, "step_size": args.step_size, "apgd_steps": args.apgd_steps,
+        "apgd_targets": args.apgd_targets, "fab_steps": args.fab_steps,
         "queries": args.queries, "transfer_from": args.sources, "eot": args.eot, "seed": args.seed,
         "independent": args.independent, "device": str(args.device), "threads": torch.get_num_threads(),
     }
@@ -232,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = {"settings": settings, "evaluation": ev.to_dict()}
     figures: list[str] = []
-    if not args.no_curves:
+    if args.curves:
         curves = []
         for norm in ("linf", "l2"):
             with warnings.catch_warnings():

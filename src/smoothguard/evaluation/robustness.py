@@ -42,6 +42,7 @@ from torch import nn
 
 from smoothguard.attacks import (
     APGD,
+    FAB,
     FGM,
     FGSM,
     NORMS,
@@ -53,6 +54,7 @@ from smoothguard.attacks import (
     check_blackbox_vs_whitebox,
 )
 from smoothguard.attacks.base import eval_mode
+from smoothguard.defaults import APGD_STEPS, ATTACK_BATCH, FAB_STEPS, N_TARGETS, PGD_STEPS, SQUARE_QUERIES
 from smoothguard.contract import (check_fraction, check_images, check_int, check_labels, check_logits, forward_errors,
                                   model_in_shape)
 from smoothguard.utils import model_device
@@ -62,8 +64,11 @@ KINDS = (WHITE_BOX, BLACK_BOX, TRANSFER)
 
 # Keys of the attacks :func:`build_cascade` knows, in cascade order (cheap to expensive,
 # white-box before black-box). "fgsm" is FGM (the l_2 step) when norm == "l2".
-CASCADE_ATTACKS = ("fgsm", "pgd", "pgd-cw", "apgd-ce", "apgd-dlr", "apgd-t", "square")
-DEFAULT_CASCADE = ("fgsm", "pgd", "pgd-cw", "apgd-ce", "apgd-dlr", "square")
+CASCADE_ATTACKS = ("fgsm", "pgd", "pgd-cw", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
+# The default: AutoAttack's standard suite (APGD-CE, APGD-T with 9 targets, FAB-T with 9
+# targets, Square with 5000 queries; Croce & Hein 2020) behind one FGSM step that removes the
+# points a single gradient step already fools, for about one gradient evaluation each.
+DEFAULT_CASCADE = ("fgsm", "apgd-ce", "apgd-t", "fab-t", "square")
 
 ProgressFn = Callable[[str, int], None]
 
@@ -108,12 +113,13 @@ def build_cascade(
     eps: float,
     *,
     attacks: Sequence[str] = DEFAULT_CASCADE,
-    steps: int = 40,
+    steps: int = PGD_STEPS,
     restarts: int = 10,
     step_size: float | None = None,
-    apgd_steps: int = 100,
-    apgd_targets: int = 9,
-    square_queries: int = 5000,
+    apgd_steps: int = APGD_STEPS,
+    apgd_targets: int = N_TARGETS,
+    fab_steps: int = FAB_STEPS,
+    square_queries: int = SQUARE_QUERIES,
     sources: Sequence[tuple[str, nn.Module]] = (),
     transfer_steps: int | None = None,
     eot: int = 1,
@@ -131,8 +137,12 @@ def build_cascade(
     * ``apgd-ce`` / ``apgd-dlr``: APGD with ``apgd_steps`` iterations (paper: 100);
     * ``apgd-t``: targeted APGD-DLR against the ``apgd_targets`` highest wrong classes
       (AutoAttack standard: 9);
-    * ``square``: the Square attack with ``square_queries`` queries per point
-      (AutoAttack standard: 5000; paper: 10,000).
+    * ``fab-t``: targeted FAB (Croce & Hein 2020), ``fab_steps`` iterations against the same
+      ``apgd_targets`` classes, eps-bounded (a point stops once broken within eps);
+    * ``square``: the Square attack with ``square_queries`` queries per point and p_init 0.8
+      (AutoAttack standard; paper: 10,000 queries).
+
+    The default, :data:`DEFAULT_CASCADE`, is FGSM then AutoAttack's standard suite.
 
     ``sources``: (name, surrogate model) pairs; each adds a transfer row: PGD-``steps``
     (one restart) crafted on the surrogate, evaluated on ``model``. Transfer rows come
@@ -166,6 +176,10 @@ def build_cascade(
     if "apgd-t" in want:
         rows.append(CascadeAttack("apgd-t", f"APGD-T ({apgd_steps}, {apgd_targets} targets)",
                                   APGD(model, loss="dlr", **apgd_kw), n_targets=apgd_targets))
+    if "fab-t" in want:
+        rows.append(CascadeAttack("fab-t", f"FAB-T ({fab_steps}, {apgd_targets} targets)",
+                                  FAB(model, norm=norm, eps=eps, steps=fab_steps, seed=seed, force=force),
+                                  n_targets=apgd_targets))
     for name, source in sources:
         src = PGD(source, norm=norm, eps=eps, steps=transfer_steps or steps, step_size=step_size,
                   restarts=1, loss="ce", seed=seed, force=force)
@@ -421,7 +435,7 @@ def evaluate_robustness(
     y: torch.Tensor,
     attacks: Sequence[CascadeAttack],
     *,
-    batch_size: int = 500,
+    batch_size: int = ATTACK_BATCH,
     independent: bool = False,
     masking_tolerance: float = 0.005,
     progress: ProgressFn | None = None,
@@ -601,7 +615,7 @@ def accuracy_vs_eps(
     *,
     steps: int = 20,
     seed: int | None = 0,
-    batch_size: int = 500,
+    batch_size: int = ATTACK_BATCH,
     progress: ProgressFn | None = None,
 ) -> EpsCurve:
     """Robust accuracy at every eps of ``eps_grid`` (sorted increasingly; eps = 0 is the

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from smoothguard.cli._conventions import DEFAULT_TRAIN_DATA
-from smoothguard.cli._smoothing_run import file_sha256
+from smoothguard.evaluation.resultfile import file_sha256
 from smoothguard.cli.common import add_data_arguments
 from smoothguard.cli.train import _Bar, add_loop_arguments, fit_in_out_dir, load_train_test, require_out_dir
 from smoothguard.models import DENOISERS, get_denoiser, load_checkpoint

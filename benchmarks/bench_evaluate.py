@@ -1,142 +1,155 @@
-"""Side-by-side robustness evaluation: smoothguard ``evaluate`` (cascade worst case) vs
-torchattacks' AutoAttack (standard version, steps raised to the paper's 100) and
-torchattacks' APGD-CE with 100 steps.
+"""`smoothguard evaluate` (defaults) against the reference AutoAttack (Croce & Hein 2020,
+github.com/fra31/auto-attack, "standard" version), side by side, per image.
 
-Same model, same images, same threat model, one process; robust accuracy, wall time and
-the largest perturbation norm each method returned. torchattacks' AutoAttack ("standard":
-APGD-CE, APGD-T with 9 targets, FAB-T with 9 targets, Square with 5000 queries) builds its
-APGD / APGD-T / FAB with ``steps=10`` (torchattacks 3.5.1); Croce & Hein's standard
-AutoAttack uses 100 iterations for each, so they are raised to ``--aa-steps`` (100) here.
+For each model the first N test images are attacked by
 
-Targets (issue 4): our worst case at most 0.5 point above AutoAttack's robust accuracy,
-in at most half its time.
+* our whole command, as a user runs it with no attack flags:
+  ``python -m smoothguard evaluate --model CKPT --data fashion-mnist --split test --max N
+  --norm N --eps E --threads T --out-dir DIR`` (start-up, model preparation, the cascade, the
+  tables and the example grid: the wall time of the process), and
+* AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square 5000) in a process of its own
+  (``benchmarks/_autoattack_run.py``: start-up, the same checkpoint loaded the safe way,
+  ``run_standard_evaluation``), on the model as loaded;
 
-    python benchmarks/bench_evaluate.py                         # 500 demo images, embedded model
-    python benchmarks/bench_evaluate.py --model runs/standard_lenet.pt
-    python benchmarks/bench_evaluate.py --quick                 # 100 images, smoke test
+the two alternate in order from model to model, so a drift in the machine's load hits both.
+Reported per model: robust accuracy of each, the images robust under evaluate but broken by
+AutoAttack (target 0) and the reverse, and the ratio of summed wall times (target <= 0.5).
+
+AutoAttack is never a dependency of smoothguard: pass the folder that holds its
+``autoattack`` package (a checkout of the repository, e.g. fetched to /tmp/aa) with
+``--autoattack-src``. Results are appended per model to ``--out`` (JSON lines) and a rerun
+with the same ``--out`` skips the models already there.
+
+    python benchmarks/bench_evaluate.py --autoattack-src /tmp/aa \\
+        --model standard=runs/standard/model.pt --model pgd_at=runs/pgd_at/model.pt \\
+        --model trades=runs/trades/model.pt --n 500 --out runs/bench_evaluate.jsonl
+    python benchmarks/bench_evaluate.py ... --norm l2 --eps 1.0 --model pgd_at=...
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
-import warnings
+from pathlib import Path
 
-import torch
-
-from smoothguard.attacks import RobustnessWarning, lp_norms
-from smoothguard.data import load_dataset
-from smoothguard.evaluation.robustness import DEFAULT_CASCADE, build_cascade, evaluate_robustness
+HERE = Path(__file__).resolve().parent
 
 
-def robust_acc(model, x_adv, y, batch=500) -> float:
-    with torch.no_grad():
-        pred = torch.cat([model(c).argmax(1) for c in x_adv.split(batch)])
-    return float((pred == y).float().mean())
+def run_ours(model: str | None, a, skip: int, count: int, out_dir: Path) -> tuple[float, list[int], dict]:
+    cmd = [sys.executable, "-m", "smoothguard", "evaluate", "--data", a.data, "--split", "test",
+           "--max", str(count), "--norm", a.norm, "--eps", str(a.eps), "--threads", str(a.threads),
+           "--out-dir", str(out_dir)]
+    if model is not None:
+        cmd += ["--model", model]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"evaluate failed:\n{proc.stderr[-3000:]}")
+    lines = (out_dir / "per_example.tsv").read_text().splitlines()
+    head = lines[0].split("\t")
+    robust = [int(line.split("\t")[head.index("robust")]) for line in lines[1:]]
+    table = json.loads((out_dir / "table.json").read_text())
+    rows = {r["key"]: {"attacked": r["attacked"], "fooled": r["fooled"], "seconds": r["seconds"]}
+            for r in table["evaluation"]["rows"]}
+    return wall, robust, rows
 
 
-def max_norm(x_adv, x, norm) -> float:
-    return float(lp_norms(x_adv.detach() - x, norm).max())
+def run_autoattack(model: str | None, a, skip: int, count: int, out_json: Path) -> tuple[float, list[int]]:
+    cmd = [sys.executable, str(HERE / "_autoattack_run.py"), "--autoattack-src", a.autoattack_src,
+           "--data", a.data, "--skip", str(skip), "--max", str(count), "--norm", a.norm, "--eps", str(a.eps),
+           "--threads", str(a.threads), "--out", str(out_json)]
+    if model is not None:
+        cmd += ["--model", model]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"AutoAttack failed:\n{proc.stderr[-3000:]}")
+    return wall, json.loads(out_json.read_text())["robust"]
+
+
+def cpu_flags() -> str:
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "unknown"
+    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16") if f in flags) or "none of avx2/avx512"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="checkpoint (default: the embedded model)")
-    p.add_argument("--n", type=int, default=500, help="demo images")
+    p.add_argument("--model", action="append", default=[],
+                   help="NAME=CHECKPOINT (repeatable); NAME=embedded: the bundled model")
+    p.add_argument("--autoattack-src", required=True, help="folder holding the reference `autoattack` package")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--n", type=int, default=500, help="test images (the first N)")
     p.add_argument("--norm", default="linf", choices=["linf", "l2"])
     p.add_argument("--eps", type=float, default=0.1)
-    p.add_argument("--steps", type=int, default=40, help="our PGD steps")
-    p.add_argument("--restarts", type=int, default=10, help="our PGD restarts")
-    p.add_argument("--queries", default="5000",
-                   help="our Square budget; a comma-separated list runs our cascade once per budget")
-    p.add_argument("--attacks", default=",".join(DEFAULT_CASCADE), help="our cascade rows")
-    p.add_argument("--aa-steps", type=int, default=100, help="steps of AutoAttack's APGD / APGD-T / FAB")
-    p.add_argument("--skip-aa", action="store_true", help="leave out AutoAttack (slow)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="100 images, 5 restarts, 20 AutoAttack steps")
-    p.add_argument("--no-channels-last", action="store_true",
-                   help="run our cascade on the model as loaded (the evaluate command converts CPU models to "
-                        "channels_last and swaps ReLU -> MaxPool pairs by default; the peers always get the model "
-                        "as loaded)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.n, args.restarts, args.aa_steps = 100, 5, 20
-    args.queries = [int(q) for q in str(args.queries).split(",") if q.strip()]
-    torch.set_num_threads(args.threads)
-    from smoothguard.cli.common import prepare_for_speed
-    from smoothguard.models import load_checkpoint, load_default_model
+    p.add_argument("--out", required=True, help="JSON lines, one per (model, chunk); resumed when present")
+    a = p.parse_args(argv)
+    if not a.model:
+        p.error("give at least one --model NAME=CHECKPOINT")
+    if not (Path(a.autoattack_src) / "autoattack" / "__init__.py").exists():
+        p.error(f"--autoattack-src {a.autoattack_src!r} holds no autoattack/__init__.py")
+    out = Path(a.out)
+    done = {}
+    if out.exists():
+        for line in out.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                done[(r["model"], r["norm"], r["eps"], r["skip"], r["count"])] = r
+    models = []
+    for spec in a.model:
+        name, _, path = spec.partition("=")
+        models.append((name, None if path in ("", "embedded") else path))
+    for k, (name, path) in enumerate(models):
+        for skip in (0,):
+            count = a.n
+            key = (name, a.norm, a.eps, skip, count)
+            if key in done:
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                tmp = Path(tmp)
+                order = ("ours", "aa") if k % 2 == 0 else ("aa", "ours")
+                res = {}
+                for who in order:
+                    if who == "ours":
+                        res["ours"] = run_ours(path, a, skip, count, tmp / "ev")
+                    else:
+                        res["aa"] = run_autoattack(path, a, skip, count, tmp / "aa.json")
+            (w_ours, r_ours, rows), (w_aa, r_aa) = res["ours"], res["aa"]
+            rec = {"model": name, "checkpoint": path, "norm": a.norm, "eps": a.eps, "skip": skip, "count": count,
+                   "order": list(order), "ours_seconds": w_ours, "aa_seconds": w_aa, "ours_robust": r_ours,
+                   "aa_robust": r_aa, "ours_rows": rows, "threads": a.threads, "cpu_flags": cpu_flags(),
+                   "loadavg": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M")}
+            with out.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            done[key] = rec
+            print(f"{name} images {skip}-{skip + count - 1}: ours {w_ours:.1f} s, AutoAttack {w_aa:.1f} s, "
+                  f"robust {sum(r_ours)} vs {sum(r_aa)}", file=sys.stderr, flush=True)
 
-    model, meta = load_default_model() if args.model is None else load_checkpoint(args.model)
-    model.eval()
-    ds = load_dataset("demo")
-    x, y = ds.images[: args.n], ds.labels[: args.n]
-    clean = robust_acc(model, x, y)
-    rows = []
-
-    # ours: the evaluate cascade (once per Square budget in --queries)
-    results_ours = []
-    # what the evaluate command runs: its own preparation of the model (channels_last, exact ReLU/MaxPool swap)
-    ours_model = model if args.no_channels_last else prepare_for_speed(
-        copy.deepcopy(model), argparse.Namespace(channels_last=True))
-    for q in args.queries:
-        cascade = build_cascade(ours_model, args.norm, args.eps, attacks=args.attacks.split(","), steps=args.steps,
-                                restarts=args.restarts, square_queries=q, seed=args.seed)
-        t = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RobustnessWarning)
-            ev = evaluate_robustness(ours_model, x, y, cascade, batch_size=500)
-        t_ours = time.perf_counter() - t
-        results_ours.append((q, ev, t_ours))
-        rows.append(("smoothguard evaluate (cascade: " + ", ".join(r.label for r in cascade) + ")",
-                     ev.robust_accuracy, t_ours, float(ev.norms.max())))
-        print(ev.to_markdown(f"smoothguard evaluate, Square {q} queries"), file=sys.stderr)
-
-    try:
-        import torchattacks
-    except Exception:  # noqa: BLE001
-        torchattacks = None
-    t_aa = acc_aa = None
-    if torchattacks is not None:
-        ta_norm = "Linf" if args.norm == "linf" else "L2"
-        apgd = torchattacks.APGD(model, norm=ta_norm, eps=args.eps, steps=100, n_restarts=1, loss="ce",
-                                 seed=args.seed)
-        t = time.perf_counter()
-        xa = apgd(x, y)
-        t_apgd = time.perf_counter() - t
-        rows.append((f"torchattacks {torchattacks.__version__} APGD-CE (100 steps)", robust_acc(model, xa, y),
-                     t_apgd, max_norm(xa, x, args.norm)))
-        if not args.skip_aa:
-            aa = torchattacks.AutoAttack(model, norm=ta_norm, eps=args.eps, version="standard", n_classes=10,
-                                         seed=args.seed)
-            raised = []
-            for sub in aa._autoattack.attacks:
-                if hasattr(sub, "steps") and sub.steps < args.aa_steps:
-                    raised.append(f"{type(sub).__name__} {sub.steps}->{args.aa_steps}")
-                    sub.steps = args.aa_steps
-            t = time.perf_counter()
-            xa = aa(x, y)
-            t_aa = time.perf_counter() - t
-            acc_aa = robust_acc(model, xa, y)
-            rows.append((f"torchattacks {torchattacks.__version__} AutoAttack standard (steps raised: "
-                         f"{', '.join(raised) or 'none'})", acc_aa, t_aa, max_norm(xa, x, args.norm)))
-
-    model_desc = args.model or "embedded model (" + str(meta.get("arch")) + ", noise_sd " + str(meta.get("noise_sd")) + ")"
-    print(f"\n{model_desc}; {args.n} demo images; {args.norm} eps {args.eps}; clean accuracy {100 * clean:.1f}%; "
-          f"torch threads {torch.get_num_threads()}\n")
-    print("| method | robust accuracy (%) | wall time (s) | max perturbation norm |")
-    print("|---|---:|---:|---:|")
-    for name, acc, sec, mx in rows:
-        print(f"| {name} | {100 * acc:.1f} | {sec:.1f} | {mx:.9g} |")
-    if acc_aa is not None:
-        for q, ev, t_ours in results_ours:
-            gap = 100 * (ev.robust_accuracy - acc_aa)
-            ratio = t_ours / t_aa
-            print(f"\nours (Square {q} queries) - AutoAttack = {gap:+.1f} points (target <= +0.5): "
-                  f"{'met' if gap <= 0.5 else 'MISSED'}; time ratio ours / AutoAttack = {ratio:.2f} "
-                  f"(target <= 0.5): {'met' if ratio <= 0.5 else 'MISSED'}")
+    print(f"\n{a.data} test images, {a.norm} eps {a.eps:g}; torch threads {a.threads}; CPU flags: {cpu_flags()}\n")
+    print("| model | images | robust acc. evaluate (%) | robust acc. AutoAttack (%) | robust under evaluate, "
+          "broken by AutoAttack | the reverse | evaluate wall (s) | AutoAttack wall (s) | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, _ in models:
+        recs = [r for k, r in done.items() if k[0] == name and k[1] == a.norm and k[2] == a.eps]
+        if not recs:
+            continue
+        ours = [v for r in recs for v in r["ours_robust"]]
+        aa = [v for r in recs for v in r["aa_robust"]]
+        missed = sum(1 for o, q in zip(ours, aa) if o and not q)
+        reverse = sum(1 for o, q in zip(ours, aa) if q and not o)
+        t_o, t_a = sum(r["ours_seconds"] for r in recs), sum(r["aa_seconds"] for r in recs)
+        print(f"| {name} | {len(ours)} | {100 * sum(ours) / len(ours):.1f} | {100 * sum(aa) / len(aa):.1f} | "
+              f"{missed} | {reverse} | {t_o:.0f} | {t_a:.0f} | {t_o / t_a:.2f} |")
     print("\ncommand: python benchmarks/bench_evaluate.py " + " ".join(sys.argv[1:] if argv is None else argv))
     return 0
 

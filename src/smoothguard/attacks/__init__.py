@@ -40,10 +40,7 @@ from smoothguard.attacks.smooth import EPGD, SmoothAdvDDN, SmoothAdvPGD
 from smoothguard.attacks.square import Square
 from smoothguard.attacks.transfer import TransferAttack
 
-ATTACKS = {
-    cls.name: cls
-    for cls in (FGSM, FGM, PGD, APGD, FAB, CW, DDN, EPGD, SmoothAdvPGD, SmoothAdvDDN, NAttack, Square)
-}
+from smoothguard.attacks.registry import ATTACKS  # noqa: E402 - the one name -> class table
 
 __all__ = [
     "ATTACKS",

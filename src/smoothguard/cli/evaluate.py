@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from smoothguard.cli._conventions import DEFAULT_DATA
 from smoothguard.contract import check_eps, check_fraction, check_int, check_norm, check_positive, write_text_atomic
 from smoothguard.defaults import (APGD_STEPS, ATTACK_BATCH, EPS, FAB_STEPS, N_TARGETS, PGD_STEPS,
                                   SQUARE_QUERIES)
@@ -41,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", default=None, help="checkpoint (default: the embedded Fashion-MNIST LeNet)")
     add_model_factory_arguments(p)
-    add_data_arguments(p, default="demo")
+    add_data_arguments(p, default=DEFAULT_DATA)
     g = p.add_argument_group("threat model and attacks")
     g.add_argument("--norm", default="linf", help="linf or l2")
     g.add_argument("--eps", type=float, default=None, help="radius in [0,1] pixel units (default: linf 0.1, l2 1.0)")

@@ -22,10 +22,10 @@ target reaches ``--min-score`` percent killed (default 90), else 1.
 
 ``--report`` (with ``--workdir``) prints the summary of the runs kept there without
 running anything. ``--resume`` (with ``--workdir`` of an earlier run) reruns only the
-mutants that were not killed, against the repository's current ``tests/`` (copied over
-the kept copy; the mutated ``src/`` stays the earlier run's): adding tests can only kill
-more mutants, so the other verdicts stand, and mutmut collects coverage for the new tests
-before the rerun. The summary is again mutmut's own count over all of the target's
+mutants that were not killed, against the current ``tests/`` and ``src/`` of the working
+tree (or of ``--rev``), copied over the kept copy except the mutated file, which must be
+unchanged: adding tests can only kill more mutants, so the other verdicts stand, and
+mutmut collects coverage for the new tests before the rerun. The summary is again mutmut's own count over all of the target's
 mutants. A target's test selection must not change between the two runs (mutmut then
 discards every verdict).
 """
@@ -163,12 +163,33 @@ def _statuses(work: Path, env: dict, mutmut: list[str], globs: list[str]) -> dic
     return statuses
 
 
-def refresh_tests(work: Path) -> None:
-    """Copy the repository's current tests/ over the kept copy (``--resume``)."""
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for dest in (work / "tests", work / "mutants" / "tests"):
-        if dest.exists():
-            shutil.copytree(ROOT / "tests", dest, ignore=ignore, dirs_exist_ok=True)
+def refresh_copy(work: Path, file: str, rev: str | None) -> None:
+    """``--resume``: bring the kept copy's tests/ and src/ (all but the mutated ``file``) up
+    to the working tree (or git revision ``rev``), so that the current tests import. The
+    mutated file must be unchanged, else its mutants no longer match and a fresh run is
+    needed."""
+    fresh = Path(tempfile.mkdtemp(prefix="smoothguard-mutation-fresh-"))
+    try:
+        if rev:
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src", "tests"], capture_output=True,
+                                     check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(fresh)], input=archive, check=True)
+        else:
+            ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+            shutil.copytree(ROOT / "src", fresh / "src", ignore=ignore)
+            shutil.copytree(ROOT / "tests", fresh / "tests", ignore=ignore)
+        if (fresh / file).read_bytes() != (work / file).read_bytes():
+            raise SystemExit(f"--resume: {file} changed since the run in {work}; run the target afresh")
+        for top in ("src", "tests"):
+            for path in (fresh / top).rglob("*"):
+                rel = path.relative_to(fresh)
+                if path.is_dir() or "__pycache__" in rel.parts or str(rel) == file:
+                    continue
+                for dest in (work / rel, work / "mutants" / rel):
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(path, dest)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
 
 
 def run_target(name: str, work: Path, max_children: int, mutmut: list[str], rev: str | None,
@@ -185,7 +206,7 @@ def run_target(name: str, work: Path, max_children: int, mutmut: list[str], rev:
             raise SystemExit(f"--report: no earlier run of {name} in {work}")
         names = []
     elif resume and (work / "mutants").is_dir():
-        refresh_tests(work)
+        refresh_copy(work, file, rev)
         names = sorted(k for k, v in _statuses(work, env, mutmut, globs).items() if v not in ("killed", "timeout"))
     else:
         prepare(work, file, tests, rev)

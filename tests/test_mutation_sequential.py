@@ -241,3 +241,58 @@ def test_bonferroni_paths_test_each_look_at_alpha_over_the_number_of_looks():
         assert int(res.n_used[0]) == n
         assert int(res.prediction[0]) == (1 if decided else ABSTAIN)
         assert float(res.p_value[0]) == pytest.approx(binomtest(a, n, 0.5).pvalue, rel=1e-9)
+
+
+def test_engine_refusals_name_the_problem_whole():
+    def refused(fn, message):
+        with pytest.raises(ValueError) as info:
+            fn()
+        assert str(info.value) == message
+
+    refused(lambda: BernoulliCS(0.1, thetas=[], weights=[]), "need as many weights as thetas (>= 1), got 0 and 0")
+    refused(lambda: BernoulliCS(0.1, thetas=[0.5, 0.2], weights=[0.5]),
+            "need as many weights as thetas (>= 1), got 2 and 1")
+    for bad in ([1.0], [0.0], [float("nan")], [-0.5]):
+        refused(lambda: BernoulliCS(0.1, thetas=bad, weights=[0.5]), f"thetas must lie in (0, 1), got {bad}")
+    for bad in ([0.0, 0.5], [-0.1, 0.5], [float("inf"), 0.1]):
+        refused(lambda: BernoulliCS(0.1, thetas=[0.5, 0.2], weights=bad),
+                f"weights must be positive and sum to at most 1, got {bad} (sum {sum(bad)})")
+    refused(lambda: BernoulliCS(0.1, thetas=[0.5, 0.2], weights=[0.5, 0.5 + 1e-9]),
+            f"weights must be positive and sum to at most 1, got {[0.5, 0.5 + 1e-9]} (sum {0.5 + 0.5 + 1e-9})")
+    refused(lambda: BernoulliCS(0.1, iterations=0), "iterations must be >= 1, got 0")
+    refused(lambda: BernoulliCS(0.0), "alpha must lie in (0, 1); got 0.0")
+    refused(lambda: log_evalue(1, 2, 0.5, side="both"), "side must be 'lower' or 'upper', got 'both'")
+    for s, n in ((5, 3), (-1, 3), (0, -1)):
+        refused(lambda: BernoulliCS(0.1).upper(s, n), "need 0 <= s <= n for the success counts s of n draws")
+        refused(lambda: BernoulliCS(0.1).rejects_above(s, n, 0.5),
+                "need 0 <= s <= n for the success counts s of n draws")
+    # boundaries that are allowed: weights summing to exactly 1, one bet, one iteration
+    cs = BernoulliCS(0.1, thetas=[0.5, 0.25], weights=[0.75, 0.25], iterations=1)
+    assert cs.thetas.tolist() == [0.5, 0.25] and cs.weights.tolist() == [0.75, 0.25] and cs.iterations == 1
+
+
+def test_the_bounds_are_a_bisection_of_the_stated_number_of_steps():
+    """lower() bisects [0, s/n] and upper() [s/n, 1]: after k steps the bound is a multiple
+    of 2^-k of that interval, on the side the exact test rejects."""
+    for k, want in ((1, 0.5), (2, 0.75), (3, 0.875)):
+        cs = BernoulliCS(0.01, iterations=k)
+        # 100 of 100 rejects t = 0.5, 0.75, 0.875 (E_100(t) >= 100), so lo climbs each step
+        assert float(cs.lower(100, 100)) == want
+        assert float(cs.upper(0, 100)) == 1 - want
+    cs = BernoulliCS(0.01, iterations=3)
+    lo, up = float(cs.lower(50, 100)), float(cs.upper(50, 100))
+    assert lo == 0.3125 and up == 0.6875  # grid steps 0.5 / 8 from 0 and from 1
+    assert cs.rejects_below(50, 100, lo) and not cs.rejects_below(50, 100, lo + 0.5 / 8)
+    assert cs.rejects_above(50, 100, up) and not cs.rejects_above(50, 100, up - 0.5 / 8)
+    deep = BernoulliCS(0.01)
+    assert deep.iterations == 60
+    # no draws: nothing is known, on either side; no successes: L = 0; no failures: U = 1
+    assert float(deep.lower(0, 0)) == 0.0 and float(deep.upper(0, 0)) == 1.0
+    assert float(deep.lower(0, 500)) == 0.0 and float(deep.upper(500, 500)) == 1.0
+    # the upper side's bets need q = 1 - (1 - t) / theta > 0, i.e. t > 1 - max(theta) = 0.04
+    assert 0.04 <= float(deep.upper(0, 500)) < 0.041 and 0.98 < float(deep.lower(500, 500)) < 1.0
+    # vectorized over streams, shapes broadcast
+    lo = deep.lower([0, 250, 500], 500)
+    assert lo.shape == (3,) and lo[0] == 0.0 and 0.4 < lo[1] < 0.5 and lo[2] > 0.98
+    assert deep.rejects_below(np.array([[500], [250]]), 500, np.array([0.5, 0.9])).tolist() == [[True, True],
+                                                                                                 [False, False]]

@@ -26,7 +26,7 @@ evaluate() {  # evaluate DIR: skip when DIR/eval/table.json exists
   echo "== evaluate $dir"
   "${SG[@]}" evaluate "${COMMON[@]}" --model "$dir/model.pt" "${DATA[@]}" --skip 20 --max "$EVAL_MAX" \
     --norm linf --eps "$EPS" --attacks fgsm,pgd,apgd-ce,apgd-dlr --steps 40 --restarts 10 --apgd-steps 100 \
-    --no-curves --loss-restarts 0 --grid-examples 0 --out-dir "$dir/eval"
+    --grid-examples 0 --out-dir "$dir/eval"
 }
 
 train "$OUT/standard" --objective standard

@@ -310,3 +310,27 @@ def test_worst_case_norms_never_exceed_eps_in_float64():
     ev = evaluate_robustness(model, x, y, rows)
     assert float((ev.x_adv.double() - x.double()).abs().max()) <= 0.1
     assert float(ev.norms.double().max()) <= 0.1
+
+
+def test_readme_defaults_table_is_smoothguard_defaults():
+    """The README's "Defaults: one per concept" table lists every constant of
+    smoothguard.defaults with its value, and nothing else."""
+    import re
+    from pathlib import Path
+
+    import smoothguard.defaults as D
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("### Defaults: one per concept", 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| [^|]+ \| ([^|]+) \| `([^`]+)` \|$", section, flags=re.M)
+    assert rows, "no rows found in the README's defaults table"
+    seen = set()
+    for value, const in rows:
+        m = re.fullmatch(r'(\w+)(?:\["(\w+)"\])?', const)
+        assert m, const
+        v = getattr(D, m.group(1))
+        v = v[m.group(2)] if m.group(2) else v
+        assert float(value) == float(v), f"README says {const} = {value}, smoothguard.defaults has {v}"
+        seen.add(m.group(1))
+    constants = {k for k, v in vars(D).items() if k.isupper() and isinstance(v, (int, float, dict))}
+    assert seen == constants, f"in defaults but not in the README table: {constants - seen}"

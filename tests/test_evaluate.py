@@ -233,6 +233,7 @@ def test_evaluate_command_writes_every_artifact(tmp_path, capsys):
     ev = result["evaluation"]
     assert [r["key"] for r in ev["rows"]] == ["fgsm", "apgd-ce", "apgd-t", "fab-t", "square"]
     assert result["settings"]["command"].startswith("smoothguard evaluate")
+    assert result["settings"]["speed"]["rule"]  # the speed choice is recorded, with the rule that made it
     assert [c["norm"] for c in result["curves"]] == ["linf", "l2"]
     per = (out / "per_example.tsv").read_text().splitlines()
     assert per[0].split("\t") == ["idx", "label", "clean_pred", "adv_pred", "norm", "fooled_by", "robust"]

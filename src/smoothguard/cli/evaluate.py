@@ -251,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
         "apgd_targets": args.apgd_targets, "fab_steps": args.fab_steps,
         "queries": args.queries, "transfer_from": args.sources, "eot": args.eot, "seed": args.seed,
         "independent": args.independent, "device": str(args.device), "threads": torch.get_num_threads(),
+        "speed": getattr(args, "speed", None),  # the runtime's rule-based layout/rewrite choice
     }
     title = (f"{model_name} on {len(y)} {args.data} images, {args.norm} eps = {args.eps:g}")
     md = ev.to_markdown(title)

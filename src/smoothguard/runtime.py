@@ -14,7 +14,7 @@ relative to it are opt-in.
 
 | option | default rule | changes results? |
 |---|---|---|
-| ``memory_format`` | ``channels_last`` for a module with a ``Conv2d`` on the CPU (oneDNN's convolutions run faster on it), else ``contiguous`` | it is the reference on the CPU; ``contiguous`` sums the convolutions in another order (logits differ by ~1e-6 on LeNet, as with another batch size), so votes can move |
+| ``memory_format`` | ``channels_last`` for a module with a 2-D convolution (a 4-D weight) on the CPU (oneDNN's convolutions run faster on it), else ``contiguous`` | it is the reference on the CPU; ``contiguous`` sums the convolutions in another order (logits differ by ~1e-6 on LeNet, as with another batch size), so votes can move |
 | ``rewrite`` | on for every module: :func:`~smoothguard.models.rewrite.pool_before_relu`, and for inference :func:`~smoothguard.models.rewrite.strided_max_pools` | no, by construction (see :mod:`smoothguard.models.rewrite`) |
 | ``workers`` | 2 forward threads on a CPU with >= 2 torch threads (each with threads // 2 intra-op threads while the sampler runs; the main thread draws the next noise meanwhile), else 1 | no: the same batches of the same noise; counts equal (tested; oneDNN's convolutions gave equal logits at 1 and 2 threads) |
 | ``jit`` | off | yes: TorchScript's frozen graph folds and fuses operations (logits differ by 2.4e-6 on LeNet): opt-in |
@@ -102,7 +102,7 @@ def device_of(model: Any) -> torch.device:
 def fastest_exact(model: Any, device: torch.device | str | None = None,
                   threads: int | None = None) -> SpeedConfig:
     """The fastest exact configuration for ``model`` by the rules of the module docstring:
-    from its layer types (a ``Conv2d``?), its device and ``threads`` (default: torch's
+    from its layer types (a 2-D convolution, i.e. a 4-D weight?), its device and ``threads`` (default: torch's
     current intra-op thread count). The same model on the same machine always gets the same
     answer. A callable that is not an ``nn.Module`` (a query-only classifier) runs as given."""
     total = check_int("threads", threads if threads is not None else torch.get_num_threads(), minimum=1)
@@ -110,7 +110,8 @@ def fastest_exact(model: Any, device: torch.device | str | None = None,
         return SpeedConfig(threads=total, rule="fastest-exact")
     dev = torch.device(device) if device is not None else device_of(model)
     on_cpu = dev.type == "cpu"
-    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    # a 2-D convolution's weight is the one 4-D parameter (nn.Conv2d, or a custom layer calling F.conv2d)
+    has_conv = any(p.dim() == 4 for p in model.parameters())
     workers = 2 if on_cpu and total >= 2 else 1
     return SpeedConfig(memory_format="channels_last" if on_cpu and has_conv else "contiguous", rewrite=True,
                        workers=workers, threads=max(1, total // workers), jit=False, rule="fastest-exact")

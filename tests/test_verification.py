@@ -347,6 +347,80 @@ def test_chunked_crown_equals_unchunked_and_is_batch_independent():
     torch.testing.assert_close(lo[1:2], lo1, rtol=1e-5, atol=1e-5)
 
 
+def _window_models() -> dict[str, tuple[nn.Module, tuple[int, int, int]]]:
+    """Convolutional chains for the windowed CROWN rows: stride, padding, dilation, groups,
+    batch norm, a max pool right after a convolution (the windows reach the pool before
+    any per-image slope), disjoint pools after a ReLU (relaxed together), overlapping and
+    padded pools, average pooling, a first layer with one input channel."""
+    torch.manual_seed(3)
+    gen = torch.Generator().manual_seed(4)
+    a = nn.Sequential(
+        Normalize([0.4, 0.5], [0.3, 0.2]),
+        nn.Conv2d(2, 6, 3, stride=2, padding=1), nn.ReLU(),                        # 6x6x6
+        nn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=2), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.MaxPool2d(2),                                                          # disjoint after ReLU: 6x3x3
+        nn.Conv2d(6, 4, 2, padding=1), nn.MaxPool2d(2, stride=1),                 # conv -> pool: 4x3x3
+        nn.Flatten(), nn.Linear(36, 8), nn.ReLU(), nn.Linear(8, 3))
+    b = nn.Sequential(
+        nn.Conv2d(1, 5, 3), nn.ReLU(),                                            # 5x11x11
+        nn.MaxPool2d(3, stride=2, padding=1),                                     # overlapping, padded: 5x6x6
+        nn.AvgPool2d(2), nn.Conv2d(5, 3, 2), nn.ReLU(),                           # 3x2x2
+        nn.Flatten(), nn.Linear(12, 4))
+    return {"a": (_randomize_bn(a, gen), (2, 12, 12)), "b": (b.eval(), (1, 13, 13))}
+
+
+@pytest.mark.parametrize("name", ["a", "b"])
+@pytest.mark.parametrize("norm,eps", [("linf", 0.04), ("l2", 0.4)])
+def test_windowed_crown_equals_a_dense_matrix_reference(name, norm, eps, monkeypatch):
+    """CROWN through convolutions with rows stored as windows (verification.patches) and
+    the fused ReLU + max-pool relaxation give the bounds of the plain computation: dense
+    rows, every convolution as its explicit matrix, every relaxation on its own."""
+    import importlib
+
+    impl = importlib.import_module("smoothguard.verification.bounds")
+    from smoothguard.verification.layers import Conv
+
+    model, shape = _window_models()[name]
+    x = torch.rand(3, *shape, generator=torch.Generator().manual_seed(5))
+    x[0].clamp_(max=0.05)
+    ops = to_ops(model, shape)
+    C = torch.eye(model(x).shape[1]).expand(3, -1, -1)
+    calls = {"windows": 0, "fused": 0}
+    windowed, fused = impl._backward_lower_patches, impl._fused
+
+    def count_windows(*a):
+        calls["windows"] += 1
+        return windowed(*a)
+
+    def count_fused(ops_, i):
+        calls["fused"] += fused(ops_, i)
+        return fused(ops_, i)
+
+    monkeypatch.setattr(impl, "_backward_lower_patches", count_windows)
+    monkeypatch.setattr(impl, "_fused", count_fused)
+    with torch.inference_mode():
+        lo, hi = spec_bounds(ops, x, C, eps, norm, "crown")
+    assert calls["windows"] > 0  # the windowed rows were used (not only the dense ones)
+    assert calls["fused"] > 0 or name == "b"  # model b's pools overlap: never fused
+
+    def matrix_back(self, A):
+        n_in = 1
+        for d in self.in_shape:
+            n_in *= d
+        basis = torch.eye(n_in, dtype=A.dtype).view(n_in, *self.in_shape)
+        M = F.conv2d(basis, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+        return A.flatten(2).matmul(M.flatten(1).t()).view(*A.shape[:2], *self.in_shape)
+
+    monkeypatch.setattr(Conv, "back", matrix_back)
+    monkeypatch.setattr(impl, "_fused", lambda ops_, i: False)
+    with torch.inference_mode():
+        lo_ref, hi_ref = spec_bounds(ops, x, C, eps, norm, "crown", patches=False)
+    lo_ibp, _ = spec_bounds(ops, x, C, eps, norm, "ibp")
+    assert (lo_ref - lo_ibp).abs().max() > 1e-2  # unstable neurons: the relaxations and refinements matter
+    torch.testing.assert_close(lo, lo_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hi, hi_ref, rtol=1e-5, atol=1e-5)
+
+
 def test_spec_bounds_are_differentiable_for_training():
     model = get_model("lenet", 10, (1, 16, 16)).train()
     x, y = torch.rand(3, 1, 16, 16), torch.tensor([0, 1, 2])

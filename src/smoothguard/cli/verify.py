@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch", type=int, default=None,
                    help="images per bound computation (default: 200 for ibp and crown-ibp, 16 for crown)")
     g.add_argument("--max-floats", type=int, default=None,
-                   help="crown: cap on one chunk of the coefficient matrix, in floats (default 2**25 = 128 MiB)")
+                   help="crown: cap on one chunk of the coefficient matrix, in floats (default 2**23 = 32 MiB)")
     g.add_argument("--out", default=None,
                    help="result TSV (flushed per group; rerun with the same --out to resume). Default: stdout")
     g.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming it")

@@ -26,13 +26,23 @@ subtracting logit bounds (the specification is folded into the last affine layer
   Neural Networks", ICLR 2020): intermediate bounds by IBP, the final specification by one
   CROWN backward pass. Cheap enough for training; between IBP and CROWN in tightness.
 
-Memory: a CROWN backward pass holds one coefficient matrix A of shape (batch, specs,
-*layer) at a time. For the output specification that is small (K rows), but the
-intermediate bounds of a layer with n neurons start from n rows and reach layers of m
-neurons, so A holds batch * n * m floats: quadratic in the widest layers (LeNet on
-28x28: conv2's 3,200 neurons times conv1's 11,520 outputs, 147 MB per image). The rows
-are processed in chunks so that A stays below ``max_floats`` (default 2**25 floats,
-128 MiB in float32); time is still quadratic. IBP and CROWN-IBP are linear in the width.
+Memory and time: a CROWN backward pass holds one coefficient matrix A of shape (batch,
+rows, *layer) at a time. For the output specification that is small (K rows), but the
+intermediate bounds of a layer with n neurons start from n rows (only the neurons that
+interval bounds leave unstable, for any image of the batch) and reach layers of m
+neurons, so dense rows hold batch * n * m floats: quadratic in the widest layers.
+Rows that start at a convolutional map are therefore stored as *windows*
+(:mod:`~smoothguard.verification.patches`, auto_LiRPA's "patches" idea): a neuron's
+row is nonzero only on its receptive field, so LeNet's conv2 rows take 20 x 10 x 10
+floats at conv1's output instead of 20 x 24 x 24, and going back through a convolution
+is one transposed convolution of the windows; a window that would grow past its map
+continues as a dense row. Rows that start at a dense layer (fully connected, and the
+specification) stay dense. A max pool with disjoint windows right after a ReLU is
+relaxed together with it on the pool's chosen inputs (the same bound, a quarter of the
+work for 2 x 2 pooling). The rows are processed in chunks so that one block stays below
+``max_floats`` (default 2**23 floats, 32 MiB in float32, which on CPU was also faster
+than larger blocks); memory is bounded, time stays quadratic for dense rows. IBP and
+CROWN-IBP are linear in the width.
 
 Soundness is in exact arithmetic; float32 rounding can move a bound by ~1e-6 relative,
 so a margin lower bound within that of 0 should not be trusted as a proof.
@@ -46,11 +56,13 @@ import torch
 from torch import nn
 
 from smoothguard.contract import check_choice, check_eps, check_images, check_labels, check_int
-from smoothguard.verification.layers import Conv, Dense, Op, ReLU, VerificationError, run_ops, to_ops
+from smoothguard.verification.layers import (Conv, Dense, MaxPool, Op, ReLU, Scale, VerificationError, run_ops,
+                                             to_ops)
+from smoothguard.verification.patches import Patches, lower_over_input
 
 METHODS = ("ibp", "crown", "crown-ibp")
 NORMS = ("linf", "l2")
-MAX_FLOATS = 2 ** 25
+MAX_FLOATS = 2 ** 23
 
 
 def input_box(x: torch.Tensor, eps: float, norm: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,23 +96,43 @@ class _Problem:
     eps: float
     norm: str
     max_floats: int
+    patches: bool = True  # CROWN rows from convolutional maps stored as windows
 
 
 def _backward_lower(p: _Problem, k: int, A: torch.Tensor, inter: dict[int, tuple[torch.Tensor, torch.Tensor]]
                     ) -> torch.Tensor:
     """Lower bound of A f_k(x') over the input set, f_k = ops[:k]; A is (B, S, *out of op k-1)."""
     bias = torch.zeros(A.shape[:2], device=A.device, dtype=A.dtype)
-    for i in range(k - 1, -1, -1):
+    return _backward_from(p, k, A, bias, inter)
+
+
+def _backward_from(p: _Problem, k: int, A: torch.Tensor, bias: torch.Tensor,
+                   inter: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The rest of :func:`_backward_lower` from the output of ops[:k] with the bias so far."""
+    i = k - 1
+    while i >= 0:
         op = p.ops[i]
         if op.linear:
             t = op.bias_term(A)
             if t is not None:
                 bias = bias + t
             A = op.back(A)
+        elif _fused(p.ops, i):
+            A, t = op.relax_back(A, *inter[i], relu=inter[i - 1])
+            bias = bias + t
+            i -= 1
         else:
             A, t = op.relax_back(A, *inter[i])
             bias = bias + t
+        i -= 1
     return _lower_over_input(A, bias, p.x, p.lo, p.hi, p.eps, p.norm)
+
+
+def _fused(ops: list[Op], i: int) -> bool:
+    """Whether ops[i] is a max pool with disjoint windows right after a ReLU: then the
+    ReLU is relaxed on the pool's chosen inputs only (the same bound, a quarter of the
+    work for 2x2 pooling; see MaxPool.relax_back)."""
+    return i >= 1 and isinstance(ops[i], MaxPool) and ops[i].disjoint and isinstance(ops[i - 1], ReLU)
 
 
 def _widest(p: _Problem, k: int) -> int:
@@ -112,6 +144,56 @@ def _numel(shape: tuple[int, ...]) -> int:
     for s in shape:
         n *= s
     return n
+
+
+def _patch_width(p: _Problem, k: int) -> int | None:
+    """The largest row (floats per image) of a windowed backward pass from the output of
+    ops[:k] (a (C, H, W) map), or None where windows cannot be used (a non-spatial
+    operation on the way back)."""
+    c, kh, kw = p.ops[k - 1].out_shape[0], 1, 1
+    widest = c
+    for op in reversed(p.ops[:k]):
+        if len(op.in_shape) != 3 or len(op.out_shape) != 3 or not isinstance(op, (Conv, Scale, ReLU, MaxPool)):
+            return None
+        dense = _numel(op.in_shape)
+        if isinstance(op, (Conv, MaxPool)):
+            ker = op.weight.shape[-2:] if isinstance(op, Conv) else op.kernel
+            if isinstance(op, MaxPool):
+                widest = max(widest, min(c * kh * kw * ker[0] * ker[1], dense))  # the spread before the fold
+            kh = (kh - 1) * op.stride[0] + op.dilation[0] * (ker[0] - 1) + 1
+            kw = (kw - 1) * op.stride[1] + op.dilation[1] * (ker[1] - 1) + 1
+            c = op.in_shape[0]
+        widest = max(widest, min(c * kh * kw, dense))
+    return widest
+
+
+def _backward_lower_patches(p: _Problem, k: int, sel: torch.Tensor, b: int,
+                            inter: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """:func:`_backward_lower` for the rows +e_i, -e_i (i in ``sel``) of the (C, H, W)
+    output of ops[:k], the rows stored as windows (:mod:`~smoothguard.verification.patches`);
+    a row whose window would grow past its map continues as a dense row."""
+    P = Patches.start(sel, p.ops[k - 1].out_shape, p.x.dtype)
+    bias = torch.zeros(b, P.coef.shape[1], device=p.x.device, dtype=p.x.dtype)
+    i = k - 1
+    while i >= 0:
+        op = p.ops[i]
+        if op.linear:
+            t = op.bias_patches(P)
+            if t is not None:
+                bias = bias + t
+            P = op.back_patches(P)
+        elif _fused(p.ops, i):
+            P, t = op.relax_patches(P, *inter[i], relu=inter[i - 1])
+            bias = bias + t
+            i -= 1
+        else:
+            P, t = op.relax_patches(P, *inter[i])
+            bias = bias + t
+        i -= 1
+        if i >= 0 and P.numel_per_row() >= _numel(P.shape):
+            A = P.to_dense().expand(b, *P.coef.shape[1:2], *P.shape)
+            return _backward_from(p, i + 1, A, bias, inter)
+    return lower_over_input(P, bias, p.x, p.lo, p.hi, p.eps, p.norm).expand(b, -1)
 
 
 def _refine(p: _Problem, k: int, lo: torch.Tensor, hi: torch.Tensor, need: torch.Tensor,
@@ -127,16 +209,20 @@ def _refine(p: _Problem, k: int, lo: torch.Tensor, hi: torch.Tensor, need: torch
     lo_f, hi_f = lo.reshape(b, -1), hi.reshape(b, -1)
     new_lo, new_hi = lo_f.clone(), hi_f.clone()
     n = lo_f.shape[1]
-    chunk = max(1, p.max_floats // (2 * b * _widest(p, k)))
+    width = _patch_width(p, k) if p.patches and len(shape) == 3 else None
+    chunk = max(1, p.max_floats // (2 * b * (width or _widest(p, k))))
     for start in range(0, idx.numel(), chunk):
         sel = idx[start:start + chunk]
         s = sel.numel()
-        # rows +e_i (lower bounds) and -e_i (minus the upper bounds) in one pass
-        A = torch.zeros(b, 2 * s, n, device=lo.device, dtype=lo.dtype)
-        rows = torch.arange(s, device=lo.device)
-        A[:, rows, sel] = 1
-        A[:, rows + s, sel] = -1
-        res = _backward_lower(p, k, A.view(b, 2 * s, *shape), inter)
+        if width is not None:
+            res = _backward_lower_patches(p, k, sel, b, inter)
+        else:
+            # rows +e_i (lower bounds) and -e_i (minus the upper bounds) in one pass
+            A = torch.zeros(b, 2 * s, n, device=lo.device, dtype=lo.dtype)
+            rows = torch.arange(s, device=lo.device)
+            A[:, rows, sel] = 1
+            A[:, rows + s, sel] = -1
+            res = _backward_lower(p, k, A.view(b, 2 * s, *shape), inter)
         use = need[:, sel]
         new_lo[:, sel] = torch.where(use, res[:, :s], lo_f[:, sel])
         new_hi[:, sel] = torch.where(use, -res[:, s:], hi_f[:, sel])
@@ -184,17 +270,18 @@ def _interval_spec(W: torch.Tensor, c: torch.Tensor | None, lo: torch.Tensor, hi
 
 
 def spec_bounds(ops: list[Op], x: torch.Tensor, C: torch.Tensor, eps: float, norm: str = "linf",
-                method: str = "ibp", max_floats: int = MAX_FLOATS, upper: bool = True
+                method: str = "ibp", max_floats: int = MAX_FLOATS, upper: bool = True, patches: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Lower and upper bounds (B, S) of C f(x') over the input set, C of shape (B, S, K).
 
     Differentiable in the weights (used by the certified-training objectives); no input
     checks (see :func:`bounds` for the checked entry point). ``upper=False`` skips the
     upper bound where that saves work (CROWN: half the backward pass) and returns None
-    for it.
+    for it. ``patches=False`` keeps every CROWN row dense (the slower reference for the
+    windowed rows of convolutional layers; same bounds up to float rounding).
     """
     lo, hi = input_box(x, eps, norm)
-    p = _Problem(ops, x, lo, hi, eps, norm, max_floats)
+    p = _Problem(ops, x, lo, hi, eps, norm, max_floats, patches)
     b = x.shape[0]
     if method == "ibp":
         last = ops[-1]

@@ -17,6 +17,11 @@ setup.py asks for torch < 2.9 and torchvision, which --no-deps skips):
     /tmp/lirpa/bin/pip install --no-deps --no-build-isolation PATH/TO/auto_LiRPA-source
     /tmp/lirpa/bin/python benchmarks/bench_verify.py --lenet runs/ibp/model.pt
 
+Where pip cannot build the source ("invalid command 'bdist_wheel'": no wheel package),
+put it on the path instead: ``echo PATH/TO/auto_LiRPA-source >
+/tmp/lirpa/lib/python3.11/site-packages/auto_lirpa_src.pth``; a second .pth naming this
+checkout's .venv site-packages reuses its torch instead of downloading one.
+
 smoothguard is imported from this checkout's src/ (its own dependencies: torch, numpy).
 Timing uses one thread by default (--threads) so both libraries see the same CPU.
 """
@@ -24,7 +29,9 @@ Timing uses one thread by default (--threads) so both libraries see the same CPU
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
 import statistics
 import sys
 import time
@@ -91,6 +98,26 @@ def ours_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     return lb
 
 
+def ours_margins_f64(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, method: str) -> torch.Tensor:
+    """Our bounds computed in float64: a reference for how far float32 rounding alone moves
+    either library's bound (auto_LiRPA 0.7.1's max pooling does not run in float64)."""
+    m64 = copy.deepcopy(model).double()
+    with torch.inference_mode():
+        lb, _ = spec_bounds(to_ops(m64, tuple(x.shape[1:])), x.double(), margin_spec(y, 10, torch.float64), eps,
+                            "linf", method, upper=False)
+    lb = lb.clone()
+    lb[torch.arange(len(y)), y] = float("inf")
+    return lb
+
+
+def cpu_flags() -> str:
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "unknown"
+    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16") if f in flags) or "none of avx2/avx512f/avx512_bf16"
+
+
 def compare(a: torch.Tensor, b: torch.Tensor, rtol: float) -> tuple[bool, float]:
     fin = torch.isfinite(a)
     diff = ((a - b).abs() / b.abs().clamp(min=1.0))[fin]
@@ -114,6 +141,7 @@ def main() -> None:
     import auto_LiRPA
     from auto_LiRPA import BoundedModule
 
+    load0 = os.getloadavg()
     x_all, y_all = load_images(args.images)
     results = []
     for name, model, eps in models(args.lenet):
@@ -136,6 +164,10 @@ def main() -> None:
             for i in range(n1):
                 theirs1.append(lirpa_margins(bm, x_all[i:i + 1], y_all[i:i + 1], eps, lmethod))
             ok1, worst1 = compare(ours_t[:n1], torch.cat(theirs1), args.rtol)
+            # where they differ, which one float32 rounding moved: both against our float64 bounds
+            ref64 = torch.cat([ours_margins_f64(model, x_all[i:i + 1], y_all[i:i + 1], eps, method) for i in range(n1)])
+            _, ours_vs64 = compare(ours_t[:n1].double(), ref64, args.rtol)
+            _, theirs_vs64 = compare(torch.cat(theirs1).double(), ref64, args.rtol)
             v_ours = int((ours_t.min(1).values > 0).sum())
             v_theirs = int((theirs_t.min(1).values > 0).sum())
             # timing: interleaved rounds over the same batches
@@ -150,14 +182,17 @@ def main() -> None:
             mo, mt = statistics.median(t_ours), statistics.median(t_theirs)
             row = {"model": name, "eps": eps, "method": method, "images": args.images, "batch": args.batch,
                    "equal_batched": ok, "max_rel_diff_batched": worst, "equal_per_image": ok1,
-                   "max_rel_diff_per_image": worst1, "verified_ours": v_ours, "verified_auto_lirpa": v_theirs,
+                   "max_rel_diff_per_image": worst1, "ours_vs_f64": ours_vs64, "auto_lirpa_vs_f64": theirs_vs64,
+                   "verified_ours": v_ours, "verified_auto_lirpa": v_theirs,
                    "seconds_ours": mo, "seconds_auto_lirpa": mt, "ratio": mo / mt}
             results.append(row)
             print(f"{name:32s} eps {eps:<6g} {method:5s} equal(batched) {ok!s:5s} (max rel diff {worst:.1e}) "
-                  f"equal(per image, {n1}) {ok1!s:5s} ({worst1:.1e})  verified {v_ours}/{v_theirs}  "
+                  f"equal(per image, {n1}) {ok1!s:5s} ({worst1:.1e}; vs our float64: ours {ours_vs64:.1e}, "
+                  f"auto_LiRPA {theirs_vs64:.1e})  verified {v_ours}/{v_theirs}  "
                   f"time ours {mo:.3f} s, auto_LiRPA {mt:.3f} s, ratio {mo / mt:.2f}", flush=True)
     print(f"auto_LiRPA {auto_LiRPA.__version__}, torch {torch.__version__}, threads {args.threads}, "
-          f"{args.images} images, batch {args.batch}, medians of {args.repeats} interleaved rounds")
+          f"{args.images} images, batch {args.batch}, medians of {args.repeats} interleaved rounds; "
+          f"CPU flags: {cpu_flags()}; load average at start {load0[0]:.1f}, at end {os.getloadavg()[0]:.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 

@@ -421,6 +421,16 @@ def test_windowed_crown_equals_a_dense_matrix_reference(name, norm, eps, monkeyp
     torch.testing.assert_close(hi, hi_ref, rtol=1e-5, atol=1e-5)
 
 
+def test_float64_models_are_bounded_in_float64():
+    model = small_models()["conv"]
+    x = _inputs("conv")
+    lo, hi = bounds(model, x, 0.03, "linf", "crown")
+    lo64, hi64 = bounds(model.double(), x.double(), 0.03, "linf", "crown")
+    assert lo64.dtype == torch.float64
+    torch.testing.assert_close(lo64.float(), lo, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(hi64.float(), hi, rtol=1e-4, atol=1e-4)
+
+
 def test_spec_bounds_are_differentiable_for_training():
     model = get_model("lenet", 10, (1, 16, 16)).train()
     x, y = torch.rand(3, 1, 16, 16), torch.tensor([0, 1, 2])

@@ -56,10 +56,13 @@ class Op:
     def __init__(self, in_shape: tuple[int, ...]) -> None:
         self.in_shape = tuple(in_shape)
         with torch.no_grad():
-            self.out_shape = tuple(self.forward(torch.zeros(1, *self.in_shape, device=self._device())).shape[1:])
+            ref = self._ref()
+            probe = torch.zeros(1, *self.in_shape) if ref is None else ref.new_zeros(1, *self.in_shape)
+            self.out_shape = tuple(self.forward(probe).shape[1:])
 
-    def _device(self) -> torch.device:
-        return torch.device("cpu")
+    def _ref(self) -> torch.Tensor | None:
+        """A parameter of the operation: the device and dtype of the shape probe."""
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -93,8 +96,8 @@ class Dense(Op):
         self.weight, self.bias = weight, bias
         super().__init__(in_shape)
 
-    def _device(self):
-        return self.weight.device
+    def _ref(self):
+        return self.weight
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
@@ -124,8 +127,8 @@ class Conv(Op):
             self.in_shape[1 + d] - ((self.out_shape[1 + d] - 1) * self.stride[d] - 2 * self.padding[d]
                                     + self.dilation[d] * (k[d] - 1) + 1) for d in range(2))
 
-    def _device(self):
-        return self.weight.device
+    def _ref(self):
+        return self.weight
 
     def forward(self, x):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
@@ -175,8 +178,8 @@ class Scale(Op):
         self.scale, self.shift, self.name = scale.reshape(view), shift.reshape(view), name
         super().__init__(in_shape)
 
-    def _device(self):
-        return self.scale.device
+    def _ref(self):
+        return self.scale
 
     def forward(self, x):
         return x * self.scale + self.shift

@@ -371,3 +371,38 @@ def test_atomic_output_writes_beside_the_target_and_cleans_up(tmp_path, monkeypa
             tmp.write_text("y")
             other.mkdir()
     assert sorted(p.name for p in other.parent.iterdir()) == ["x.txt"]
+
+
+def test_checks_name_their_argument_when_the_value_is_not_a_number():
+    refused(lambda: check_fraction("rho", "x"), "rho must be a number; got str 'x'")
+    refused(lambda: check_positive("step_size", None), "step_size must be a number; got NoneType None")
+    refused(lambda: check_nonnegative("beta", [1]), "beta must be a number; got list [1]")
+    refused(lambda: check_alpha("0.1"), "alpha must be a number; got str '0.1'")
+
+
+def test_a_single_color_image_gets_a_batch_axis_in_front():
+    x = torch.rand(3, 6, 6)
+    assert check_images(x).shape == (1, 3, 6, 6)
+    refused(lambda: check_images(torch.rand(3, 6, 6), in_shape=(1, 6, 6)), "x has images of shape (3, 6, 6); the "
+            "model expects (C, H, W) = (1, 6, 6)")
+
+
+def test_safe_writes_name_what_they_write_and_odd_paths(tmp_path):
+    refused(lambda: write_bytes_atomic(tmp_path, b"x", "figure"), f"refusing to write figure {tmp_path}: it exists "
+            "and is a folder; give the path of a regular file", OutputError)
+    refused(lambda: write_text_atomic(tmp_path, "x", "report"), f"refusing to write report {tmp_path}: it exists "
+            "and is a folder; give the path of a regular file", OutputError)
+    refused(lambda: write_bytes_atomic(tmp_path, b"x"), f"refusing to write output {tmp_path}: it exists and is a "
+            "folder; give the path of a regular file", OutputError)
+    long = tmp_path / ("x" * 300)  # an OS error other than "missing": named with the OS's words
+    refused(lambda: check_output_path(long, "table"), f"cannot write table {long}: File name too long", OutputError)
+
+
+def test_a_block_device_is_refused_as_a_device():
+    import stat as st
+
+    dev = next((p for p in sorted(os.listdir("/dev")) if st.S_ISBLK(os.stat(f"/dev/{p}").st_mode)), None)
+    if dev is None:
+        pytest.skip("no block device under /dev on this machine")
+    refused(lambda: check_output_path(f"/dev/{dev}"), f"refusing to write output /dev/{dev}: it exists and is a "
+            "device; give the path of a regular file", OutputError)

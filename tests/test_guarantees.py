@@ -472,13 +472,15 @@ def test_attack_returns_the_worst_point_it_examined_over_steps_and_restarts(atta
 
 
 def test_pgd_paper_defaults_start_rule_and_parameter_names():
-    """Madry et al.'s MNIST evaluation setting by default (eps 0.3, 40 steps of
-    2.5 eps / 40, one restart, deterministic model: eot 1); random_start=False starts at x
-    (one step of 0.01 is then exactly x + 0.01 sign(g)); errors name the parameter."""
+    """The library's l_inf radius by default (smoothguard.defaults: 0.1; l_2: 1.0) with Madry
+    et al.'s 40 steps of 2.5 eps / 40, one restart, deterministic model (eot 1);
+    random_start=False starts at x (one step of 0.01 is then exactly x + 0.01 sign(g));
+    errors name the parameter."""
     model = TwoPeaks()
     atk = PGD(model, sanity_checks=False)
     assert (atk.norm, atk.eps, atk.steps, atk.alpha, atk.restarts, atk.eot, atk.random_start, atk.kappa) == (
-        "linf", 0.3, 40, 2.5 * 0.3 / 40, 1, 1, True, math.inf)
+        "linf", 0.1, 40, 2.5 * 0.1 / 40, 1, 1, True, math.inf)
+    assert PGD(model, norm="l2").eps == 1.0
     assert PGD(model).sanity_checks and not atk.sanity_checks
     x = torch.full((4, 1, 1, 1), 0.5)  # h rises towards the high peak at 0.7
     for seed in (0, 1):

@@ -71,8 +71,13 @@ X = torch.zeros(1, 1, 2, 2)
 
 
 def test_the_default_menu_and_the_mixture_are_the_documented_ones():
+    from smoothguard.smoothing.sequential import _default_menu
+
     np.testing.assert_array_equal(DEFAULT_THETAS, THETAS)
     np.testing.assert_array_equal(DEFAULT_WEIGHTS, WEIGHTS)
+    thetas, weights = _default_menu()  # the constants come from here (at import time)
+    assert thetas.tolist() == THETAS and weights.tolist() == WEIGHTS
+    assert thetas.dtype == weights.dtype == np.float64
     cs = BernoulliCS(0.01)
     for s, n, t in [(0, 10, 0.5), (3, 10, 0.2), (10, 10, 0.5), (95, 100, 0.9), (400, 400, 0.999),
                     (7, 50, 0.05), (1, 1, 0.3)]:

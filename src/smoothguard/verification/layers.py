@@ -150,9 +150,11 @@ class Conv(Op):
             # in slices whose column form (rows x C_in k k x h w) stays in cache: ~1.4x
             # faster than one pass over the whole block on CPU
             step = max(1, 2 ** 20 // (wt.shape[0] * h * w))
-            out = torch.cat([F.fold(torch.matmul(wt, rows[i:i + step]), self.in_shape[1:], self.weight.shape[-2:],
+            # (split, not slices: autograd joins split's gradients in one pass, where each
+            # slice's backward would write a zero tensor of the whole block)
+            out = torch.cat([F.fold(torch.matmul(wt, part), self.in_shape[1:], self.weight.shape[-2:],
                                     dilation=self.dilation, padding=self.padding, stride=self.stride)
-                             for i in range(0, b * s, step)])
+                             for part in rows.split(step)])
             return out.view(b, s, *self.in_shape)
         out = F.conv_transpose2d(A.reshape(b * s, *self.out_shape), self.weight, None, self.stride, self.padding,
                                  self.output_padding, self.groups, self.dilation)

@@ -16,8 +16,9 @@ with the one trainer (:class:`smoothguard.training.Trainer`, objective ``standar
   trained on D_det should still classify the original test set well above chance, because
   the attack put the non-robust features of class t into each image.
 
-g is the penultimate-layer representation: the input of the model's last ``nn.Linear``
-(:class:`Representation`; LeNet: the 500 ReLU activations before the logits layer).
+g is the penultimate-layer representation (docs/algorithms.md section 3): the input of the
+model's last ``nn.Linear`` (:class:`Representation`; LeNet: the 500 ReLU activations before
+the logits layer).
 
 Paper settings (CIFAR-10, ResNet-50): D_R by normalized l_2 gradient descent, 1,000 steps of
 0.1, from a random training image (or noise), representation of an l_2-robust model (eps

@@ -296,6 +296,11 @@ def test_the_bounds_are_a_bisection_of_the_stated_number_of_steps():
     assert float(deep.lower(0, 500)) == 0.0 and float(deep.upper(500, 500)) == 1.0
     # the upper side's bets need q = 1 - (1 - t) / theta > 0, i.e. t > 1 - max(theta) = 0.04
     assert 0.04 <= float(deep.upper(0, 500)) < 0.041 and 0.98 < float(deep.lower(500, 500)) < 1.0
+    # one draw, one success: already some t > 0 is excluded (the theta = 1e-4 bet alone
+    # reaches 1/alpha near t = alpha / 2, the others add to it), and the bound is the hand e-value's root
+    one = float(BernoulliCS(0.1).lower(1, 1))
+    assert 0.05 < one < 0.08
+    assert hand_log_e(1, 1, one) >= math.log(10) - 1e-9 and hand_log_e(1, 1, one + 1e-9) < math.log(10)
     # vectorized over streams, shapes broadcast
     lo = deep.lower([0, 250, 500], 500)
     assert lo.shape == (3,) and lo[0] == 0.0 and 0.4 < lo[1] < 0.5 and lo[2] > 0.98

@@ -88,9 +88,11 @@ def lirpa_margins(bm, x: torch.Tensor, y: torch.Tensor, eps: float, method: str)
 
 def ours_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, method: str) -> torch.Tensor:
     # the raw bounds of the method (verify() would tighten CROWN's by IBP's, which auto_LiRPA
-    # does not by default), plus the forward pass auto_LiRPA's compute_bounds also makes
+    # does not by default); no forward pass: auto_LiRPA 0.7.1's compute_bounds makes none
+    # either (bound_opts forward_before_compute_bounds is False: its IBP and CROWN calls on
+    # LeNet run 4 convolutions, the centre and radius of each layer). Our layer chain is
+    # rebuilt per call (to_ops, timed); auto_LiRPA's graph is parsed once (not timed).
     with torch.inference_mode():
-        model(x)
         lb, _ = spec_bounds(to_ops(model, tuple(x.shape[1:])), x, margin_spec(y, 10), eps, "linf", method,
                             upper=False)
     lb = lb.clone()

@@ -158,8 +158,6 @@ def _patch_width(p: _Problem, k: int) -> int | None:
         dense = _numel(op.in_shape)
         if isinstance(op, (Conv, MaxPool)):
             ker = op.weight.shape[-2:] if isinstance(op, Conv) else op.kernel
-            if isinstance(op, MaxPool):
-                widest = max(widest, min(c * kh * kw * ker[0] * ker[1], dense))  # the spread before the fold
             kh = (kh - 1) * op.stride[0] + op.dilation[0] * (ker[0] - 1) + 1
             kw = (kw - 1) * op.stride[1] + op.dilation[1] * (ker[1] - 1) + 1
             c = op.in_shape[0]

@@ -172,3 +172,36 @@ def test_strided_max_pools_replaces_only_non_overlapping_unhooked_pools():
         seq = nn.Sequential(nn.Conv2d(1, 2, 3), pool)
         fast, k = strided_max_pools(seq)
         assert k == 0 and fast is seq
+
+
+@pytest.mark.parametrize("arch", ["lenet", "madry_cnn"])
+def test_grad_aware_pools_keep_values_and_gradients_and_take_the_fast_path_without_grad(arch):
+    """for_gradients' model: MaxPool2d's logits and input gradients; the strided path runs
+    exactly on the forward passes that take no gradient."""
+    from smoothguard import runtime
+    from smoothguard.models.rewrite import GradAwareMaxPool2d
+
+    torch.manual_seed(0)
+    model = get_model(arch, 10, (1, 28, 28), (0.3,), (0.35,)).eval()
+    module, _ = runtime.for_gradients(model)
+    ref = model  # the original tree (laid out in place like the module): no rewrite
+    pools = [m for m in module.modules() if isinstance(m, GradAwareMaxPool2d)]
+    assert pools, "no pool was wrapped"
+    calls = []
+    for p in pools:
+        p.fast.register_forward_hook(lambda *a: calls.append("fast"))
+        p.pool.register_forward_hook(lambda *a: calls.append("pool"))
+    x = torch.rand(6, 1, 28, 28)
+    x[0, 0, :4, :4] = 0.5  # flat windows: ties, where the strided path's gradient would differ
+    xg = x.clone().requires_grad_(True)
+    out = module(xg)
+    (g,) = torch.autograd.grad(out[:, 3].sum(), xg)
+    assert set(calls) == {"pool"}
+    xr = x.clone().requires_grad_(True)
+    out_ref = ref(xr)
+    (g_ref,) = torch.autograd.grad(out_ref[:, 3].sum(), xr)
+    assert torch.equal(out, out_ref) and torch.equal(g, g_ref)
+    calls.clear()
+    with torch.no_grad():
+        assert torch.equal(module(x), out_ref.detach())
+    assert set(calls) == {"fast"}

@@ -161,3 +161,48 @@ def strided_max_pools(module: nn.Module) -> tuple[nn.Module, int]:
     if _strided(module):
         return StridedMaxPool2d(_pair(module.kernel_size)), 1
     return _replace_pools(module)
+
+
+class GradAwareMaxPool2d(nn.Module):
+    """A non-overlapping ``nn.MaxPool2d`` that takes :class:`StridedMaxPool2d`'s faster path
+    on the forward passes that take no gradient (``torch.no_grad``/``inference_mode``, or an
+    input that does not require grad) and the original pooling otherwise, so the values are
+    those of ``MaxPool2d`` always and the gradient is ``MaxPool2d``'s. For attacks, which mix
+    gradient steps with decision-only forward passes (Square's queries, FAB's decisions, the
+    clean and final predictions)."""
+
+    def __init__(self, pool: nn.MaxPool2d) -> None:
+        super().__init__()
+        self.pool = pool
+        self.fast = StridedMaxPool2d(_pair(pool.kernel_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return self.pool(x)
+        return self.fast(x)
+
+
+def _replace_pools_grad_aware(module: nn.Module) -> tuple[nn.Module, int]:
+    children = dict(module._modules)
+    count = 0
+    for name, child in children.items():
+        if child is None:
+            continue
+        if _strided(child):
+            children[name] = GradAwareMaxPool2d(child)
+            count += 1
+        else:
+            children[name], k = _replace_pools_grad_aware(child)
+            count += k
+    if not count or _hooked(module):
+        return module, 0
+    return _with_children(module, children), count
+
+
+def grad_aware_max_pools(module: nn.Module) -> tuple[nn.Module, int]:
+    """A module with each non-overlapping ``nn.MaxPool2d`` of ``module`` wrapped in
+    :class:`GradAwareMaxPool2d` (sharing every other module, parameter and buffer); returns
+    it and the number of pools wrapped (0: ``module`` itself is returned)."""
+    if _strided(module):
+        return GradAwareMaxPool2d(module), 1
+    return _replace_pools_grad_aware(module)

@@ -62,8 +62,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=500, help="batch of the dataset constructions")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--stop-after", choices=("det", "robust_source", "d_r"), default=None,
-                    help="stop after the non-robust branch / the robust source model / D_R and its model")
+    ap.add_argument("--stop-after", choices=("det", "robust_source"), default=None,
+                    help="stop after the non-robust branch / the robust source model (and evaluate what is built)")
     return ap.parse_args()
 
 
@@ -166,15 +166,20 @@ def main() -> None:
                     "target_hit_rate": float(s.target_hit.float().mean())}
 
     d_det, log["D_det"] = cached_dataset("d_det", out, build_det, data.info, det_set)
-    on_det = train("on_d_det", get_objective("standard"), d_det, monitor, args, out, log, det_set)
+    log["D_det"]["standard_source_acc_on_D_det_labels"] = clean_accuracy(standard_src, d_det)
+    # the standard source is the standard model on D (same data, recipe and seed)
+    models = {"standard on D (source of D_det)": standard_src,
+              "standard on D_det": train("on_d_det", get_objective("standard"), d_det, monitor, args, out, log,
+                                         det_set)}
     if args.stop_after == "det":
-        return
+        return report(models, test, args, out, log)
 
     # the robust branch: PGD-AT source -> D_R -> standard model on D_R
     robust_obj = get_objective("pgd_at", eps=args.robust_eps, norm="l2", attack_steps=args.robust_steps)
     robust_src = train("source_robust", robust_obj, data, monitor, args, out, log, rob)
+    models[f"PGD-AT l_2 {args.robust_eps} on D (source of D_R)"] = robust_src
     if args.stop_after == "robust_source":
-        return
+        return report(models, test, args, out, log)
 
     def build_r():
         ds, m = robust_dataset(robust_src, data, steps=args.match_steps, step_size=args.match_step,
@@ -185,21 +190,16 @@ def main() -> None:
                     "l2_to_original_mean": float((ds.images - data.images).flatten(1).norm(dim=1).mean())}
 
     d_r, log["D_R"] = cached_dataset("d_r", out, build_r, data.info, r_set)
-    on_r = train("on_d_r", get_objective("standard"), d_r, monitor, args, out, log, r_set)
-    if args.stop_after == "d_r":
-        return
-    with torch.no_grad():  # how the sources see the new sets
-        log["D_R"]["robust_source_acc_on_D_R"] = clean_accuracy(robust_src, d_r)
-        log["D_R"]["standard_source_acc_on_D_R"] = clean_accuracy(standard_src, d_r)
-        log["D_det"]["standard_source_acc_on_D_det_labels"] = clean_accuracy(standard_src, d_det)
+    # how the sources see D_R (its images keep the label y)
+    log["D_R"]["robust_source_acc_on_D_R"] = clean_accuracy(robust_src, d_r)
+    log["D_R"]["standard_source_acc_on_D_R"] = clean_accuracy(standard_src, d_r)
+    models["standard on D_R"] = train("on_d_r", get_objective("standard"), d_r, monitor, args, out, log, r_set)
+    report(models, test, args, out, log)
 
-    models = {
-        # the standard source is the standard model on D (same data, recipe and seed)
-        "standard on D (source of D_det)": standard_src,
-        f"PGD-AT l_2 {args.robust_eps} on D (source of D_R)": robust_src,
-        "standard on D_R": on_r,
-        "standard on D_det": on_det,
-    }
+
+def report(models: dict, test: Dataset, args, out: Path, log: dict) -> None:
+    """Clean accuracy on the whole test set, PGD-20 accuracy at l_inf and l_2 on a subset;
+    writes OUT/table.md and OUT/results.json."""
     att = test.subset(skip=max(1, len(test) // args.attack_images), max_count=args.attack_images)
     rows = []
     for name, model in models.items():
@@ -218,7 +218,7 @@ def main() -> None:
     text = "\n".join(table) + "\n"
     write_text_atomic(out / "table.md", text, "table")
     write_text_atomic(out / "results.json", json.dumps(log, indent=1, default=str) + "\n", "results")
-    print(json.dumps({k: log[k] for k in ("D_R", "D_det")}, indent=1))
+    print(json.dumps({k: log[k] for k in ("D_R", "D_det") if k in log}, indent=1))
     print(text)
 
 

@@ -306,3 +306,102 @@ def test_the_bounds_are_a_bisection_of_the_stated_number_of_steps():
     assert lo.shape == (3,) and lo[0] == 0.0 and 0.4 < lo[1] < 0.5 and lo[2] > 0.98
     assert deep.rejects_below(np.array([[500], [250]]), 500, np.array([0.5, 0.9])).tolist() == [[True, True],
                                                                                                  [False, False]]
+
+
+# ----------------------------------------------------------------------------- the procedures' API
+PROCEDURES = [certify_adaptive, certify_sequential, certify_anytime, predict_adaptive, predict_sequential]
+
+
+def test_documented_defaults_of_the_procedures():
+    """Cohen et al.'s n = 100,000 and alpha = 0.001, n0 = 100, forward batches of 400 and
+    futility at 0.05; certify_anytime's sample budget and radius tolerance 0.01."""
+    import inspect
+
+    for fn in PROCEDURES:
+        p = inspect.signature(fn).parameters
+        assert p["alpha"].default == 0.001 and p["batch_size"].default == 400, fn.__name__
+        assert p["futility_alpha"].default == 0.05, fn.__name__
+        assert p[("budget" if fn is certify_anytime else "n_max")].default == 100_000, fn.__name__
+        if "n0" in p:
+            assert p["n0"].default == 100, fn.__name__
+    assert inspect.signature(certify_anytime).parameters["tolerance"].default == 0.01
+
+
+def _refused(fn, message):
+    with pytest.raises(ValueError) as info:
+        fn()
+    assert str(info.value) == message
+
+
+def test_the_procedures_refuse_bad_arguments_naming_them():
+    g = SmoothedClassifier(Scripted((0, 10)), 2, 0.25)
+    for fn, extra in ((certify_sequential, dict(radii=[])), (predict_sequential, {})):
+        _refused(lambda: fn(g, X, n_max=0, **extra), "n_max must be an integer >= 1; got 0")
+        _refused(lambda: fn(g, X, n_max=100, futility_alpha=0.0, **extra), "futility_alpha must lie in (0, 1); got 0.0")
+        _refused(lambda: fn(g, X, n_max=100, alpha=1.0, **extra), "alpha must lie in (0, 1); got 1.0")
+    for fn, extra in ((certify_adaptive, dict(radii=[])), (predict_adaptive, {})):
+        _refused(lambda: fn(g, X, n_max=100, futility_alpha=1.0, **extra), "futility_alpha must lie in (0, 1); got 1.0")
+        _refused(lambda: fn(g, X, n_max=100, alpha=0, **extra), "alpha must lie in (0, 1); got 0")
+    _refused(lambda: certify_anytime(g, X, budget=0), "budget must be an integer >= 1; got 0")
+    _refused(lambda: certify_anytime(g, X, budget=100, futility_alpha=2.0), "futility_alpha must lie in (0, 1); got 2.0")
+    _refused(lambda: certify_anytime(g, X, budget=100, n0=0), "n0 must be an integer >= 1; got 0")
+    _refused(lambda: certify_sequential(g, X, [], n0=0, n_max=100), "n0 must be an integer >= 1; got 0")
+    _refused(lambda: certify_adaptive(g, X, [], n0=0, n_max=100), "n0 must be an integer >= 1; got 0")
+    # schedules: strictly increasing, positive, ending at n_max (budget)
+    for bad in ([100, 100, 200], [200, 100], [0, 200], [100, 150]):
+        _refused(lambda: predict_sequential(g, X, n_max=200, schedule=bad),
+                 "the schedule must be increasing positive sample counts ending at n_max=200")
+        _refused(lambda: certify_anytime(g, X, budget=200, schedule=bad),
+                 "the schedule must be increasing positive sample counts ending at budget=200")
+        msg = f"the schedule must be increasing positive sample counts, got {bad}"
+        if bad == [100, 150]:
+            msg = "the schedule must end at n_max=200, got 150"
+        _refused(lambda: predict_adaptive(g, X, n_max=200, schedule=bad), msg)
+        _refused(lambda: certify_adaptive(g, X, [], n_max=200, schedule=bad), msg)
+    _refused(lambda: certify_sequential(g, X, [], n_max=200, schedule=[100, 150]),
+             "the schedule must be increasing positive sample counts ending at n_max=200, got [100, 150]...[150]")
+    cs = BernoulliCS(0.1)
+    _refused(lambda: certify_sequential(g, X, [], n_max=100, alpha=0.01, cs=cs),
+             "the confidence sequence has alpha 0.1, the call 0.01")
+    _refused(lambda: certify_anytime(g, X, budget=100, alpha=0.01, cs=cs),
+             "the confidence sequence has alpha 0.1, the call 0.01")
+    _refused(lambda: certify_anytime(g, X, budget=100, tolerance=-0.5),
+             "tolerance must be a finite radius >= 0, got -0.5")
+
+
+MENU = dict(thetas=[0.5], weights=[1.0])  # one bet: failure rate half the allowed one
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_predict_sequential_bets_with_the_given_sequence_at_the_pair_level(k):
+    """A custom sequence's menu is used (at alpha / (K - 1) per pair) for deciding and for
+    futility; the crossing count differs from the default menu's."""
+    alpha, b = 0.01, 100
+    level = math.log((k - 1) / alpha)
+    a_star = next(a for a in range(b, 10 * b) if hand_log_e(a, a + b, 0.5, **MENU) >= level)
+    assert a_star != next(a for a in range(b, 10 * b) if hand_log_e(a, a + b, 0.5) >= level)
+    for a, decided in ((a_star - 1, False), (a_star, True)):
+        n = a + b
+        g = SmoothedClassifier(Scripted((1, a), (0, b)), k, 0.25)
+        res = predict_sequential(g, X, n_max=n, alpha=alpha, batch_size=n, schedule=[n],
+                                 cs=BernoulliCS(0.3, **MENU))
+        assert int(res.prediction[0]) == (1 if decided else ABSTAIN)
+        assert float(res.p_value[0]) == pytest.approx(min(1.0, (k - 1) * math.exp(-hand_log_e(a, n, 0.5, **MENU))),
+                                                      rel=1e-9)
+
+
+def test_certify_sequential_and_anytime_bet_with_the_given_sequence():
+    n, alpha = 600, 0.05
+    s_star = first_crossing_menu = next(s for s in range(n + 1) if hand_log_e(s, n, 0.5, **MENU) >= math.log(20))
+    assert s_star != first_crossing(n, 0.5, math.log(20))
+    for votes, certified in ((s_star - 1, False), (s_star, True)):
+        g = SmoothedClassifier(Scripted((1, 10), (1, votes), (0, n - votes)), 2, 0.25)
+        res = certify_sequential(g, X, [], n0=10, n_max=n, alpha=alpha, batch_size=n, schedule=[n],
+                                 cs=BernoulliCS(alpha, **MENU))
+        assert int(res.prediction[0]) == (1 if certified else ABSTAIN)
+        g = SmoothedClassifier(Scripted((1, 10), (1, votes), (0, n - votes)), 2, 0.25)
+        res = certify_anytime(g, X, n0=10, budget=n, alpha=alpha, batch_size=n, schedule=[n],
+                              cs=BernoulliCS(alpha, **MENU))
+        assert int(res.prediction[0]) == (1 if certified else ABSTAIN)
+        assert float(res.p_lower[0]) == pytest.approx(float(BernoulliCS(alpha, **MENU).lower(votes, n)), abs=1e-15)
+    del first_crossing_menu

@@ -122,3 +122,18 @@ def test_adaptive_rows_are_in_the_file_before_the_group_finishes(argv, tmp_path,
     assert len(out.read_text().splitlines()) == 5
     assert max(seen) >= 2  # forward passes still ran while two rows of the one group were on disk
     assert seen == sorted(seen)
+
+
+def test_the_public_sampler_alone_gives_the_classifiers_counts():
+    from smoothguard.noise import get_noise
+    from smoothguard.smoothing import Sampler
+
+    lenet = load_default_model()[0]
+    x = torch.rand(3, 1, 28, 28)
+    speed = runtime.fastest_exact(lenet)
+    s = Sampler(lenet, 10, get_noise("gaussian", 0.25), speed, in_shape=(1, 28, 28))
+    alone = s.counts(x, 300, 200, seeds=[7, 8, 9])
+    assert alone.sum(1).tolist() == [300, 300, 300]
+    # each image's counts depend on its seed only, not on the other images of the call
+    assert torch.equal(s.counts(x[1:2], 300, 200, seeds=[8])[0], alone[1])
+    assert torch.equal(SmoothedClassifier(lenet, 10, 0.25).sample_counts(x, 300, 200, seeds=[7, 8, 9]), alone)

@@ -2,6 +2,15 @@
 implementation of ALGORITHMS.md section 1, and the bare forward pass.
 
     python benchmarks/bench_certify.py [--images 20] [--n 10000] [--threads 2] [--retain-memory]
+    python benchmarks/bench_certify.py --defaults [--rounds 3] [--images 20] [--n 10000] [--threads 2]
+
+``--defaults`` (issue 18): what a user gets without knowing a knob, against Cohen et al.'s
+straightforward implementation: the README's snippet ``SmoothedClassifier(model, 10, 0.25)``
+with its default speed configuration (smoothguard.runtime.fastest_exact, printed), the same
+with one worker (the rule's alternative), and the command line ``smoothguard certify`` in a
+subprocess (its per-row ``time`` column summed, and its whole wall time with the start-up).
+The variants run in rotating order, ``--rounds`` times; the library's and the CLI's
+predictions and radii must be identical (same per-image seeds, same counts), else it stops.
 
 For each model (the embedded LeNet; a Madry CNN trained briefly with Gaussian noise):
   * bare forward: model(batch of 400) in fp32, contiguous NCHW, images/s;
@@ -154,8 +163,84 @@ def bench(name, model, images, n, ours_batch, bf16_images):
     return rows
 
 
+def _cli_certify(model_arg, root, images, n, threads, out):
+    """``smoothguard certify`` in its own process: (rows, summed time column, wall seconds)."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "smoothguard", "certify", *model_arg, "--data", "fashion-mnist", "--skip", "20",
+           "--max", str(images), "--n0", str(N0), "--n", str(n), "--alpha", str(ALPHA), "--sigma", str(SIGMA),
+           "--threads", str(threads), "--seed", "0", "--out", str(out), "--overwrite"]
+    if root:
+        cmd += ["--root", str(root)]
+    env = dict(os.environ, SMOOTHGUARD_NO_PROGRESS="1")
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    rows = [line.split("\t") for line in Path(out).read_text().splitlines()[1:]]
+    rows.sort(key=lambda r: int(r[0]))
+    return [(int(r[2]), float(r[3])) for r in rows], sum(float(r[-1]) for r in rows), wall, " ".join(cmd[1:])
+
+
+def defaults(name, model, model_arg, data, n, threads, rounds, root, tmp):
+    """The --defaults section for one model: rows of a Markdown table."""
+    import copy
+
+    from smoothguard.smoothing import image_seed
+
+    images, indices = data.images, data.indices.tolist()
+    seeds = [image_seed(0, i) for i in indices]  # what the CLI draws with --seed 0
+    base = copy.deepcopy(model).eval()
+    lib = SmoothedClassifier(copy.deepcopy(model), 10, SIGMA)  # the README's snippet
+    one = SmoothedClassifier(copy.deepcopy(model), 10, SIGMA, workers=1)
+    print(f"{name}: library default speed configuration: {lib.speed}", flush=True)
+    times = {k: [] for k in ("cohen", "library", "library 1 worker", "cli rows", "cli wall")}
+    cmd = None
+    for r in range(rounds):
+        order = ["cohen", "library", "library 1 worker", "cli"]
+        order = order[r % 4:] + order[:r % 4]  # rotate: no variant always runs first or last
+        for k in order:
+            if k == "cohen":
+                t0 = time.perf_counter()
+                for i in range(len(images)):
+                    straightforward_certify(base, images[i], N0, n, ALPHA, SIGMA)
+                times[k].append(time.perf_counter() - t0)
+            elif k.startswith("library"):
+                g = lib if k == "library" else one
+                t0 = time.perf_counter()
+                got = []
+                for i in range(len(images)):  # one image per call, as the README's snippet
+                    res = g.certify_batch(images[i][None], N0, n, ALPHA, seeds=[seeds[i]])
+                    got.append((int(res.prediction[0]), float(res.radius[0])))
+                times[k].append(time.perf_counter() - t0)
+                if k == "library":
+                    lib_rows = got
+                elif got != lib_rows:
+                    raise SystemExit(f"{name}: one worker and the default differ: {got} vs {lib_rows}")
+            else:
+                rows, per_row, wall, cmd = _cli_certify(model_arg, root, len(images), n, threads, tmp / "c.tsv")
+                times["cli rows"].append(per_row)
+                times["cli wall"].append(wall)
+                cli_rows = rows
+        if cli_rows != lib_rows:
+            raise SystemExit(f"{name}: the CLI's rows differ from the library's: {cli_rows} vs {lib_rows}")
+    m = len(images) * (N0 + n)
+    out = []
+    for k, ts in times.items():
+        ratios = [c / t for c, t in zip(times["cohen"], ts)]
+        out.append(f"| {name} | {k} | {' / '.join(f'{t:.1f}' for t in ts)} | {m / float(np.median(ts)):,.0f} | "
+                   f"{' / '.join(f'{x:.2f}x' for x in ratios)} | **{float(np.median(ratios)):.2f}x** |")
+    print(f"{name}: identical predictions and radii, library and CLI, in all {rounds} rounds; CLI command: {cmd}",
+          flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--defaults", action="store_true",
+                    help="library defaults and the CLI against the straightforward implementation (issue 18)")
+    ap.add_argument("--rounds", type=int, default=3, help="--defaults: interleaved repeats")
     ap.add_argument("--images", type=int, default=20)
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--threads", type=int, default=2)
@@ -185,6 +270,21 @@ def main() -> None:
             torch.manual_seed(0)
             info = data.info
             models[name + " (random weights)"] = get_model(name, 10, info.input_shape, info.mean, info.std).eval()
+    if args.defaults:
+        import tempfile
+
+        from smoothguard import runtime
+
+        print(f"torch {torch.__version__}, {args.threads} threads, CPU flags {runtime.cpu_flags()}, sigma {SIGMA}, "
+              f"n0 {N0}, n {args.n}, {args.images} Fashion-MNIST test images (--skip 20), {args.rounds} rounds\n")
+        table = ["| model | variant | wall s per round | noisy images/s (median round) | speed-up vs Cohen per round "
+                 "| median |", "|---|---|---|---:|---|---:|"]
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, model in models.items():
+                arg = [] if name == "lenet" else ["--model", "runs/bench_madry_cnn.pt"]
+                table += defaults(name, model, arg, data, args.n, args.threads, args.rounds, args.root, Path(tmp))
+        print("\n".join(table))
+        return
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} threads"
     memory = "freed memory retained (whole process)" if args.retain_memory else "default allocator"
     print(f"torch {torch.__version__}, {where}, {memory}, sigma {SIGMA}, n0 {N0}, n {args.n}, "

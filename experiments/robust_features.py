@@ -178,6 +178,11 @@ def main() -> None:
     robust_obj = get_objective("pgd_at", eps=args.robust_eps, norm="l2", attack_steps=args.robust_steps)
     robust_src = train("source_robust", robust_obj, data, monitor, args, out, log, rob)
     models[f"PGD-AT l_2 {args.robust_eps} on D (source of D_R)"] = robust_src
+    # does a robust model see the original class y or the new label t in D_det's images?
+    with torch.no_grad():
+        pred = torch.cat([robust_src(d_det.images[i:i + 1000]).argmax(1) for i in range(0, len(d_det), 1000)])
+    log["D_det"]["robust_source_predicts_y"] = float((pred == data.labels).float().mean())
+    log["D_det"]["robust_source_predicts_t"] = float((pred == d_det.labels).float().mean())
     if args.stop_after == "robust_source":
         return report(models, test, args, out, log)
 

@@ -20,6 +20,16 @@ from smoothguard.training.robust_features import (
 )
 
 SHAPE = (1, 4, 4)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread (two threads on a loaded 2-core machine made a
+    4x4 forward/backward take ~40 ms of thread hand-off instead of ~1 ms); restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 INFO = DatasetInfo("tiny", 3, SHAPE, (0.0,), (1.0,), ("a", "b", "c"))
 
 

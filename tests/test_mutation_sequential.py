@@ -405,3 +405,97 @@ def test_certify_sequential_and_anytime_bet_with_the_given_sequence():
         assert int(res.prediction[0]) == (1 if certified else ABSTAIN)
         assert float(res.p_lower[0]) == pytest.approx(float(BernoulliCS(alpha, **MENU).lower(votes, n)), abs=1e-15)
     del first_crossing_menu
+
+
+def _stops_by_the_rule(n1, n2, look, n_max, alpha, k, futility_alpha=0.05):
+    """predict_sequential's documented stop at a look: decided (the pair's e-value reaches
+    (K - 1) / alpha), hopeless (with the leader's share of the top two at its anytime upper
+    bound at futility_alpha, n_max samples would not decide) or n_max reached."""
+    level = math.log((k - 1) / alpha)
+    m = n1 + n2
+    decided = hand_log_e(n1, m, 0.5) >= level
+    share = float(BernoulliCS(futility_alpha).upper(n1, m))
+    m_end = m * n_max / look
+    hopeless = hand_log_e(n1 + share * (m_end - m), m_end, 0.5) < level
+    return decided, hopeless or look >= n_max
+
+
+def test_predict_sequential_accumulates_looks_and_stops_by_its_rule():
+    """Counts add up over looks; an image stops at the first look where it is decided or
+    hopeless (checked against the rule computed by hand), answering the leader only when
+    decided; the p-value is (K - 1) / E capped at 1."""
+    alpha, k, n_max, looks = 0.01, 3, 3000, [100, 200, 3000]
+    cases = {  # name: label runs per look (class, count)
+        "late": [[(1, 60), (0, 40)], [(1, 90), (0, 10)], [(1, 2800)]],  # decided at look 2
+        "tie": [[(1, 50), (0, 50)], [(1, 50), (0, 50)], [(1, 1400), (0, 1400)]],
+        "lopsided": [[(1, 100)], [(1, 100)], [(1, 2800)]],  # decided at look 1
+    }
+    for name, runs in cases.items():
+        g = SmoothedClassifier(Scripted(*[r for look in runs for r in look]), k, 0.25)
+        res = predict_sequential(g, X, n_max=n_max, alpha=alpha, batch_size=5000, schedule=looks)
+        n1 = n2 = 0
+        for j, look in enumerate(looks):
+            for c, cnt in runs[j]:
+                n1, n2 = (n1 + cnt, n2) if c == 1 else (n1, n2 + cnt)
+            decided, stop = _stops_by_the_rule(max(n1, n2), min(n1, n2), look, n_max, alpha, k)
+            if decided or stop:
+                break
+        assert int(res.n_used[0]) == look, name
+        assert res.counts[0].tolist() == [n2, n1, 0], name
+        assert int(res.prediction[0]) == (1 if decided else ABSTAIN), name
+        want_p = min(1.0, (k - 1) * math.exp(-hand_log_e(max(n1, n2), n1 + n2, 0.5)))
+        assert float(res.p_value[0]) == pytest.approx(want_p, rel=1e-9), name
+        if name == "late":
+            assert look == 200 and decided
+        if name == "tie":
+            assert not decided and float(res.p_value[0]) == 1.0  # E < 1 at an even split: p capped at 1
+        if name == "lopsided":
+            assert look == 100 and decided
+
+
+def _coin(z):
+    """Class 0 when the first noisy coordinate is below 0 (x = 0: a fair coin), class 1 else."""
+    return (z.flatten(1)[:, 0] >= 0).long()
+
+
+@pytest.mark.parametrize("proc", ["predict_sequential", "certify_anytime", "certify_sequential"])
+def test_seeds_generators_single_images_and_on_done_reach_the_procedure(proc):
+    fn = {"predict_sequential": lambda g, x, **kw: predict_sequential(g, x, n_max=400, alpha=0.1, **kw),
+          "certify_anytime": lambda g, x, **kw: certify_anytime(g, x, n0=10, budget=400, alpha=0.1, **kw),
+          "certify_sequential": lambda g, x, **kw: certify_sequential(g, x, [0.1], n0=10, n_max=400, alpha=0.1,
+                                                                      **kw)}[proc]
+    g = SmoothedClassifier(_coin, 2, 1.0)
+    x = torch.zeros(2, 3, 2, 2)
+
+    def counts(r):
+        return (r.counts if hasattr(r, "counts") else r.counts_selection).tolist(), r.n_used.tolist()
+
+    a, b, c = (fn(g, x, seeds=s, schedule=[100, 400]) for s in ([1, 2], [1, 2], [4, 5]))
+    assert counts(a) == counts(b) and counts(a)[0][0] != counts(c)[0][0] and counts(a)[0][1] != counts(c)[0][1]
+    ga, gb = (fn(g, x, generator=torch.Generator().manual_seed(5), schedule=[100, 400]) for _ in range(2))
+    assert counts(ga) == counts(gb)
+    # one image (C, H, W) with three channels: a batch of one
+    one = fn(g, x[0], seeds=[1], schedule=[100, 400])
+    assert one.prediction.shape == (1,) and counts(one)[0][0] == counts(b)[0][0]
+    # on_done hears of every image once, with its final row
+    heard = []
+    res = fn(g, x, seeds=[1, 2], schedule=[100, 400], on_done=lambda pos, r: heard.append((pos.tolist(), r)))
+    assert sorted(p for pos, _ in heard for p in pos) == [0, 1]
+    for pos, r in heard:
+        assert r.prediction.tolist() == res.prediction[pos].tolist()
+        assert r.n_used.tolist() == res.n_used[pos].tolist()
+    # the default schedule when none is given: the anytime looks of cs_schedule
+    from smoothguard.smoothing.adaptive import cs_schedule
+
+    assert set(fn(g, x, seeds=[1, 2]).n_used.tolist()) <= set(cs_schedule(400)) == {100, 200, 300, 400}
+    # a schedule may start at a single sample
+    assert int(fn(g, x[:1], seeds=[1], schedule=[1, 400]).n_used[0]) in (1, 400)
+
+
+def test_anytime_tolerance_must_be_finite():
+    g = SmoothedClassifier(_coin, 2, 1.0)
+    _refused(lambda: certify_anytime(g, X, budget=100, tolerance=math.inf),
+             "tolerance must be a finite radius >= 0, got inf")
+    _refused(lambda: certify_anytime(g, X, budget=100, tolerance=math.nan),
+             "tolerance must be a finite radius >= 0, got nan")
+    assert certify_anytime(g, X, budget=100, tolerance=0, seeds=[0]).prediction.shape == (1,)

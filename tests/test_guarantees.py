@@ -740,6 +740,29 @@ def test_apgd_restarts_skip_fooled_points_and_keep_the_best_over_runs():
     assert ce_b == pytest.approx(float(res.losses[1].max()), rel=1e-6)
 
 
+def test_apgd_on_already_fooled_points_and_float64_models():
+    """Points misclassified before the attack are returned unchanged with NaN losses (no
+    run is spent on them; with every point fooled the attack ends at once), and a float64
+    model's losses stay float64."""
+    model = _Window(0.78, 0.82, lambda v: -0.3 - 10 * (v - 0.6137).abs())
+    for restarts in (1, 3):
+        atk = APGD(model, norm="linf", eps=0.3, steps=5, restarts=restarts, seed=0, sanity_checks=False)
+        x = torch.full((2, 1, 1, 1), 0.8)  # inside the class-1 window: already fooled
+        res = atk.run(x, torch.tensor([0, 0]))
+        assert res.success.tolist() == [True, True] and torch.equal(res.x_adv, x)
+        assert res.losses.shape == (2, restarts) and bool(torch.isnan(res.losses).all())
+        # fooled in the first run (its first step lands at 0.8): the later runs are skipped
+        atk = APGD(model, norm="linf", eps=0.3, steps=5, restarts=restarts, random_start=False, seed=0,
+                   sanity_checks=False)
+        res = atk.run(torch.full((2, 1, 1, 1), 0.5), torch.tensor([0, 0]))
+        assert res.success.tolist() == [True, True]
+        assert bool(torch.isfinite(res.losses[:, 0]).all()) and bool(torch.isnan(res.losses[:, 1:]).all())
+    double = _Peak().double()
+    atk = APGD(double, norm="linf", eps=0.3, steps=5, random_start=False, seed=0, sanity_checks=False)
+    res = atk.run(torch.full((1, 1, 1, 1), 0.5, dtype=torch.float64), torch.tensor([0]))
+    assert res.losses.dtype == torch.float64 and res.x_adv.dtype == torch.float64
+
+
 # ----------------------------------------------------------------------------- TRADES
 def _tiny_linear():
     torch.manual_seed(0)

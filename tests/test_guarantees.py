@@ -763,6 +763,19 @@ def test_apgd_on_already_fooled_points_and_float64_models():
     assert res.losses.dtype == torch.float64 and res.x_adv.dtype == torch.float64
 
 
+def test_apgd_warns_when_the_start_gradient_is_zero():
+    """A flat model (zero input gradient everywhere) makes APGD's results meaningless: the
+    sanity check at the start point says so, as PGD's does."""
+    from smoothguard.attacks.sanity import RobustnessWarning
+
+    class Flat(nn.Module):
+        def forward(self, x):
+            return (x * 0).flatten(1)[:, :1].repeat(1, 2) + torch.tensor([2.0, 0.0])
+
+    with pytest.warns(RobustnessWarning, match="all-zero input gradient at the start point"):
+        APGD(Flat(), norm="linf", eps=0.1, steps=2).run(torch.full((2, 1, 1, 1), 0.5), torch.tensor([0, 0]))
+
+
 # ----------------------------------------------------------------------------- TRADES
 def _tiny_linear():
     torch.manual_seed(0)

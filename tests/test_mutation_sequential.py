@@ -259,7 +259,7 @@ def test_engine_refusals_name_the_problem_whole():
             "need as many weights as thetas (>= 1), got 2 and 1")
     for bad in ([1.0], [0.0], [float("nan")], [-0.5]):
         refused(lambda: BernoulliCS(0.1, thetas=bad, weights=[0.5]), f"thetas must lie in (0, 1), got {bad}")
-    for bad in ([0.0, 0.5], [-0.1, 0.5], [float("inf"), 0.1]):
+    for bad in ([0.0, 0.5], [-0.1, 0.5], [float("inf"), 0.1], [float("nan"), 0.1]):
         refused(lambda: BernoulliCS(0.1, thetas=[0.5, 0.2], weights=bad),
                 f"weights must be positive and sum to at most 1, got {bad} (sum {sum(bad)})")
     refused(lambda: BernoulliCS(0.1, thetas=[0.5, 0.2], weights=[0.5, 0.5 + 1e-9]),

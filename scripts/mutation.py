@@ -193,7 +193,8 @@ def refresh_copy(work: Path, file: str, rev: str | None) -> None:
 
 
 def run_target(name: str, work: Path, max_children: int, mutmut: list[str], rev: str | None,
-               resume: bool = False, report: bool = False, survivors_only: bool = False) -> dict:
+               resume: bool = False, report: bool = False, survivors_only: bool = False,
+               only: list[str] | None = None) -> dict:
     file, functions, tests = TARGETS[name]
     globs = mutant_globs(file, functions)
     env = dict(os.environ)
@@ -208,7 +209,8 @@ def run_target(name: str, work: Path, max_children: int, mutmut: list[str], rev:
     elif resume and (work / "mutants").is_dir():
         refresh_copy(work, file, rev)
         skip = ("killed", "timeout", "not checked") if survivors_only else ("killed", "timeout")
-        names = sorted(k for k, v in _statuses(work, env, mutmut, globs).items() if v not in skip)
+        names = sorted(k for k, v in _statuses(work, env, mutmut, globs).items() if v not in skip
+                       and (not only or any(fnmatch.fnmatchcase(k, g) for g in only)))
     else:
         prepare(work, file, tests, rev)
     log = work / ("mutmut-run.log" if names is globs or report else "mutmut-resume.log")
@@ -249,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                     "left alive, against the current tests/")
     ap.add_argument("--survivors-only", action="store_true", help="with --resume: rerun the survivors only, "
                     "not the mutants an interrupted run never checked")
+    ap.add_argument("--only", nargs="+", default=None, metavar="GLOB", help="with --resume: rerun only the "
+                    "mutants whose names match these globs (e.g. '*_default_menu*')")
     ap.add_argument("--report", action="store_true", help="only summarize the earlier runs kept in --workdir "
                     "(nothing is run)")
     ap.add_argument("--show", action="store_true", help="print the diff of every surviving mutant")
@@ -280,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.targets or list(TARGETS):
         r = run_target(name, workdir / name, args.max_children, mutmut, args.rev, args.resume, args.report,
-                       args.survivors_only)
+                       args.survivors_only, args.only)
         results.append(r)
         c = r["counts"]
         print(f"{name:<11} {r['file']}: {c.get('killed', 0) + c.get('timeout', 0)}/"

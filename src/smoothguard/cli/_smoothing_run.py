@@ -137,7 +137,7 @@ def build_smoothed(args: argparse.Namespace) -> tuple[SmoothedClassifier, dict[s
                                   jit=getattr(args, "jit", None), workers=getattr(args, "workers", None),
                                   device=None if is_module else args.device, in_shape=data.info.input_shape,
                                   noise=noise)
-    from smoothguard.cli.attack import model_settings
+    from smoothguard.cli._provenance import model_settings
 
     model_name, model_sha = model_settings(args.model, args.model_factory, args.weights)
     settings = {

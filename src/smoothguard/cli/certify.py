@@ -12,6 +12,7 @@ from smoothguard.cli._smoothing_run import (
     run_rows,
 )
 from smoothguard.contract import ContractError, check_int
+from smoothguard.evaluation.formats import ADAPTIVE_CERTIFY_COLUMNS, CERTIFY_COLUMNS
 
 DEFAULT_N = 100_000
 
@@ -23,7 +24,7 @@ DESCRIPTION = (
     "(Cohen et al.'s format; predict -1 = abstain). With --out, rows are flushed one by one and "
     "rerunning resumes after the last complete row."
 )
-COLUMNS = ["idx", "label", "predict", "radius", "correct", "time"]
+COLUMNS = list(CERTIFY_COLUMNS)  # declared once, in evaluation/formats.py
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -118,7 +119,7 @@ def _run_adaptive(args: argparse.Namespace) -> int:
     return 0
 
 
-ADAPTIVE_COLUMNS = ["idx", "label", "predict", "radius", "correct", "n_used", "time"]
+ADAPTIVE_COLUMNS = list(ADAPTIVE_CERTIFY_COLUMNS)
 
 
 def _emit_certified(idx, y, emit):

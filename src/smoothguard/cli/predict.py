@@ -13,13 +13,14 @@ from smoothguard.cli._smoothing_run import (
 )
 
 from smoothguard.contract import ContractError, check_int
+from smoothguard.evaluation.formats import ADAPTIVE_PREDICT_COLUMNS, PREDICT_COLUMNS
 
 HELP = "predict with the smoothed classifier (Cohen et al. PREDICT, abstains when unsure), TSV rows"
 DESCRIPTION = (
     "For each selected image: the smoothed classifier's class, or -1 (abstain) when a two-sided "
     "binomial test on the top two counts is not significant at alpha. Rows: idx label predict correct time."
 )
-COLUMNS = ["idx", "label", "predict", "correct", "time"]
+COLUMNS = list(PREDICT_COLUMNS)  # declared once, in evaluation/formats.py
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-ADAPTIVE_COLUMNS = ["idx", "label", "predict", "correct", "n_used", "time"]
+ADAPTIVE_COLUMNS = list(ADAPTIVE_PREDICT_COLUMNS)
 
 
 def _run_adaptive(args: argparse.Namespace) -> int:

@@ -21,8 +21,7 @@ from typing import Any, Sequence
 
 from smoothguard.evaluation.resultfile import read_complete_rows
 
-VERIFY_COLUMNS = ("idx", "label", "clean_pred", "verified", "margin_lb", "time")
-ATTACK_COLUMNS = ("idx", "label", "clean_pred", "adv_pred", "norm", "success", "time")
+from smoothguard.evaluation.formats import ATTACK_COLUMNS, VERIFY_COLUMNS, read_header  # declared once there
 
 
 @dataclass
@@ -41,23 +40,10 @@ class AccuracyRun:
     idx: frozenset = field(default_factory=frozenset)
 
 
-def _header(path: Path) -> list[str]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.readline().rstrip("\n").split("\t")
-    except (OSError, UnicodeDecodeError):
-        return []
-
-
-def is_sandwich_file(path: str | Path) -> bool:
-    """True for a verify or attack result file (by its header)."""
-    return tuple(_header(Path(path))) in (VERIFY_COLUMNS, ATTACK_COLUMNS)
-
-
 def read_run(path: str | Path) -> AccuracyRun | None:
     """Summarize a verify or attack result file (None when it has no complete row)."""
     path = Path(path)
-    head = tuple(_header(path))
+    head = tuple(read_header(path))
     if head not in (VERIFY_COLUMNS, ATTACK_COLUMNS):
         raise ValueError(f"{path}: not a verify or attack result file (header {list(head)})")
     # the one reader of result rows: complete, numeric, unique rows, in file order

@@ -31,7 +31,7 @@ Two ways in:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
@@ -39,8 +39,10 @@ from torch import nn
 from smoothguard.contract import (check_images, check_int, check_logits, check_nonnegative, forward_errors,
                                   model_in_shape)
 from smoothguard.noise import Gaussian
-from smoothguard.smoothing.core import SmoothedClassifier
 from smoothguard.utils import make_generator
+
+if TYPE_CHECKING:  # annotations only: core.py imports this module for SmoothedClassifier.vote
+    from smoothguard.smoothing.core import SmoothedClassifier
 
 VOTE_METHODS = ("hard", "soft", "soft_logits", "weighted")
 LOG_FLOOR = 1e-20  # scores are clamped here before the log (as in SmoothAdv's loss)

@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from smoothguard.cli._conventions import DEFAULT_DATA
 from smoothguard.contract import ContractError, check_alpha, check_int, check_model_data, check_sigma
 from smoothguard.cli.common import (add_data_arguments, add_model_factory_arguments, load_data, load_model_arg,
                                     progress, validate_selection)
@@ -25,7 +26,7 @@ from smoothguard.smoothing import NOISE_BLOCK, SmoothedClassifier
 def add_smoothing_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="checkpoint (default: the embedded Fashion-MNIST LeNet, sigma 0.25)")
     add_model_factory_arguments(p)
-    add_data_arguments(p, default="demo")
+    add_data_arguments(p, default=DEFAULT_DATA)
     p.add_argument("--sigma", type=float, default=None,
                    help="noise sd in [0,1] pixel units. Default: the noise_sd the checkpoint (or, with --denoiser, "
                         "the denoiser) was trained at, else 0.25; a different explicit value is allowed and noted")

@@ -424,15 +424,21 @@ def test_predict_sequential_accumulates_looks_and_stops_by_its_rule():
     """Counts add up over looks; an image stops at the first look where it is decided or
     hopeless (checked against the rule computed by hand), answering the leader only when
     decided; the p-value is (K - 1) / E capped at 1."""
-    alpha, k, n_max, looks = 0.01, 3, 3000, [100, 200, 3000]
+    alpha, k = 0.01, 3
     cases = {  # name: label runs per look (class, count)
         "late": [[(1, 60), (0, 40)], [(1, 90), (0, 10)], [(1, 2800)]],  # decided at look 2
         "tie": [[(1, 50), (0, 50)], [(1, 50), (0, 50)], [(1, 1400), (0, 1400)]],
         "lopsided": [[(1, 100)], [(1, 100)], [(1, 2800)]],  # decided at look 1
+        "hopeless": [[(1, 50), (0, 50)], [(1, 100)], [(1, 100)]],  # with n_max 300: gives up at look 1
+        "hopeful": [[(1, 55), (0, 45)], [(1, 100)], [(1, 100)]],
     }
     for name, runs in cases.items():
+        looks = [100, 200, 300] if name in ("hopeless", "hopeful") else [100, 200, 3000]
+        n_max = looks[-1]
         g = SmoothedClassifier(Scripted(*[r for look in runs for r in look]), k, 0.25)
         res = predict_sequential(g, X, n_max=n_max, alpha=alpha, batch_size=5000, schedule=looks)
+        assert res.counts.dtype == res.n_used.dtype == res.prediction.dtype == torch.int64
+        assert res.seconds.shape == (1,) and float(res.seconds[0]) >= 0
         n1 = n2 = 0
         for j, look in enumerate(looks):
             for c, cnt in runs[j]:
@@ -451,6 +457,10 @@ def test_predict_sequential_accumulates_looks_and_stops_by_its_rule():
             assert not decided and float(res.p_value[0]) == 1.0  # E < 1 at an even split: p capped at 1
         if name == "lopsided":
             assert look == 100 and decided
+        if name == "hopeless":
+            assert look == 100 and not decided  # stopped by futility, before n_max
+        if name == "hopeful":
+            assert look > 100
 
 
 def _coin(z):
@@ -499,3 +509,38 @@ def test_anytime_tolerance_must_be_finite():
     _refused(lambda: certify_anytime(g, X, budget=100, tolerance=math.nan),
              "tolerance must be a finite radius >= 0, got nan")
     assert certify_anytime(g, X, budget=100, tolerance=0, seeds=[0]).prediction.shape == (1,)
+
+
+def test_cs_schedule_looks_every_step_then_every_few_percent():
+    from smoothguard.smoothing.adaptive import cs_schedule
+
+    assert cs_schedule(50) == [50] and cs_schedule(100) == [100] and cs_schedule(250) == [100, 200, 250]
+    dense = list(range(100, 10_001, 100))
+    assert cs_schedule(10_000) == dense
+    # after 10,000: about 5 % more each look, in multiples of 100 (10,500, 11,000, 11,600, ...)
+    assert cs_schedule(12_000) == dense + [10_500, 11_000, 11_600, 12_000]
+    assert cs_schedule(1000, step=300, dense_until=600, growth=2.0) == [300, 600, 1000]
+    assert cs_schedule(700, step=300, dense_until=300, growth=1.01) == [300, 600, 700]  # at least one step
+    big = cs_schedule(100_000)
+    assert big[-1] == 100_000 and all(b > a for a, b in zip(big, big[1:])) and len(big) < 160
+    for kw, got in ((dict(step=0), "0 and 1.05"), (dict(growth=1.0), "100 and 1.0")):
+        _refused(lambda: cs_schedule(1000, **kw), f"need step >= 1 and growth > 1, got {got}")
+    _refused(lambda: cs_schedule(0), "n_max must be an integer >= 1; got 0")
+
+
+def test_default_selection_size_and_forward_batch():
+    """n0 = 100 selection samples and forward batches of at most 400 when not given."""
+    sizes = []
+
+    def coin(z):
+        sizes.append(z.shape[0])
+        return _coin(z)
+
+    g = SmoothedClassifier(coin, 2, 1.0)
+    for res in (certify_anytime(g, X, budget=1000, schedule=[1000], seeds=[0]),
+                certify_sequential(g, X, [0.1], n_max=1000, schedule=[1000], seeds=[0])):
+        assert int(res.counts_selection.sum()) == 100
+    assert max(sizes) == 400
+    sizes.clear()
+    predict_sequential(g, X, n_max=1000, schedule=[1000], seeds=[0])
+    assert max(sizes) == 400

@@ -296,9 +296,11 @@ def main(argv: list[str] | None = None) -> int:
                 diff = subprocess.run([*mutmut, "show", s], cwd=r["work"], capture_output=True, text=True).stdout
                 print("        " + diff.strip().replace("\n", "\n        "), flush=True)
     bad = [r["name"] for r in results if r["score"] < args.min_score or r["total"] == 0]
-    total = sum(r["total"] for r in results)
+    total = sum(r["total"] - r["counts"].get("skipped", 0) - r["counts"].get("not checked", 0) for r in results)
+    unchecked = sum(r["counts"].get("not checked", 0) for r in results)
     killed = sum(r["counts"].get("killed", 0) + r["counts"].get("timeout", 0) for r in results)
     print(f"all targets: {killed}/{total} killed ({100.0 * killed / max(total, 1):.1f}%)"
+          + (f"; {unchecked} mutants not checked (an interrupted run)" if unchecked else "")
           + (f"; below {args.min_score}%: {', '.join(bad)}" if bad else ""))
     return 1 if bad else 0
 

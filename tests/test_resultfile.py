@@ -316,3 +316,43 @@ def test_merge_writes_the_sidecar_of_the_merged_run_and_skips_missing_parts(tmp_
                                                                                         ["n"])
     with ResultWriter(out, COLS, "predict", {"n": 3}, ["n"]) as w:  # the merged file resumes
         assert sorted(w.done) == [0, 1]
+
+
+def test_odd_targets_and_old_sidecars_are_named(tmp_path):
+    from smoothguard.contract import OutputError
+    from smoothguard.evaluation.resultfile import first_bad_row
+
+    folder = tmp_path / "out.tsv"
+    folder.mkdir()
+    with pytest.raises(OutputError) as info:
+        _writer(folder).open()
+    assert str(info.value) == (f"refusing to write result file {folder}: it exists and is a folder; give the path of "
+                               "a regular file")
+    path = tmp_path / "b.tsv"
+    sidecar_path(path).mkdir()
+    with pytest.raises(OutputError) as info:
+        _writer(path).open()
+    assert str(info.value) == (f"refusing to write settings file {sidecar_path(path)}: it exists and is a folder; "
+                               "give the path of a regular file")
+    # a one-byte file is an existing file: without a sidecar it is not overwritten
+    one = tmp_path / "one.tsv"
+    one.write_text("\n")
+    with pytest.raises(ResultFileError, match="has no settings file"):
+        _writer(one).open()
+    assert one.read_text() == "\n"
+    # a sidecar of a version that wrote no settings: every key setting differs from "missing"
+    old = tmp_path / "old.tsv"
+    _write(old, [(0, 1, 0.5)])
+    meta = json.loads(sidecar_path(old).read_text())
+    del meta["settings"]
+    sidecar_path(old).write_text(json.dumps(meta))
+    with pytest.raises(ResultFileError, match=r"settings differ \(sigma: file None, now 0.25; n: file None, now 1000\)"):
+        _writer(old).open()
+    # fields are tab-separated: a space-separated header or an empty field is named as such
+    spaced = tmp_path / "spaced.tsv"
+    spaced.write_text("idx label radius\n0 1 0.5\n")
+    with pytest.raises(ResultFileError, match="header"):
+        read_complete_rows(spaced, COLS)
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("idx\tlabel\tradius\n0\t\t0.5\n")
+    assert first_bad_row(empty, COLS) == (2, "a field is not a number")

@@ -83,28 +83,6 @@ def linear_problem():
 
 
 @pytest.fixture(scope="module")
-def trained():
-    """A small MLP trained for a fraction of a second on 400 demo images (~70% test acc),
-    and 24 held-out test images it classifies correctly."""
-    ds = load_dataset("demo")
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    xtr, ytr = ds.images[:400], ds.labels[:400]
-    for _ in range(150):
-        loss = nn.functional.cross_entropy(model(xtr), ytr)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    opt.zero_grad(set_to_none=True)
-    model.eval()
-    xte, yte = ds.images[400:], ds.labels[400:]
-    with torch.no_grad():
-        ok = model(xte).argmax(1) == yte
-    return {"model": model, "x": xte[ok][:24].clone(), "y": yte[ok][:24].clone(), "x_all": xte, "y_all": yte}
-
-
-@pytest.fixture(scope="module")
 def surrogate():
     ds = load_dataset("demo")
     torch.manual_seed(1)

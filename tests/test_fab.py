@@ -162,23 +162,9 @@ def test_untargeted_finds_the_closest_of_several_boundaries(norm):
 
 
 @pytest.fixture(scope="module")
-def mlp():
-    from smoothguard.data import load_dataset
-
-    ds = load_dataset("demo")
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(150):
-        loss = nn.functional.cross_entropy(model(ds.images[:400]), ds.labels[:400])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    xte, yte = ds.images[400:], ds.labels[400:]
-    with torch.no_grad():
-        ok = model(xte).argmax(1) == yte
-    return model, xte[ok][:16], yte[ok][:16]
+def mlp(trained):
+    """The small MLP of conftest's ``trained`` fixture and 16 test images it classifies right."""
+    return trained["model"], trained["x"][:16], trained["y"][:16]
 
 
 def test_targeted_follows_the_target_boundary_and_stays_minimal(mlp):

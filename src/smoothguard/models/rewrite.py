@@ -136,17 +136,20 @@ def _strided(m: nn.Module) -> bool:
     return (stride == _pair(m.kernel_size) and _pair(m.padding) == (0, 0) and _pair(m.dilation) == (1, 1))
 
 
-def _replace_pools(module: nn.Module) -> tuple[nn.Module, int]:
+def _replace_pools(module: nn.Module, make=lambda pool: StridedMaxPool2d(_pair(pool.kernel_size))
+                   ) -> tuple[nn.Module, int]:
+    """``module`` with each non-overlapping MaxPool2d child (recursively) replaced by
+    ``make(pool)``; the number replaced."""
     children = dict(module._modules)
     count = 0
     for name, child in children.items():
         if child is None:
             continue
         if _strided(child):
-            children[name] = StridedMaxPool2d(_pair(child.kernel_size))
+            children[name] = make(child)
             count += 1
         else:
-            children[name], k = _replace_pools(child)
+            children[name], k = _replace_pools(child, make)
             count += k
     if not count or _hooked(module):  # a hooked parent keeps the children its hooks expect
         return module, 0
@@ -182,27 +185,10 @@ class GradAwareMaxPool2d(nn.Module):
         return self.fast(x)
 
 
-def _replace_pools_grad_aware(module: nn.Module) -> tuple[nn.Module, int]:
-    children = dict(module._modules)
-    count = 0
-    for name, child in children.items():
-        if child is None:
-            continue
-        if _strided(child):
-            children[name] = GradAwareMaxPool2d(child)
-            count += 1
-        else:
-            children[name], k = _replace_pools_grad_aware(child)
-            count += k
-    if not count or _hooked(module):
-        return module, 0
-    return _with_children(module, children), count
-
-
 def grad_aware_max_pools(module: nn.Module) -> tuple[nn.Module, int]:
     """A module with each non-overlapping ``nn.MaxPool2d`` of ``module`` wrapped in
     :class:`GradAwareMaxPool2d` (sharing every other module, parameter and buffer); returns
     it and the number of pools wrapped (0: ``module`` itself is returned)."""
     if _strided(module):
         return GradAwareMaxPool2d(module), 1
-    return _replace_pools_grad_aware(module)
+    return _replace_pools(module, GradAwareMaxPool2d)

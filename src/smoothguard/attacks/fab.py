@@ -39,6 +39,7 @@ import torch
 
 from smoothguard.attacks.base import (
     Attack,
+    ContractError,
     AttackOutput,
     _bcast,
     check_fraction,
@@ -132,7 +133,7 @@ class FAB(Attack):
         self.alpha_max = check_fraction("alpha_max", alpha_max, low_open=False)
         self.eta = check_positive("eta", eta)
         if self.eta < 1:
-            raise ValueError(f"eta (overshoot) must be >= 1; got {eta}")
+            raise ContractError(f"eta (overshoot) must be >= 1; got {eta}")
         self.beta = check_fraction("beta", beta, low_open=True, high_open=True)
         self.restart_radius = (check_positive("restart_radius", restart_radius) if restart_radius is not None
                                else {"linf": 0.3, "l2": 1.0}[norm])
@@ -142,16 +143,16 @@ class FAB(Attack):
     def _boundary(self, xs: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None):
         """(logits, g, grad g) at xs, where g = f_s - f_y for the class s to move towards:
         the target, or (untargeted) the class with the closest linearized boundary."""
-        xg = xs.detach().requires_grad_(True)
         if t is not None:
+            xg = xs.detach().requires_grad_(True)
             logits = self.model(xg)
             g = logits.gather(1, t.unsqueeze(1)).squeeze(1) - logits.gather(1, y.unsqueeze(1)).squeeze(1)
             (grad,) = torch.autograd.grad(g.sum(), xg)
             return logits.detach(), g.detach(), grad.flatten(1)
         # untargeted: the gradients of all f_k - f_y from one batched backward pass
         n = xs.shape[0]
-        logits = self.model(xg)
-        k = logits.shape[1]
+        with torch.no_grad():
+            k = self.model(xs[:1]).shape[1]
         rep = xs.detach().repeat(k, *([1] * (xs.ndim - 1))).requires_grad_(True)
         lr = self.model(rep).view(k, n, k)
         cls = torch.arange(k, device=xs.device)
@@ -164,7 +165,7 @@ class FAB(Attack):
         dist.scatter_(1, y.unsqueeze(1), math.inf)
         s = dist.argmin(1)
         rows = torch.arange(n, device=xs.device)
-        return logits.detach(), diff[rows, s], gr[s, rows]
+        return lr[0].detach(), diff[rows, s], gr[s, rows]
 
     # -- the attack ------------------------------------------------------------------------
 

@@ -125,9 +125,8 @@ def validate(args: argparse.Namespace) -> None:
                   if v is not None]
     if curve_opts and not args.curves:
         raise ValueError(f"{curve_opts[0]} shapes the accuracy-vs-eps curves, which are opt-in: add --curves")
-    if args.curve_steps is None:
-        args.curve_steps = 20
-    check_int("--curve-steps", args.curve_steps, minimum=1)
+    # resolved into its own attribute: validating the same Namespace twice stays valid
+    args.curve_steps_n = check_int("--curve-steps", 20 if args.curve_steps is None else args.curve_steps, minimum=1)
     from smoothguard.evaluation.robustness import DEFAULT_EPS_GRID
 
     grids = {}
@@ -266,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
         for norm in ("linf", "l2"):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                curve = accuracy_vs_eps(model, x, y, norm, args.grids[norm], steps=args.curve_steps,
+                curve = accuracy_vs_eps(model, x, y, norm, args.grids[norm], steps=args.curve_steps_n,
                                         seed=args.seed, batch_size=args.batch, progress=bar)
             bar.close()
             curves.append(curve)

@@ -1,7 +1,7 @@
 """One AutoAttack "standard" run in a process of its own, for benchmarks/bench_evaluate.py.
 
 Loads the checkpoint with smoothguard's safe loader (weights only) and the same test images
-as ``smoothguard evaluate --skip S --max M``, runs the reference implementation found under
+as ``smoothguard evaluate --max M`` (the first M test images), runs the reference implementation found under
 ``--autoattack-src`` (never a dependency of smoothguard) and writes, per image, whether it
 is still classified correctly after the attack.
 """
@@ -20,7 +20,6 @@ def main() -> int:
     p.add_argument("--autoattack-src", required=True)
     p.add_argument("--model", default=None)
     p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--skip", type=int, default=0)
     p.add_argument("--max", type=int, default=100)
     p.add_argument("--norm", default="linf")
     p.add_argument("--eps", type=float, default=0.1)

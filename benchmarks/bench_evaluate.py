@@ -40,46 +40,41 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def run_ours(model: str | None, a, skip: int, count: int, out_dir: Path) -> tuple[float, list[int], dict]:
-    cmd = [sys.executable, "-m", "smoothguard", "evaluate", "--data", a.data, "--split", "test",
-           "--max", str(count), "--norm", a.norm, "--eps", str(a.eps), "--threads", str(a.threads),
-           "--out-dir", str(out_dir)]
-    if model is not None:
-        cmd += ["--model", model]
+def _timed(cmd: list[str], what: str) -> float:
+    """Run ``cmd`` (a whole process: start-up included); its wall time."""
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
-        raise SystemExit(f"evaluate failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{what} failed:\n{proc.stderr[-3000:]}")
+    return wall
+
+
+def run_ours(model: str | None, a, out_dir: Path) -> tuple[float, list[int], dict]:
+    cmd = [sys.executable, "-m", "smoothguard", "evaluate", "--data", a.data, "--split", "test", "--max", str(a.n),
+           "--norm", a.norm, "--eps", str(a.eps), "--threads", str(a.threads), "--out-dir", str(out_dir)]
+    wall = _timed(cmd + (["--model", model] if model else []), "evaluate")
     lines = (out_dir / "per_example.tsv").read_text().splitlines()
-    head = lines[0].split("\t")
-    robust = [int(line.split("\t")[head.index("robust")]) for line in lines[1:]]
+    col = lines[0].split("\t").index("robust")
+    robust = [int(line.split("\t")[col]) for line in lines[1:]]
     table = json.loads((out_dir / "table.json").read_text())
     rows = {r["key"]: {"attacked": r["attacked"], "fooled": r["fooled"], "seconds": r["seconds"]}
             for r in table["evaluation"]["rows"]}
     return wall, robust, rows
 
 
-def run_autoattack(model: str | None, a, skip: int, count: int, out_json: Path) -> tuple[float, list[int]]:
+def run_autoattack(model: str | None, a, out_json: Path) -> tuple[float, list[int]]:
     cmd = [sys.executable, str(HERE / "_autoattack_run.py"), "--autoattack-src", a.autoattack_src,
-           "--data", a.data, "--skip", str(skip), "--max", str(count), "--norm", a.norm, "--eps", str(a.eps),
+           "--data", a.data, "--max", str(a.n), "--norm", a.norm, "--eps", str(a.eps),
            "--threads", str(a.threads), "--out", str(out_json)]
-    if model is not None:
-        cmd += ["--model", model]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if proc.returncode != 0:
-        raise SystemExit(f"AutoAttack failed:\n{proc.stderr[-3000:]}")
+    wall = _timed(cmd + (["--model", model] if model else []), "AutoAttack")
     return wall, json.loads(out_json.read_text())["robust"]
 
 
 def cpu_flags() -> str:
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return "unknown"
-    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16") if f in flags) or "none of avx2/avx512"
+    from smoothguard.runtime import cpu_flags as flags
+
+    return " ".join(flags()) or "none of avx2/avx512"
 
 
 def main(argv=None) -> int:
@@ -92,7 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("--norm", default="linf", choices=["linf", "l2"])
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", required=True, help="JSON lines, one per (model, chunk); resumed when present")
+    p.add_argument("--out", required=True, help="JSON lines, one per model; resumed when present")
     a = p.parse_args(argv)
     if not a.model:
         p.error("give at least one --model NAME=CHECKPOINT")
@@ -104,36 +99,31 @@ def main(argv=None) -> int:
         for line in out.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                done[(r["model"], r["norm"], r["eps"], r["skip"], r["count"])] = r
+                done[(r["model"], r["norm"], r["eps"], r["count"])] = r
     models = []
     for spec in a.model:
         name, _, path = spec.partition("=")
         models.append((name, None if path in ("", "embedded") else path))
     for k, (name, path) in enumerate(models):
-        for skip in (0,):
-            count = a.n
-            key = (name, a.norm, a.eps, skip, count)
-            if key in done:
-                continue
-            with tempfile.TemporaryDirectory() as tmp:
-                tmp = Path(tmp)
-                order = ("ours", "aa") if k % 2 == 0 else ("aa", "ours")
-                res = {}
-                for who in order:
-                    if who == "ours":
-                        res["ours"] = run_ours(path, a, skip, count, tmp / "ev")
-                    else:
-                        res["aa"] = run_autoattack(path, a, skip, count, tmp / "aa.json")
-            (w_ours, r_ours, rows), (w_aa, r_aa) = res["ours"], res["aa"]
-            rec = {"model": name, "checkpoint": path, "norm": a.norm, "eps": a.eps, "skip": skip, "count": count,
-                   "order": list(order), "ours_seconds": w_ours, "aa_seconds": w_aa, "ours_robust": r_ours,
-                   "aa_robust": r_aa, "ours_rows": rows, "threads": a.threads, "cpu_flags": cpu_flags(),
-                   "loadavg": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M")}
-            with out.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
-            done[key] = rec
-            print(f"{name} images {skip}-{skip + count - 1}: ours {w_ours:.1f} s, AutoAttack {w_aa:.1f} s, "
-                  f"robust {sum(r_ours)} vs {sum(r_aa)}", file=sys.stderr, flush=True)
+        key = (name, a.norm, a.eps, a.n)
+        if key in done:
+            continue
+        order = ("ours", "aa") if k % 2 == 0 else ("aa", "ours")  # alternate which half runs first
+        res = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for who in order:
+                res[who] = run_ours(path, a, Path(tmp) / "ev") if who == "ours" else \
+                    run_autoattack(path, a, Path(tmp) / "aa.json")
+        (w_ours, r_ours, rows), (w_aa, r_aa) = res["ours"], res["aa"]
+        rec = {"model": name, "checkpoint": path, "norm": a.norm, "eps": a.eps, "skip": 0, "count": a.n,
+               "order": list(order), "ours_seconds": w_ours, "aa_seconds": w_aa, "ours_robust": r_ours,
+               "aa_robust": r_aa, "ours_rows": rows, "threads": a.threads, "cpu_flags": cpu_flags(),
+               "loadavg": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M")}
+        with out.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        done[key] = rec
+        print(f"{name}, {a.n} images: ours {w_ours:.1f} s, AutoAttack {w_aa:.1f} s, "
+              f"robust {sum(r_ours)} vs {sum(r_aa)}", file=sys.stderr, flush=True)
 
     print(f"\n{a.data} test images, {a.norm} eps {a.eps:g}; torch threads {a.threads}; CPU flags: {cpu_flags()}\n")
     print("| model | images | robust acc. evaluate (%) | robust acc. AutoAttack (%) | robust under evaluate, "

@@ -36,7 +36,7 @@ def main() -> int:
     model, _ = load_default_model() if a.model is None else load_checkpoint(a.model)
     model.eval()
     ds = load_dataset(a.data, "test")
-    x, y = ds.images[a.skip:a.skip + a.max], ds.labels[a.skip:a.skip + a.max]
+    x, y = ds.images[:a.max], ds.labels[:a.max]  # evaluate --max M: the first M test images
     aa = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[a.norm], eps=a.eps, version="standard", device="cpu",
                     verbose=False)
     x_adv = aa.run_standard_evaluation(x, y, bs=500)

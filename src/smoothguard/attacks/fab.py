@@ -141,14 +141,14 @@ class FAB(Attack):
     # -- the linearized boundary ---------------------------------------------------------
 
     def _boundary(self, xs: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None):
-        """(logits, g, grad g) at xs, where g = f_s - f_y for the class s to move towards:
+        """(g, grad g) at xs, where g = f_s - f_y for the class s to move towards:
         the target, or (untargeted) the class with the closest linearized boundary."""
         if t is not None:
             xg = xs.detach().requires_grad_(True)
             logits = self.model(xg)
             g = logits.gather(1, t.unsqueeze(1)).squeeze(1) - logits.gather(1, y.unsqueeze(1)).squeeze(1)
             (grad,) = torch.autograd.grad(g.sum(), xg)
-            return logits.detach(), g.detach(), grad.flatten(1)
+            return g.detach(), grad.flatten(1)
         # untargeted: the gradients of all f_k - f_y from one batched backward pass
         n = xs.shape[0]
         with torch.no_grad():
@@ -165,7 +165,7 @@ class FAB(Attack):
         dist.scatter_(1, y.unsqueeze(1), math.inf)
         s = dist.argmin(1)
         rows = torch.arange(n, device=xs.device)
-        return lr[0].detach(), diff[rows, s], gr[s, rows]
+        return diff[rows, s], gr[s, rows]
 
     # -- the attack ------------------------------------------------------------------------
 
@@ -219,7 +219,7 @@ class FAB(Attack):
                         break
             x0, y = x0_all[act], y_all[act]
             t = None if t_all is None else t_all[act]
-            _, g, w = self._boundary(x1.view(-1, *shape), y, t)
+            g, w = self._boundary(x1.view(-1, *shape), y, t)
             # the smallest steps to the linearized boundary, from the iterate and from x0
             r1 = -g
             r0 = -g - (w * (x0 - x1)).sum(1)

@@ -262,6 +262,11 @@ def test_evaluate_bad_options_exit_2(argv, match, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_evaluate_out_dir_that_cannot_be_created_exits_2(capsys):
+    assert main(["evaluate", "--max", "2", "--threads", "1", "--out-dir", "/dev/null/x"]) == 2
+    assert "--out-dir /dev/null/x: cannot create the folder" in capsys.readouterr().err
+
+
 def test_evaluate_default_run_has_no_curves_or_histogram(tmp_path, capsys):
     """Curves and the restart histogram are opt-in: a default run writes the table, the
     per-example rows and the image grid only, and --no-curves (deprecated) still parses."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from smoothguard.cli._conventions import DEFAULT_DATA
-from smoothguard.contract import check_eps, check_fraction, check_int, check_norm, check_positive, write_text_atomic
+from smoothguard.contract import ContractError, check_eps, check_fraction, check_int, check_norm, check_positive, write_text_atomic
 from smoothguard.defaults import (APGD_STEPS, ATTACK_BATCH, EPS, FAB_STEPS, N_TARGETS, PGD_STEPS,
                                   SQUARE_QUERIES)
 from smoothguard.cli.common import (add_channels_last_argument, add_data_arguments, add_model_factory_arguments,
@@ -217,7 +217,10 @@ def run(args: argparse.Namespace) -> int:
         check_shape(smeta, data, "--transfer-from")
         sources.append((Path(s).name, sm))
     out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ContractError(f"--out-dir {args.out_dir}: cannot create the folder ({e.strerror or e})") from None
     model_name, model_sha = model_settings(args.model, args.model_factory, args.weights)
 
     rows = build_cascade(model, args.norm, args.eps, attacks=args.attack_list, steps=args.steps,

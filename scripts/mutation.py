@@ -79,13 +79,14 @@ TARGETS: dict[str, tuple[str, list[str] | None, list[str]]] = {
     ], [
         "tests/test_projection.py",
         "tests/test_guarantees.py",
+        "tests/test_mutation_kills_projection.py",
     ]),
     "pgd": (f"{PKG}/attacks/pgd.py", None, [
         "tests/test_guarantees.py",
         "tests/test_attacks.py", "-k", ATTACK_TESTS,
     ]),
     "apgd": (f"{PKG}/attacks/apgd.py", None, [
-        "tests/test_guarantees.py",
+        "tests/test_guarantees.py", "tests/test_mutation_kills_apgd.py",
         "tests/test_attacks.py", "-k", ATTACK_TESTS,
     ]),
     "objectives": (f"{PKG}/training/adversarial.py", [
@@ -93,18 +94,20 @@ TARGETS: dict[str, tuple[str, list[str] | None, list[str]]] = {
         "PGDAT.__call__", "PGDAT._build_attack",
     ], [
         "tests/test_guarantees.py",
+        "tests/test_mutation_kills_objectives.py",
     ]),
     "resultfile": (f"{PKG}/evaluation/resultfile.py", None, [
         "tests/test_resultfile.py",
     ]),
     "adaptive": (f"{PKG}/smoothing/adaptive.py", None, [
         # test_adaptive.py's two CLI tests (a certify run per mutant) are left out
-        "tests/test_adaptive.py", "tests/test_mutation_sequential.py",
+        "tests/test_adaptive.py", "tests/test_mutation_sequential.py", "tests/test_mutation_kills_adaptive.py",
         "tests/test_guarantees.py::test_adaptive_certify_with_one_look_has_the_same_boundary", "-k", "not cli",
     ]),
     "sequential": (f"{PKG}/smoothing/sequential.py", None, [
         "tests/test_sequential.py",
         "tests/test_mutation_sequential.py",
+        "tests/test_mutation_kills_sequential.py",
     ]),
     "contract": (f"{PKG}/contract.py", None, [
         # test_contract.py's hypothesis fuzzing of every library door is left out (a minute per mutant)

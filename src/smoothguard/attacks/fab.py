@@ -57,38 +57,44 @@ def boundary_step(p: torch.Tensor, w: torch.Tensor, r: torch.Tensor, norm: str) 
             of <w, .>. Where the box cannot reach the hyperplane, the step goes as far as
             the box allows in the right direction.
     """
-    flip = r < 0
-    v = torch.where(flip.unsqueeze(1), -w, w)  # now <v, delta> = |r| >= 0 is wanted
+    v = w * torch.sign(r).unsqueeze(1)  # now <v, delta> = |r| >= 0 is wanted (v = 0 where r = 0)
     need = r.abs()
     av = v.abs()
     room = torch.where(v > 0, 1.0 - p, p)  # how far each coordinate can move in its direction
-    moving = av > 0
     # coordinate i moves by m_i = min(lam a_i, room_i); it saturates at lam_i = room_i / a_i.
-    # A coordinate that does not move gets a breakpoint above every other (its slope and
-    # contribution are 0, so where it sorts is irrelevant; a finite value keeps 0 * lam = 0).
     if norm == "linf":
+        # a_i = 1: the breakpoints are the rooms themselves. A coordinate that does not move
+        # (v_i = 0) adds 0 to every sum below wherever it sorts, so it needs no special place.
         a = None
-        lam_i = torch.where(moving, room, torch.full_like(room, 2.0))  # room <= 1
+        lam_sorted, order = room.sort(dim=1)
+        e = av.gather(1, order)  # slope of an unsaturated coordinate
+        c = e * lam_sorted  # <v, delta'> of a saturated one
     else:
+        # a_i = |v_i|; a coordinate that does not move gets a breakpoint above every other
+        # (a finite one, so that 0 * lam stays 0)
         a = av
+        moving = av > 0
         lam_i = torch.where(moving, room / torch.where(moving, av, torch.ones_like(av)), torch.zeros_like(av))
         lam_i = torch.where(moving, lam_i, lam_i.amax(1, keepdim=True) + 1.0)
-    lam_sorted, order = lam_i.sort(dim=1)
-    av_s = av.gather(1, order)
-    c = av_s * room.gather(1, order)  # <v, delta> of a saturated coordinate
-    e = av_s if a is None else av_s * av_s  # slope of an unsaturated one
+        lam_sorted, order = lam_i.sort(dim=1)
+        av_s = av.gather(1, order)
+        c = av_s * room.gather(1, order)
+        e = av_s * av_s
     c_before = c.cumsum(1) - c  # saturated below breakpoint k (exclusive)
     e_from = e.sum(1, keepdim=True) - (e.cumsum(1) - e)  # unsaturated at breakpoint k (inclusive)
-    f_k = c_before + lam_sorted * e_from  # <v, delta> at lam = breakpoint k, nondecreasing in k
+    f_k = c_before + lam_sorted * e_from  # <v, delta'> at lam = breakpoint k, nondecreasing in k
     k = (f_k < need.unsqueeze(1)).sum(1, keepdim=True)  # first breakpoint where it reaches |r|
     reachable = k.squeeze(1) < f_k.shape[1]
     kk = k.clamp(max=f_k.shape[1] - 1)
     slope = e_from.gather(1, kk).squeeze(1)
     lam = (need - c_before.gather(1, kk).squeeze(1)) / slope.clamp_min(1e-30)
     lam = torch.where(reachable & (slope > 0), lam, torch.full_like(lam, math.inf))
-    m = torch.minimum(lam.unsqueeze(1) * (1.0 if a is None else a), room)
-    m = torch.where(moving & (need.unsqueeze(1) > 0), m, torch.zeros_like(m))
-    return torch.where(v > 0, m, -m)  # sign(v_i) m_i: <w, delta> = sign(r) <v, delta> = r
+    if a is None:
+        m = torch.minimum(lam.unsqueeze(1), room)
+    else:  # inf * 0 would be nan where a coordinate does not move
+        m = torch.where(moving, torch.minimum(lam.unsqueeze(1) * a, room), torch.zeros_like(room))
+    # sign(v_i) m_i: <w, delta> = sign(r) <v, delta> = r; 0 where v_i = 0 (all of it when r = 0)
+    return m * torch.sign(v)
 
 
 class FAB(Attack):

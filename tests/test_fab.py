@@ -39,8 +39,11 @@ def _qp_l2(p, w, r):
     return res
 
 
+@pytest.mark.parametrize("rounds", [0, 1, 8])
 @pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_boundary_step_is_the_optimum_of_the_convex_program(norm):
+def test_boundary_step_is_the_optimum_of_the_convex_program(norm, rounds):
+    # rounds 0: every row by the sorted breakpoints; 1: most rows unsettled, sorted; 8: the
+    # fixed point (the default)
     g = torch.Generator().manual_seed(0)
     n, d = 12, 10
     p = torch.rand(n, d, generator=g, dtype=torch.float64)
@@ -51,7 +54,7 @@ def test_boundary_step_is_the_optimum_of_the_convex_program(norm):
     u = 1.9 * torch.rand(n, generator=g, dtype=torch.float64) - 0.95
     reach = torch.where(u[:, None] * w > 0, 1 - p, p) * w.abs()
     r = u * reach.sum(1)
-    delta = boundary_step(p, w, r, norm)
+    delta = boundary_step(p, w, r, norm, fixed_point_iterations=rounds)
     assert float(((p + delta).min())) >= -1e-12 and float((p + delta).max()) <= 1 + 1e-12
     assert torch.all(delta[5, 2:] == 0)
     for i in range(n):
@@ -62,6 +65,30 @@ def test_boundary_step_is_the_optimum_of_the_convex_program(norm):
         opt = float(ref.fun) if norm == "linf" else float(np.linalg.norm(ref.x))
         assert abs(float(w[i] @ delta[i]) - ri) < 1e-9
         assert got == pytest.approx(opt, rel=1e-6, abs=1e-9), f"row {i}: {got} vs optimum {opt}"
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_boundary_step_rows_the_fixed_point_has_not_settled_are_solved_exactly(norm):
+    # halving weights on evenly spread rooms and a root just below the box's reach: each
+    # round of the fixed point saturates about one more coordinate, so 8 rounds cannot
+    # settle the row (checked for l_inf); the answer must not depend on how many rounds
+    # ran before the sorted breakpoints took over
+    from smoothguard.attacks import fab as fab_module
+
+    d = 40
+    w = (0.5 ** torch.arange(d, dtype=torch.float64)).unsqueeze(0)
+    room = torch.linspace(0.01, 0.99, d, dtype=torch.float64).unsqueeze(0)
+    p = 1 - room  # w > 0: every coordinate moves up, by at most its room
+    r = torch.tensor([0.999999 * float((w * room).sum())], dtype=torch.float64)
+    if norm == "linf":
+        lam = fab_module._lam_fixed_point(room, w, w * room, r, 8)
+        assert bool(torch.isnan(lam).all()), "the case must need more than 8 rounds"
+    ref = boundary_step(p, w, r, norm, fixed_point_iterations=0)
+    for rounds in (3, 8, 10_000):
+        got = boundary_step(p, w, r, norm, fixed_point_iterations=rounds)
+        assert torch.allclose(got, ref, rtol=0, atol=1e-12)
+    assert float((w * ref).sum()) == pytest.approx(float(r), rel=1e-12)
+    assert float(ref.min()) >= 0 and bool(torch.all(ref <= room + 1e-15))
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])

@@ -1,1 +1,27 @@
 """Property tests aimed at mutants that survived scripts/mutation.py's projection target (issue 24)."""
+
+import torch
+
+from smoothguard.attacks.base import lp_norms, random_start
+
+
+def _not_float32(v: torch.Tensor) -> torch.Tensor:
+    """True where a float64 value is not a float32 number."""
+    return v != v.float().double()
+
+
+def test_float64_random_starts_are_drawn_at_float64_resolution():
+    """A float64 batch gets a float64 random start, not float32 draws widened: on x = 0.5
+    (no clipping; ``out - x`` is exact) the l_inf offsets and the l_2 radii are almost
+    never float32 numbers (a float64 draw is one with probability ~2^-29)."""
+    x = torch.full((64, 1, 4, 4), 0.5, dtype=torch.float64)
+    out = random_start(x, 0.2, "linf", torch.Generator().manual_seed(0))
+    assert out.dtype == torch.float64
+    assert float(_not_float32(out - x).double().mean()) > 0.99
+    out = random_start(x, 0.2, "l2", torch.Generator().manual_seed(1))
+    assert out.dtype == torch.float64
+    radii = lp_norms(out - x, "l2")
+    assert bool((radii <= 0.2 + 1e-12).all()) and float(out.min()) > 0.0
+    # a float32 radius r * eps times a float64 unit direction keeps |delta| a float32 number
+    # up to the direction's ~1e-16 rounding; a float64 radius is ~1e-9 away from one
+    assert float(((radii - radii.float().double()).abs() > 1e-13).double().mean()) > 0.9

@@ -134,15 +134,18 @@ class Square(Attack):
             if on_iteration is not None and i % 100 == 0:
                 on_iteration(i, n_iters)
             p = square_p(self.p_init, i, n_iters)
-            xi, xb = x[idx], x_best[idx]
+            xb = x_best[idx]
             if self.norm == "linf":
                 s = min(max(int(round(math.sqrt(p * h * w))), 1), h, w)
                 r, q = self._randint(h - s + 1, gen, x.device), self._randint(w - s + 1, gen, x.device)
-                delta = xb - xi
-                delta[:, :, r:r + s, q:q + s] = eps * self._signs((idx.numel(), c, 1, 1), gen, x)
-                x_new = project(xi + delta, xi, eps, "linf")
+                # only the window changes: x_best is already in the ball and the box, so the
+                # window alone is set to x +- eps and projected (the rest is copied as is)
+                xw = x[idx, :, r:r + s, q:q + s]
+                x_new = xb  # x_best[idx] is a fresh copy
+                x_new[:, :, r:r + s, q:q + s] = project(
+                    xw + eps * self._signs((idx.numel(), c, 1, 1), gen, x), xw, eps, "linf")
             else:
-                x_new = self._l2_step(xi, xb, p, gen)
+                x_new = self._l2_step(x[idx], xb, p, gen)
             logits = self.model(x_new)
             queries[idx] += 1
             new_loss = self._loss(logits, y[idx], None if targets is None else targets[idx])

@@ -1,8 +1,11 @@
 """Property tests aimed at mutants that survived scripts/mutation.py's projection target (issue 24)."""
 
+import math
+
+import pytest
 import torch
 
-from smoothguard.attacks.base import lp_norms, random_start
+from smoothguard.attacks.base import lp_norms, project, project_exact, random_start
 
 
 def _not_float32(v: torch.Tensor) -> torch.Tensor:
@@ -25,3 +28,23 @@ def test_float64_random_starts_are_drawn_at_float64_resolution():
     # a float32 radius r * eps times a float64 unit direction keeps |delta| a float32 number
     # up to the direction's ~1e-16 rounding; a float64 radius is ~1e-9 away from one
     assert float(((radii - radii.float().double()).abs() > 1e-13).double().mean()) > 0.9
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8), (192,)], ids=["images", "flat"])
+@pytest.mark.parametrize("eps", [0.1, 0.5])
+def test_project_exact_l2_repair_lands_one_documented_slack_below_eps(eps, shape):
+    """Rounding x + delta can add up to ~sqrt(d) float32 ulps to the l_2 norm, so the repair
+    rescales the points whose norm rounds above eps to eps - sqrt(d) ulp in one pass: every
+    repaired point ends below eps by 0.8 to 1.2 of that slack (d = 192 for images and for
+    flat (N, 192) batches alike), not by the much smaller gap of a one-ulp aim (which
+    needs more passes and lands closer) nor by a larger one."""
+    g = torch.Generator().manual_seed(8)
+    x = 0.3 + 0.4 * torch.rand(300, *shape, generator=g)
+    d = torch.randn(x.shape, generator=g)
+    d = d / lp_norms(d, "l2").view(-1, *[1] * len(shape)) * (1.5 * eps)
+    over = lp_norms(project(x + d, x, eps, "l2") - x, "l2").double() > eps
+    assert int(over.sum()) >= 20
+    out = project_exact(x + d, x, eps, "l2")
+    slack = math.sqrt(192) * torch.finfo(torch.float32).eps
+    gap = (eps - lp_norms(out - x, "l2").double())[over] / slack
+    assert float(gap.min()) >= 0.8 and float(gap.max()) <= 1.2

@@ -48,3 +48,26 @@ def test_project_exact_l2_repair_lands_one_documented_slack_below_eps(eps, shape
     slack = math.sqrt(192) * torch.finfo(torch.float32).eps
     gap = (eps - lp_norms(out - x, "l2").double())[over] / slack
     assert float(gap.min()) >= 0.8 and float(gap.max()) <= 1.2
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.3])
+@pytest.mark.parametrize("side", [1.0, -1.0], ids=["above", "below"])
+def test_project_exact_linf_snaps_rounded_coordinates_to_eps_minus_four_ulps(eps, side):
+    """A coordinate whose float32 x + eps rounds to just beyond eps is snapped, in float64,
+    to x +- eps (1 - 4 ulp) and rounded to float32 once: in exact arithmetic it then lies
+    eps * 4 ulp inside, give or take half an ulp of the result. Both sides (above x, and
+    below x towards 0, where the result's ulps are tiny) are checked; stepping the point
+    ulp by ulp instead, or another margin, lands elsewhere."""
+    ulp = torch.finfo(torch.float32).eps
+    g = torch.Generator().manual_seed(0)
+    x = 0.1 * torch.rand(4000, 1, 1, 1, generator=g) + (0.0 if side > 0 else eps)
+    z = x + side * 2 * eps
+    plain = project(z, x, eps, "linf")
+    bad = (plain - x).abs().double() > eps
+    assert int(bad.sum()) >= 100  # the repair is exercised
+    out = project_exact(z, x, eps, "linf")
+    assert bool(((out - x).abs().double() <= eps).all())
+    assert torch.equal(out[~bad], plain[~bad])
+    inside = (eps - (out.double() - x.double()).abs())[bad] / (eps * ulp)  # exact in float64
+    half_ulp = 0.5 * (torch.nextafter(out, torch.tensor(2.0)) - out).double()[bad] / (eps * ulp)
+    assert bool(((inside - 4).abs() <= half_ulp + 1e-9).all())

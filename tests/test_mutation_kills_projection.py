@@ -71,3 +71,26 @@ def test_project_exact_linf_snaps_rounded_coordinates_to_eps_minus_four_ulps(eps
     inside = (eps - (out.double() - x.double()).abs())[bad] / (eps * ulp)  # exact in float64
     half_ulp = 0.5 * (torch.nextafter(out, torch.tensor(2.0)) - out).double()[bad] / (eps * ulp)
     assert bool(((inside - 4).abs() <= half_ulp + 1e-9).all())
+
+
+@pytest.mark.parametrize("side", [1.0, -1.0], ids=["above", "below"])
+def test_project_exact_linf_steps_back_to_the_farthest_float_within_a_small_eps(side):
+    """eps = 0.003 next to x in [0.5, 1): one float32 ulp of the result (6e-8) is larger
+    than the snap's margin eps * 4 ulp (1.4e-9), so the snapped point can round back
+    beyond eps and the repair steps it towards x one float at a time: each repaired
+    coordinate ends at the float32 farthest from x whose distance (computed in float32)
+    is <= eps; one float further out is beyond eps."""
+    eps, ulp = 0.003, torch.finfo(torch.float32).eps
+    g = torch.Generator().manual_seed(1)
+    x = 0.5 + 0.49 * torch.rand(2000, 1, 1, 1, generator=g) - (0.0 if side > 0 else -eps)
+    z = x + side * 2 * eps
+    plain = project(z, x, eps, "linf")
+    bad = (plain - x).abs().double() > eps
+    assert int(bad.sum()) >= 200
+    out = project_exact(z, x, eps, "linf")
+    half_ulp = 0.5 * (torch.nextafter(out, torch.tensor(2.0)) - out).double()
+    assert bool((half_ulp[bad] > 4 * ulp * eps).all())  # the premise: the snap's margin is sub-ulp
+    dist = (out - x).abs().double()
+    further = (torch.nextafter(out, x + side) - x).abs().double()  # one float away from x
+    assert bool((dist <= eps).all())
+    assert bool((further[bad] > eps).all())

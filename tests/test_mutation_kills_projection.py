@@ -94,3 +94,17 @@ def test_project_exact_linf_steps_back_to_the_farthest_float_within_a_small_eps(
     further = (torch.nextafter(out, x + side) - x).abs().double()  # one float away from x
     assert bool((dist <= eps).all())
     assert bool((further[bad] > eps).all())
+
+
+def test_project_exact_l2_holds_for_an_eps_below_the_rounding_slack():
+    """eps = 1e-6 on 3x32x32 images is below the float32 rounding of x + delta (sqrt(d)
+    ulps, ~7e-6): the repair cannot aim inside eps by the slack and must not overshoot
+    through x to the other side; every result is still within eps of x."""
+    g = torch.Generator().manual_seed(9)
+    x = 0.2 + 0.6 * torch.rand(16, 3, 32, 32, generator=g)
+    eps = 1e-6
+    d = torch.randn(x.shape, generator=g)
+    z = x + d / lp_norms(d, "l2").view(-1, 1, 1, 1) * (1.5 * eps)
+    out = project_exact(z, x, eps, "l2")
+    assert bool((lp_norms(out - x, "l2").double() <= eps).all())
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0

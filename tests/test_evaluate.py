@@ -320,7 +320,8 @@ def test_worst_case_norms_never_exceed_eps_in_float64():
 
 def test_readme_defaults_table_is_smoothguard_defaults():
     """The README's "Defaults: one per concept" table lists every constant of
-    smoothguard.defaults with its value, and nothing else."""
+    smoothguard.defaults with its value (every entry of a per-norm or per-device table),
+    and nothing else."""
     import re
     from pathlib import Path
 
@@ -330,7 +331,7 @@ def test_readme_defaults_table_is_smoothguard_defaults():
     section = text.split("### Defaults: one per concept", 1)[1].split("\n#", 1)[0]
     rows = re.findall(r"^\| [^|]+ \| ([^|]+) \| `([^`]+)` \|$", section, flags=re.M)
     assert rows, "no rows found in the README's defaults table"
-    seen = set()
+    seen, entries = set(), set()
     for value, const in rows:
         m = re.fullmatch(r'(\w+)(?:\["(\w+)"\])?', const)
         assert m, const
@@ -338,5 +339,8 @@ def test_readme_defaults_table_is_smoothguard_defaults():
         v = v[m.group(2)] if m.group(2) else v
         assert float(value) == float(v), f"README says {const} = {value}, smoothguard.defaults has {v}"
         seen.add(m.group(1))
+        entries.add((m.group(1), m.group(2)))
     constants = {k for k, v in vars(D).items() if k.isupper() and isinstance(v, (int, float, dict))}
     assert seen == constants, f"in defaults but not in the README table: {constants - seen}"
+    tables = {(k, key) for k in constants if isinstance(getattr(D, k), dict) for key in getattr(D, k)}
+    assert tables <= entries, f"table entries missing from the README: {sorted(tables - entries)}"

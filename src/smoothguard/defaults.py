@@ -29,10 +29,54 @@ N_TARGETS = 9
 #: pixels per square, both AutoAttack's standard settings (the paper: 10,000 and 0.05)
 SQUARE_QUERIES = 5000
 SQUARE_P_INIT = 0.8
-#: images per attack call (``attack --batch``, ``evaluate --batch``)
-ATTACK_BATCH = 500
+
+# Batch sizes: one table per concept, keyed by device type ("cpu", "cuda"); a command
+# resolves its ``--batch`` from the device it actually runs on when the flag is not given
+# (:func:`batch_for`) and records the value used in its result sidecar.
+
+#: noisy images per forward pass when sampling the smoothed classifier (``certify``,
+#: ``predict``, ``demo``). Results do not depend on it for batches >= 100 (noise is drawn
+#: per image in blocks of 100). CPU 400: the fastest measured on this project's CPUs;
+#: CUDA 10,000: the batch of the H100 measurements in BENCHMARKS.md (1.5-2.4x the
+#: straightforward sampler, which kept 400).
+SAMPLING_BATCH = {"cpu": 400, "cuda": 10_000}
+#: ``smooth-eval``: noisy images per forward pass of its votes and smoothed models. Kept
+#: apart from SAMPLING_BATCH, at its old 1000 on every device: its NAttack targets
+#: (SmoothedModels) average their noisy passes in chunks whose size follows the batch,
+#: so the smoothed probabilities change in the last bits with it (on the CPU the
+#: noise itself does not: a SmoothedModel's outputs at batch 400 differ from those at 1000
+#: by 2.4e-7), which can move a decision; and the batch is not a resume key of its files,
+#: so a changed default would silently mix the two in a resumed file. (Rows of 4
+#: Fashion-MNIST images, pgd and nattack at m 1 and 8, were identical at 1000, 400, 150.)
+SMOOTH_EVAL_BATCH = {"cpu": 1000, "cuda": 1000}
+#: images per attack call (``attack --batch``, ``evaluate --batch``, ``evaluate_robustness``).
+#: An attack's random starts are drawn per batch, so rows depend on it (a resume key of
+#: ``attack``): 500 on CPU as before. CUDA also 500, as before: no GPU measurement here
+#: says a larger one is better, and a changed default would refuse to resume existing
+#: CUDA result files.
+ATTACK_BATCH = {"cpu": 500, "cuda": 500}
+#: ``verify``: images per bound computation, per method (the same on every device; rows do
+#: not depend on it beyond float rounding). CROWN's memory and time grow with the square of
+#: the widest layer, hence its smaller batch.
+VERIFY_BATCH = {"ibp": 200, "crown_ibp": 200, "crown": 16}
 
 
 def default_eps(norm: str) -> float:
     """The default radius for ``norm`` ("linf" or "l2")."""
     return EPS[check_norm(norm)]
+
+
+def batch_for(table: dict[str, int], device) -> int:
+    """The batch of a per-device ``table`` (SAMPLING_BATCH, SMOOTH_EVAL_BATCH, ATTACK_BATCH)
+    for ``device``: a ``torch.device`` or its name ("cpu", "cuda", "cuda:1"). Device types
+    without an entry of their own (mps, xpu, ...) take the CPU value."""
+    kind = str(device).split(":", 1)[0]
+    return table.get(kind, table["cpu"])
+
+
+def describe_batch(table: dict[str, int]) -> str:
+    """``table`` as help text: "400 on CPU, 10,000 on CUDA", or "500 on CPU and CUDA"
+    where the values agree."""
+    if len(set(table.values())) == 1:
+        return f"{table['cpu']:,} on " + " and ".join(k.upper() for k in table)
+    return ", ".join(f"{v:,} on {k.upper()}" for k, v in table.items())

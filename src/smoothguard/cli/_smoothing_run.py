@@ -9,7 +9,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
@@ -17,6 +17,7 @@ from smoothguard.cli._conventions import DEFAULT_DATA
 from smoothguard.contract import ContractError, check_alpha, check_int, check_model_data, check_sigma
 from smoothguard.cli.common import (add_data_arguments, add_model_factory_arguments, load_data, load_model_arg,
                                     progress, validate_selection)
+from smoothguard.defaults import SAMPLING_BATCH, batch_for, describe_batch
 from smoothguard.distributed import World, barrier
 from smoothguard.evaluation.resultfile import ResultWriter, format_value, merge_parts, read_complete_rows
 from smoothguard.noise import NOISES
@@ -34,9 +35,9 @@ def add_smoothing_arguments(p: argparse.ArgumentParser) -> None:
                    help="noise distribution with sd --sigma: gaussian certifies l2 radii, uniform and laplace l1 "
                         "radii (smoothguard.noise). Default: the noise the model was trained with, else gaussian")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
-    p.add_argument("--batch", type=int, default=400,
-                   help="noisy images per forward pass (results do not depend on it for batches >= 100; on CPUs "
-                        "400 was fastest here, on GPUs use 10000 or more)")
+    p.add_argument("--batch", type=int, default=None,
+                   help=f"noisy images per forward pass (default: {describe_batch(SAMPLING_BATCH)}; recorded in the "
+                        "sidecar). Results do not depend on it for batches >= 100")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="fp32 (exact) or bf16 autocast (faster; may flip a few votes)")
     p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
@@ -72,7 +73,8 @@ def validate_smoothing_arguments(args: argparse.Namespace) -> None:
     if args.sigma is not None:
         check_sigma(args.sigma, "--sigma")
     check_alpha(args.alpha, "--alpha")
-    check_int("--batch", args.batch, minimum=1)
+    if args.batch is not None:  # None: SAMPLING_BATCH of the device, resolved once it is known
+        check_int("--batch", args.batch, minimum=1)
     validate_selection(args)
     if getattr(args, "workers", None) is not None:
         check_int("--workers", args.workers, minimum=1)
@@ -99,6 +101,8 @@ def resolve_sigma(args: argparse.Namespace, trained_sd: Any, source: str) -> tup
 
 def build_smoothed(args: argparse.Namespace) -> tuple[SmoothedClassifier, dict[str, Any], Any]:
     validate_smoothing_arguments(args)
+    if args.batch is None:  # the default of the device this run uses (recorded in the sidecar)
+        args.batch = batch_for(SAMPLING_BATCH, args.device)
     if getattr(args, "api", None) is not None:  # a query-only classifier behind an HTTP endpoint ("" is refused)
         from smoothguard.cli._denoised import api_classifier
 
@@ -178,8 +182,18 @@ KEY_SETTINGS = ["model_sha256", "data", "root", "split", "skip", "sigma", "noise
                 "noise_block", "denoiser", "denoiser_sha256"]
 
 
+class RowDestination(Protocol):
+    """Where :func:`run_rows` writes: ``out`` (the result file, None: stdout), ``overwrite``
+    (start it afresh) and, where it has one, ``world`` (torchrun's ranks; missing or None: one
+    process). A command's parsed Namespace (certify, predict, smooth-eval) or its typed
+    options (attack, verify)."""
+
+    out: str | None
+    overwrite: bool
+
+
 def run_rows(
-    args: argparse.Namespace,
+    args: RowDestination | argparse.Namespace,
     data,
     columns: Sequence[str],
     kind: str,

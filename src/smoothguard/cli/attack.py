@@ -6,18 +6,17 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
-
+from dataclasses import dataclass, field
+from typing import Any
 
 from smoothguard.cli._conventions import DEFAULT_DATA
 from smoothguard.attacks.registry import COMMAND_ATTACKS, get_attack_entry
 from smoothguard.cli._provenance import model_settings  # noqa: F401 - also imported from here by _smoothing_run
 from smoothguard.contract import check_eps, check_int, check_norm, check_positive, write_text_atomic
-from smoothguard.defaults import ATTACK_BATCH, default_eps
+from smoothguard.defaults import ATTACK_BATCH, EPS, batch_for, default_eps, describe_batch
 from smoothguard.evaluation.formats import ATTACK, summarize_attack
-from smoothguard.cli.common import (add_channels_last_argument, add_data_arguments, add_model_factory_arguments,
-                                    prepare_for_speed, load_data,
-                                    load_model_arg, validate_selection)
+from smoothguard.cli.common import (DataSelection, add_channels_last_argument, add_data_arguments,
+                                    add_model_factory_arguments, load_model_arg, validate_selection)
 
 HELP = "attack a model (PGD, APGD, C&W, Square, ...): per-image adversarial rows and robust accuracy"
 DESCRIPTION = (
@@ -55,7 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eot", type=int, default=1, help="gradient samples per step (stochastic models)")
     g.add_argument("--target-model", default=None,
                    help="transfer: craft the examples on --model and evaluate them on this checkpoint")
-    g.add_argument("--batch", type=int, default=ATTACK_BATCH, help="images per attack call")
+    g.add_argument("--batch", type=int, default=None,
+                   help=f"images per attack call (default: {describe_batch(ATTACK_BATCH)}; "
+                        "rows depend on it: a resume key)")
     add_channels_last_argument(g)
     g.add_argument("--out", default=None,
                    help="result TSV (flushed per group; rerun with the same --out to resume). Default: stdout")
@@ -81,16 +82,17 @@ def parse_eps(text: str | None, attack: str, norm: str = "linf") -> float | None
     return check_positive("--eps", eps)
 
 
-def validate(args: argparse.Namespace) -> None:
-    """Check every option before any model or data is loaded (errors name the option)."""
+def validate(args: argparse.Namespace) -> float | None:
+    """Check every option before any model or data is loaded (errors name the option);
+    returns the radius (None: no bound)."""
     entry = get_attack_entry(args.attack)
     check_norm(args.norm, name="--norm")
     if args.norm not in entry.norms:
         raise ValueError(f"--norm {args.norm} is not supported by --attack {args.attack}; "
                          f"allowed: {', '.join(entry.norms)}")
-    args.eps_value = parse_eps(args.eps, args.attack, args.norm)
-    if args.eps_value is not None:
-        check_eps(args.eps_value, args.norm, "--eps")
+    eps = parse_eps(args.eps, args.attack, args.norm)
+    if eps is not None:
+        check_eps(eps, args.norm, "--eps")
     if args.loss not in ("ce", "cw", "dlr"):
         raise ValueError(f"--loss must be one of ce, cw, dlr; got {args.loss!r}")
     if args.loss != "ce" and not entry.takes("loss"):
@@ -107,8 +109,58 @@ def validate(args: argparse.Namespace) -> None:
             raise ValueError(f"--queries applies to --attack {', '.join(_taking('queries'))}; got --attack {args.attack}")
         check_int("--queries", args.queries, minimum=2)
     check_int("--eot", args.eot, minimum=1)
-    check_int("--batch", args.batch, minimum=1)
+    if args.batch is not None:  # None: ATTACK_BATCH of the device, resolved by options()
+        check_int("--batch", args.batch, minimum=1)
     validate_selection(args)
+    return eps
+
+
+@dataclass(frozen=True)
+class AttackOptions:
+    """What ``smoothguard attack`` does: run ``attack`` (with its ``norm``, radius ``eps``
+    -- None: no bound, for the minimal-perturbation attacks --, ``steps``, ``restarts``,
+    ``step_size``, ``loss``, ``queries`` and ``eot``; None: the attack's own default) on the
+    images of ``data``, ``batch`` images per call, against ``model`` (a checkpoint; None:
+    the embedded one) or ``model_factory`` with ``weights``; with ``target_model`` the
+    examples are evaluated on that checkpoint (transfer). Rows go to ``out`` (None: stdout),
+    resumed unless ``overwrite``; ``world``: torchrun's ranks (None: one process);
+    ``argv``: the command line recorded in the sidecar."""
+
+    attack: str = "pgd"
+    norm: str = "linf"
+    eps: float | None = EPS["linf"]
+    steps: int | None = None
+    restarts: int = 1
+    step_size: float | None = None
+    loss: str = "ce"
+    queries: int | None = None
+    eot: int = 1
+    batch: int = ATTACK_BATCH["cpu"]
+    model: str | None = None
+    model_factory: str | None = None
+    weights: str | None = None
+    target_model: str | None = None
+    data: DataSelection = field(default_factory=DataSelection)
+    channels_last: bool | None = None
+    out: str | None = None
+    overwrite: bool = False
+    seed: int = 0
+    device: Any = "cpu"  # a torch.device or its name
+    world: Any = None  # a smoothguard.distributed.World
+    argv: tuple[str, ...] = ()
+
+
+def options(args: argparse.Namespace) -> AttackOptions:
+    """The checked, typed options of the command line (``--batch`` not given: the default of
+    the device the common options resolved)."""
+    eps = validate(args)
+    batch = args.batch if args.batch is not None else batch_for(ATTACK_BATCH, args.device)
+    return AttackOptions(attack=args.attack, norm=args.norm, eps=eps, steps=args.steps, restarts=args.restarts,
+                         step_size=args.step_size, loss=args.loss, queries=args.queries, eot=args.eot, batch=batch,
+                         model=args.model, model_factory=args.model_factory, weights=args.weights,
+                         target_model=args.target_model, data=DataSelection.from_args(args),
+                         channels_last=args.channels_last, out=args.out, overwrite=args.overwrite, seed=args.seed,
+                         device=args.device, world=args.world, argv=tuple(args.argv))
 
 
 def _taking(option: str) -> list[str]:
@@ -145,33 +197,38 @@ def _write_summary(out: str, summary: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    return attack(options(args))
+
+
+def attack(opts: AttackOptions) -> int:
+    """Attack every selected image, write the rows and the summary: the exit code."""
+    from smoothguard import runtime
     from smoothguard.attacks import TransferAttack
     from smoothguard.cli._smoothing_run import run_rows
 
-    validate(args)
-    model, meta = load_model_arg(args.model, args.device, args.model_factory, args.weights)
-    model = prepare_for_speed(model, args)
-    data = load_data(args)
+    model, meta = load_model_arg(opts.model, opts.device, opts.model_factory, opts.weights)
+    model, _ = runtime.for_gradients(model, opts.channels_last)  # the library's one speed rule
+    data = opts.data.load()
     check_shape(meta, data, "--model")
     target = None
-    if args.target_model:
-        target, tmeta = load_model_arg(args.target_model, args.device)
-        target = prepare_for_speed(target, args)
+    if opts.target_model:
+        target, tmeta = load_model_arg(opts.target_model, opts.device)
+        target, _ = runtime.for_gradients(target, opts.channels_last)
         check_shape(tmeta, data, "--target-model")
-    atk = build_attack(args.attack, model, args.norm, args.eps_value, steps=args.steps, restarts=args.restarts,
-                       step_size=args.step_size, loss=args.loss, queries=args.queries, eot=args.eot, seed=args.seed)
+    atk = build_attack(opts.attack, model, opts.norm, opts.eps, steps=opts.steps, restarts=opts.restarts,
+                       step_size=opts.step_size, loss=opts.loss, queries=opts.queries, eot=opts.eot, seed=opts.seed)
     if target is not None:
         atk = TransferAttack(atk, target)
 
-    model_name, model_sha = model_settings(args.model, args.model_factory, args.weights)
-    target_name, target_sha = model_settings(args.target_model) if args.target_model else (None, None)
+    model_name, model_sha = model_settings(opts.model, opts.model_factory, opts.weights)
+    target_name, target_sha = model_settings(opts.target_model) if opts.target_model else (None, None)
     settings = {
-        "command": "smoothguard " + " ".join(getattr(args, "argv", [])),
+        "command": "smoothguard " + " ".join(opts.argv),
         "model": model_name, "model_sha256": model_sha, "target_model": target_name, "target_sha256": target_sha,
-        "data": args.data, "root": args.root, "split": args.split, "skip": args.skip, "max": args.max,
-        "attack": args.attack, "norm": args.norm, "eps": args.eps_value, "steps": args.steps,
-        "restarts": args.restarts, "step_size": args.step_size, "loss": args.loss, "queries": args.queries,
-        "eot": args.eot, "seed": args.seed, "batch": args.batch, "device": str(args.device),
+        **opts.data.settings(),
+        "attack": opts.attack, "norm": opts.norm, "eps": opts.eps, "steps": opts.steps,
+        "restarts": opts.restarts, "step_size": opts.step_size, "loss": opts.loss, "queries": opts.queries,
+        "eot": opts.eot, "seed": opts.seed, "batch": opts.batch, "device": str(opts.device),
         "attack_repr": repr(atk.source_attack if target is not None else atk),
     }
     def compute(x, y, idx):
@@ -188,20 +245,20 @@ def run(args: argparse.Namespace) -> int:
         source = atk.source_attack if target is not None else atk
         source.on_iteration = lambda i, total: bar.set_postfix_str(f"query {i}/{total}")
 
-    all_rows = run_rows(args, data, COLUMNS, "attack", settings, KEY_SETTINGS, args.batch, compute,
+    all_rows = run_rows(opts, data, COLUMNS, "attack", settings, KEY_SETTINGS, opts.batch, compute,
                         on_bar=show_queries)
     if all_rows is None:  # a torchrun rank other than 0: rank 0 reports
         return 0
-    summary = summarize(all_rows, args.eps_value)
-    eps_txt = "none (minimal)" if args.eps_value is None else f"{args.eps_value:g}"
-    where = f" on target {args.target_model}" if args.target_model else ""
-    print(f"attack {args.attack} ({args.norm}, eps {eps_txt}){where}: {summary['n']} images\n"
+    summary = summarize(all_rows, opts.eps)
+    eps_txt = "none (minimal)" if opts.eps is None else f"{opts.eps:g}"
+    where = f" on target {opts.target_model}" if opts.target_model else ""
+    print(f"attack {opts.attack} ({opts.norm}, eps {eps_txt}){where}: {summary['n']} images\n"
           f"  clean accuracy  {summary['clean_accuracy']:.4f}\n"
           f"  robust accuracy {summary['robust_accuracy']:.4f}\n"
           f"  success rate on correctly classified {summary['success_rate_on_correct']:.4f}\n"
-          f"  mean {args.norm} norm of successful perturbations {summary['mean_norm_successful']:.4f} "
+          f"  mean {opts.norm} norm of successful perturbations {summary['mean_norm_successful']:.4f} "
           f"(median {summary['median_norm_successful']:.4f}; max over all rows {summary['max_norm']:.4f})",
-          file=sys.stderr if not args.out else sys.stdout)
-    if args.out:
-        _write_summary(args.out, summary)
+          file=sys.stderr if not opts.out else sys.stdout)
+    if opts.out:
+        _write_summary(opts.out, summary)
     return 0

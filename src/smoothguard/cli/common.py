@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from smoothguard.cli._conventions import DEFAULT_DATA
 from smoothguard.data import DATASETS, Dataset, load_dataset
 
 
@@ -59,11 +61,39 @@ def add_data_arguments(p: argparse.ArgumentParser, default: str = "demo", split:
                             "(torchrun's own parser mistakes --max for its --max-restarts)")
 
 
+@dataclass(frozen=True)
+class DataSelection:
+    """The images a command reads: ``--data`` (``name``), ``--root``, ``--split``,
+    ``--image-size``, ``--channels`` and the ``--skip`` / ``--max`` selection (a command
+    without the selection options, such as train, reads every image: skip 1, max -1)."""
+
+    name: str = DEFAULT_DATA
+    root: str | None = None
+    split: str = "test"
+    image_size: int = 32
+    channels: int = 3
+    skip: int = 1
+    max: int = -1
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "DataSelection":
+        return cls(args.data, args.root, args.split, args.image_size, args.channels,
+                   getattr(args, "skip", 1), getattr(args, "max", -1))
+
+    def load(self, split: str | None = None, select: bool = True) -> Dataset:
+        """The dataset (``split`` instead of ``self.split`` if given), cut to the selection
+        unless ``select`` is False."""
+        ds = load_dataset(self.name, split or self.split, self.root, image_size=self.image_size,
+                          channels=self.channels)
+        return ds.subset(skip=self.skip, max_count=self.max) if select else ds
+
+    def settings(self) -> dict[str, Any]:
+        """The sidecar's record of the selection."""
+        return {"data": self.name, "root": self.root, "split": self.split, "skip": self.skip, "max": self.max}
+
+
 def load_data(args: argparse.Namespace, split: str | None = None, select: bool = True) -> Dataset:
-    ds = load_dataset(args.data, split or args.split, args.root, image_size=args.image_size, channels=args.channels)
-    if select and hasattr(args, "skip"):
-        ds = ds.subset(skip=args.skip, max_count=args.max)
-    return ds
+    return DataSelection.from_args(args).load(split, select=select and hasattr(args, "skip"))
 
 
 def add_model_factory_arguments(p: argparse.ArgumentParser) -> None:
@@ -105,7 +135,7 @@ def load_model_arg(path: str | None, device: torch.device, factory: str | None =
     return load_checkpoint(path, device, kind="classifier")
 
 
-def validate_selection(args: argparse.Namespace) -> None:
+def validate_selection(args: argparse.Namespace | DataSelection) -> None:
     """The --skip/--max selection every per-image command takes."""
     from smoothguard.contract import ContractError, check_int
 

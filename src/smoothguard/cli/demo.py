@@ -10,6 +10,7 @@ from pathlib import Path
 from dataclasses import dataclass
 
 from smoothguard.cli._conventions import add_deprecated
+from smoothguard.defaults import SAMPLING_BATCH, describe_batch
 
 HELP = "certify the embedded model on 100 bundled images (sigma 0.25, n 10,000): table, plot, TSV"
 DESCRIPTION = (
@@ -30,7 +31,7 @@ class DemoOptions:
     out_dir: Path = Path("smoothguard-demo")
     max: int = 100
     n: int = 10_000
-    batch: int = 400
+    batch: int | None = None  # None: certify's default for the device (smoothguard.defaults.SAMPLING_BATCH)
     precision: str = "fp32"
     seed: int = 0
     threads: int | None = None
@@ -47,10 +48,11 @@ class DemoOptions:
     def certify_argv(self) -> list[str]:
         """The ``smoothguard certify`` command line the demo runs (as a user would type it)."""
         argv = ["certify", "--data", "demo", "--skip", str(max(1, BUNDLED // self.max)), "--max", str(self.max),
-                "--sigma", "0.25", "--alpha", "0.001", "--n0", "100", "--n", str(self.n), "--batch", str(self.batch),
+                "--sigma", "0.25", "--alpha", "0.001", "--n0", "100", "--n", str(self.n),
                 "--precision", self.precision, "--out", str(self.tsv), "--seed", str(self.seed),
                 "--device", self.device]
-        return argv + (["--threads", str(self.threads)] if self.threads is not None else [])
+        return argv + (["--batch", str(self.batch)] if self.batch is not None else []) \
+            + (["--threads", str(self.threads)] if self.threads is not None else [])
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max", type=int, default=100, help=f"number of bundled images to certify (at most {BUNDLED})")
     add_deprecated(p, "demo", "max", type=int)
     p.add_argument("--n", type=int, default=10_000, help="noise samples per image for the estimate")
-    p.add_argument("--batch", type=int, default=400, help="noisy images per forward pass")
+    p.add_argument("--batch", type=int, default=None,
+                   help=f"noisy images per forward pass (default: {describe_batch(SAMPLING_BATCH)})")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="fp32 or bf16 autocast")
 
 

@@ -18,7 +18,7 @@ import torch
 from smoothguard.cli._conventions import DEFAULT_DATA
 from smoothguard.contract import ContractError, check_eps, check_fraction, check_int, check_norm, check_positive, write_text_atomic
 from smoothguard.defaults import (APGD_STEPS, ATTACK_BATCH, EPS, FAB_STEPS, N_TARGETS, PGD_STEPS,
-                                  SQUARE_QUERIES)
+                                  SQUARE_QUERIES, batch_for, describe_batch)
 from smoothguard.cli.common import (add_channels_last_argument, add_data_arguments, add_model_factory_arguments,
                                     prepare_for_speed, load_data,
                                     load_model_arg, parse_floats, progress)
@@ -64,7 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--masking-tolerance", type=float, default=0.005,
                    help="fraction of points black-box/transfer rows may fool beyond the white-box rows "
                         "before the gradient-masking warning")
-    g.add_argument("--batch", type=int, default=ATTACK_BATCH, help="images per attack call")
+    g.add_argument("--batch", type=int, default=None,
+                   help=f"images per attack call (default: {describe_batch(ATTACK_BATCH)}; "
+                        "recorded in table.json)")
     add_channels_last_argument(g)
     c = p.add_argument_group("curves and figures (opt-in: each costs about as much as the cascade)")
     c.add_argument("--curves", action="store_true",
@@ -105,11 +107,13 @@ def validate(args: argparse.Namespace) -> None:
     for name, v, lo in (("--steps", args.steps, 1), ("--restarts", args.restarts, 1),
                         ("--apgd-steps", args.apgd_steps, 1), ("--apgd-targets", args.apgd_targets, 1),
                         ("--fab-steps", args.fab_steps, 1),
-                        ("--queries", args.queries, 2), ("--eot", args.eot, 1), ("--batch", args.batch, 1),
+                        ("--queries", args.queries, 2), ("--eot", args.eot, 1),
                         ("--loss-restarts", args.loss_restarts, 0),
                         ("--loss-examples", args.loss_examples, 1), ("--grid-examples", args.grid_examples, 0),
                         ("--skip", args.skip, 1)):
         _positive_int(name, v, lo)
+    if args.batch is not None:  # None: ATTACK_BATCH of the device, resolved in run()
+        _positive_int("--batch", args.batch, 1)
     if args.max < -1 or args.max == 0:
         raise ValueError(f"--max must be a positive count or -1 (all); got {args.max}")
     if args.step_size is not None:
@@ -205,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
     )
 
     validate(args)
+    if args.batch is None:
+        args.batch = batch_for(ATTACK_BATCH, args.device)
     t_all = time.perf_counter()
     model, meta = load_model_arg(args.model, args.device, args.model_factory, args.weights)
     model = prepare_for_speed(model, args)
@@ -252,7 +258,8 @@ def run(args: argparse.Namespace) -> int:
         "restarts": args.restarts, "step_size": args.step_size, "apgd_steps": args.apgd_steps,
         "apgd_targets": args.apgd_targets, "fab_steps": args.fab_steps,
         "queries": args.queries, "transfer_from": args.sources, "eot": args.eot, "seed": args.seed,
-        "independent": args.independent, "device": str(args.device), "threads": torch.get_num_threads(),
+        "independent": args.independent, "batch": args.batch, "device": str(args.device),
+        "threads": torch.get_num_threads(),
         "speed": getattr(args, "speed", None),  # the runtime's rule-based layout/rewrite choice
     }
     title = (f"{model_name} on {len(y)} {args.data} images, {args.norm} eps = {args.eps:g}")

@@ -16,6 +16,7 @@ import torch
 
 from smoothguard.cli._conventions import DEFAULT_DATA
 from smoothguard.contract import check_eps, check_int, check_norm, check_positive, write_text_atomic
+from smoothguard.defaults import SMOOTH_EVAL_BATCH, batch_for, describe_batch
 from smoothguard.cli.common import (add_data_arguments, add_model_factory_arguments, load_data, load_model_arg,
                                     parse_floats)
 
@@ -64,7 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--queries", type=int, default=2000, help="nattack: query budget per image (each query m passes)")
     a.add_argument("--population", type=int, default=100, help="nattack: candidates per iteration (paper: 300)")
     r = p.add_argument_group("run")
-    r.add_argument("--batch", type=int, default=1000, help="noisy images per forward pass (votes, smoothed model)")
+    r.add_argument("--batch", type=int, default=None,
+                   help=f"noisy images per forward pass (votes, smoothed model; default: "
+                        f"{describe_batch(SMOOTH_EVAL_BATCH)}; recorded in table.json)")
     r.add_argument("--attack-batch", type=int, default=4096,
                    help="most noisy images per attack step (epgd runs on ~attack-batch/m images at a time)")
     r.add_argument("--group", type=int, default=50, help="images per group (rows are written per group)")
@@ -115,7 +118,8 @@ def validate(args: argparse.Namespace):
     for name, v, lo in (("--steps", args.steps, 1), ("--population", args.population, 2),
                         ("--batch", args.batch, 1), ("--attack-batch", args.attack_batch, 1),
                         ("--group", args.group, 1), ("--skip", args.skip, 1)):
-        check_int(name, v, minimum=lo)
+        if v is not None or name != "--batch":  # --batch None: SMOOTH_EVAL_BATCH of the device (run)
+            check_int(name, v, minimum=lo)
     if "nattack" in attacks and args.queries < args.population + 1:
         raise ValueError(f"--queries must be >= --population + 1 = {args.population + 1} (one clean query and "
                          f"one full population); got {args.queries}")
@@ -145,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
     from smoothguard.smoothing import NOISE_BLOCK
 
     grid = validate(args)
+    if args.batch is None:
+        args.batch = batch_for(SMOOTH_EVAL_BATCH, args.device)
     t_all = time.perf_counter()
     torch.manual_seed(args.seed)  # the global generator feeds noise-injection layers (PNI / CNI)
     base, meta = load_model_arg(args.model, args.device, args.model_factory, args.weights)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from smoothguard.cli._conventions import DEFAULT_TRAIN_DATA, add_deprecated
 from smoothguard.cli._objective_args import add_objective_arguments, objective_kwargs
-from smoothguard.cli.common import add_data_arguments, load_data, progress
+from smoothguard.cli.common import DataSelection, add_data_arguments, progress
 from smoothguard.models import MODELS, get_model
 from smoothguard.noise import NOISES
 from smoothguard.training import TrainConfig, Trainer, get_objective
@@ -81,66 +83,111 @@ class _Bar:
             f"{k} {row[k]:.4f}" for k in keys if k in row), flush=True)
 
 
-def require_out_dir(args: argparse.Namespace) -> None:
-    if not getattr(args, "out_dir", None):
+def require_out_dir(out_dir: str | Path | None) -> Path:
+    """``--out-dir`` as a path; refused when not given (shared by train and train-denoiser)."""
+    if not out_dir:
         raise ValueError("--out-dir is required: the folder for log.tsv, checkpoint.pt and model.pt")
+    return Path(out_dir)
 
 
-def validate(args: argparse.Namespace) -> None:
-    """The option checks that need no data or model (also run on ``smoothguard run`` steps)."""
-    TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, optimizer=args.optimizer,
-                momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
-                lr_step=args.lr_step, gamma=args.gamma, seed=args.seed)
-    if getattr(args, "noise_sd", 0.0) is not None and args.noise_sd < 0:
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The trainer's settings of the loop options (checked by TrainConfig itself)."""
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, optimizer=args.optimizer,
+                       momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
+                       lr_step=args.lr_step, gamma=args.gamma, seed=args.seed)
+
+
+def validate(args: argparse.Namespace) -> TrainConfig:
+    """The option checks that need no data or model (also run on ``smoothguard run`` steps);
+    returns the trainer's settings."""
+    config = train_config(args)
+    if args.noise_sd is not None and args.noise_sd < 0:
         raise ValueError(f"--noise-sd must be >= 0 (pixel units), got {args.noise_sd}")
+    return config
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """What ``smoothguard train`` does: train ``arch`` (with ``noise_injection`` layers if
+    given) on the train split of ``data`` with ``objective`` (its keyword arguments in
+    ``objective_kwargs``; absent ones take the objective's paper defaults) under ``config``;
+    at most ``max_train`` training and ``max_test`` test images (-1: all). Writes
+    ``out_dir`` (log.tsv, checkpoint.pt, model.pt), continuing its checkpoint with
+    ``resume``. ``world``: torchrun's ranks (None: one process); ``argv``: the command line
+    recorded in the checkpoint."""
+
+    out_dir: Path
+    arch: str = "lenet"
+    objective: str = "gaussian"
+    objective_kwargs: dict[str, Any] = field(default_factory=dict)
+    noise_injection: str | None = None
+    config: TrainConfig = field(default_factory=TrainConfig)
+    data: DataSelection = field(default_factory=lambda: DataSelection(DEFAULT_TRAIN_DATA, split="train"))
+    max_train: int = -1
+    max_test: int = -1
+    resume: bool = False
+    device: Any = "cpu"  # a torch.device or its name
+    world: Any = None  # a smoothguard.distributed.World
+    argv: tuple[str, ...] = ()
+
+
+def options(args: argparse.Namespace) -> TrainOptions:
+    """The checked, typed options of the command line: the trainer's settings and the flags
+    an objective does not take are refused here, before any loading (the values of its
+    flags by the objective itself, in :func:`train`)."""
+    out_dir = require_out_dir(args.out_dir)
+    kwargs = objective_kwargs(args)
+    return TrainOptions(out_dir=out_dir, arch=args.arch, objective=args.objective,
+                        objective_kwargs=kwargs, noise_injection=args.noise_injection,
+                        config=train_config(args), data=DataSelection.from_args(args), max_train=args.max_train,
+                        max_test=args.max_test, resume=args.resume, device=args.device, world=args.world,
+                        argv=tuple(args.argv))
 
 
 def run(args: argparse.Namespace) -> int:
-    require_out_dir(args)
-    objective = get_objective(args.objective, **objective_kwargs(args))  # bad flags fail before any loading
-    train, test = load_train_test(args)
-    info = train.info
-    model_options = {"noise_injection": args.noise_injection} if args.noise_injection else {}
-    torch.manual_seed(derive_seed(args.seed, "init"))  # the initial weights follow --seed too
-    model = get_model(args.arch, info.num_classes, info.input_shape, info.mean, info.std,
-                      **model_options).to(args.device)
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
-        weight_decay=args.weight_decay, schedule=args.schedule, lr_step=args.lr_step, gamma=args.gamma,
-        seed=args.seed,
-    )
+    return train(options(args))
+
+
+def train(opts: TrainOptions) -> int:
+    """Build the objective and the model, train into ``opts.out_dir``: the exit code."""
+    objective = get_objective(opts.objective, **opts.objective_kwargs)  # bad values fail before any loading
+    train_set, test = load_train_test(opts.data, opts.max_train, opts.max_test)
+    info = train_set.info
+    model_options = {"noise_injection": opts.noise_injection} if opts.noise_injection else {}
+    torch.manual_seed(derive_seed(opts.config.seed, "init"))  # the initial weights follow --seed too
+    model = get_model(opts.arch, info.num_classes, info.input_shape, info.mean, info.std,
+                      **model_options).to(opts.device)
     meta = {
-        "arch": args.arch, "num_classes": info.num_classes, "in_shape": list(info.input_shape),
+        "arch": opts.arch, "num_classes": info.num_classes, "in_shape": list(info.input_shape),
         "mean": list(info.mean), "std": list(info.std), "dataset": info.name,
-        "class_names": list(info.class_names), "train_size": len(train), "model_options": model_options,
-        "command": "smoothguard " + " ".join(shlex.quote(a) for a in args.argv),
+        "class_names": list(info.class_names), "train_size": len(train_set), "model_options": model_options,
+        "command": "smoothguard " + " ".join(shlex.quote(a) for a in opts.argv),
     }
-    world = getattr(args, "world", None)  # torchrun: the minibatches are split across the ranks
-    rank0 = world is None or world.rank == 0
-    trainer = Trainer(model, objective, config, meta=meta, callback=_Bar() if rank0 else None, world=world)
-    fit_in_out_dir(trainer, train, test, args)
+    rank0 = opts.world is None or opts.world.rank == 0  # torchrun: the minibatches are split across the ranks
+    trainer = Trainer(model, objective, opts.config, meta=meta, callback=_Bar() if rank0 else None, world=opts.world)
+    fit_in_out_dir(trainer, train_set, test, opts.out_dir, opts.resume)
     if rank0:
-        print(f"wrote {Path(args.out_dir) / MODEL_NAME} and {Path(args.out_dir) / LOG_NAME}")
+        print(f"wrote {opts.out_dir / MODEL_NAME} and {opts.out_dir / LOG_NAME}")
     return 0
 
 
-def load_train_test(args: argparse.Namespace):
-    """The train and test splits of ``--data``, cut to ``--max-train`` / ``--max-test``."""
-    train = load_data(args, split="train", select=False)
-    test = load_data(args, split="test", select=False)
-    if args.max_train != -1:
-        train = train.subset(max_count=args.max_train)
-    if args.max_test != -1:
-        test = test.subset(max_count=args.max_test)
-    return train, test
+def load_train_test(data: DataSelection, max_train: int = -1, max_test: int = -1):
+    """The train and test splits of ``data``, cut to ``max_train`` / ``max_test`` (-1: all)."""
+    train_set = data.load(split="train", select=False)
+    test = data.load(split="test", select=False)
+    if max_train != -1:
+        train_set = train_set.subset(max_count=max_train)
+    if max_test != -1:
+        test = test.subset(max_count=max_test)
+    return train_set, test
 
 
-def fit_in_out_dir(trainer: Trainer, train, test, args: argparse.Namespace) -> None:
-    """``trainer.fit`` into ``--out-dir``, resuming from its checkpoint with ``--resume`` and
-    refusing to start over an existing run without it (shared by train and train-denoiser)."""
-    require_out_dir(args)
-    out = Path(args.out_dir)
-    if args.resume:
+def fit_in_out_dir(trainer: Trainer, train, test, out_dir: str | Path | None, resume: bool) -> None:
+    """``trainer.fit`` into ``out_dir`` (``--out-dir``), resuming from its checkpoint with
+    ``resume`` and refusing to start over an existing run without it (shared by train and
+    train-denoiser)."""
+    out = require_out_dir(out_dir)
+    if resume:
         trainer.resume_from(out / CHECKPOINT_NAME)
         if trainer.world.rank == 0:
             print(f"resuming from {out / CHECKPOINT_NAME} after epoch {trainer.start_epoch}")

@@ -10,7 +10,7 @@ import torch
 
 from smoothguard.cli._conventions import DEFAULT_TRAIN_DATA
 from smoothguard.evaluation.resultfile import file_sha256
-from smoothguard.cli.common import add_data_arguments
+from smoothguard.cli.common import DataSelection, add_data_arguments
 from smoothguard.cli.train import _Bar, add_loop_arguments, fit_in_out_dir, load_train_test, require_out_dir
 from smoothguard.models import DENOISERS, get_denoiser, load_checkpoint
 from smoothguard.models.denoiser import DEFAULT_DEPTH, DEFAULT_WIDTH
@@ -115,7 +115,7 @@ def _build_denoiser(args: argparse.Namespace, info):
 
 
 def run(args: argparse.Namespace) -> int:
-    require_out_dir(args)
+    require_out_dir(args.out_dir)
     if not args.noise_sd > 0:
         raise ValueError(f"--noise-sd must be > 0 (pixel units), got {args.noise_sd}")
     if args.classifier and args.surrogates:
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--surrogates needs comma-separated checkpoint paths, got {args.surrogates!r}")
     if args.objective != "mse" and not (args.classifier or surrogate_paths):
         raise ValueError(f"--objective {args.objective} needs --classifier CKPT or --surrogates CKPT1,CKPT2,...")
-    train, test = load_train_test(args)
+    train, test = load_train_test(DataSelection.from_args(args), args.max_train, args.max_test)
     info = train.info
     paths = surrogate_paths or ([args.classifier] if args.classifier else [])
     role = "surrogates" if surrogate_paths else "classifier"
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     world = getattr(args, "world", None)  # torchrun: the minibatches are split across the ranks
     rank0 = world is None or world.rank == 0
     trainer = Trainer(denoiser, objective, config, meta=meta, callback=_DenoiserBar() if rank0 else None, world=world)
-    fit_in_out_dir(trainer, train, test, args)
+    fit_in_out_dir(trainer, train, test, args.out_dir, args.resume)
     objective.assert_frozen()
     out = Path(args.out_dir)
     if surrogate_paths:

@@ -54,7 +54,7 @@ from smoothguard.attacks import (
     check_blackbox_vs_whitebox,
 )
 from smoothguard.attacks.base import eval_mode
-from smoothguard.defaults import APGD_STEPS, ATTACK_BATCH, FAB_STEPS, N_TARGETS, PGD_STEPS, SQUARE_QUERIES
+from smoothguard.defaults import APGD_STEPS, ATTACK_BATCH, FAB_STEPS, N_TARGETS, PGD_STEPS, SQUARE_QUERIES, batch_for
 from smoothguard.contract import (check_fraction, check_images, check_int, check_labels, check_logits, forward_errors,
                                   model_in_shape)
 from smoothguard.utils import model_device
@@ -435,7 +435,7 @@ def evaluate_robustness(
     y: torch.Tensor,
     attacks: Sequence[CascadeAttack],
     *,
-    batch_size: int = ATTACK_BATCH,
+    batch_size: int | None = None,
     independent: bool = False,
     masking_tolerance: float = 0.005,
     progress: ProgressFn | None = None,
@@ -446,7 +446,8 @@ def evaluate_robustness(
         model: images in [0, 1] -> logits; every attack in ``attacks`` must target it.
         x, y: images (N, C, H, W) in [0, 1] and labels (N,).
         attacks: the rows, in order (see :func:`build_cascade`).
-        batch_size: most points per attack call.
+        batch_size: most points per attack call (None: ``smoothguard.defaults.ATTACK_BATCH``
+            for the model's device).
         independent: run every attack on every clean-correct point (each row then also
             has its own accuracy) instead of only on the points still robust.
         masking_tolerance: fraction of the points that black-box / transfer rows may fool
@@ -460,6 +461,8 @@ def evaluate_robustness(
     ``accuracy`` is the running worst case; the final worst case equals, per example,
     "correct and no attack succeeded" (the OR of the rows' successes).
     """
+    if batch_size is None:  # the default of the device the model runs on
+        batch_size = batch_for(ATTACK_BATCH, model_device(model))
     batch_size = check_int("batch_size", batch_size, minimum=1)
     masking_tolerance = check_fraction("masking_tolerance", masking_tolerance, low_open=False, high_open=True)
     attacks = list(attacks)
@@ -615,7 +618,7 @@ def accuracy_vs_eps(
     *,
     steps: int = 20,
     seed: int | None = 0,
-    batch_size: int = ATTACK_BATCH,
+    batch_size: int | None = None,
     progress: ProgressFn | None = None,
 ) -> EpsCurve:
     """Robust accuracy at every eps of ``eps_grid`` (sorted increasingly; eps = 0 is the
@@ -639,6 +642,8 @@ def accuracy_vs_eps(
     device = model_device(model)
     x = x.detach().to(device)
     y = torch.as_tensor(y).to(device=device, dtype=torch.long)
+    if batch_size is None:  # most points per attack call: the default of the model's device
+        batch_size = batch_for(ATTACK_BATCH, device)
     robust = _predict(model, x, batch_size) == y
     accs: list[float] = []
     names: list[str] = []

@@ -25,6 +25,8 @@ from typing import Any, Sequence
 
 import torch
 
+from smoothguard.defaults import SMOOTH_EVAL_BATCH
+
 CLEAN = "clean"
 WORST = "worst"
 SMOOTH_ATTACKS = ("pgd", "epgd", "transfer", "nattack")
@@ -218,7 +220,7 @@ class SmoothEvalOptions:
     step_size: float | None = None
     queries: int = 2000
     population: int = 100
-    batch: int = 1000
+    batch: int = SMOOTH_EVAL_BATCH["cpu"]
     attack_batch: int = 4096
     seed: int = 0
     device: Any = "cpu"

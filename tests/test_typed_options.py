@@ -1,0 +1,130 @@
+"""Thin commands (issue 19): ``attack``, ``verify`` and ``train`` run from typed option
+objects exactly as from their command lines, and every ``--batch`` left out takes the
+default of the device used (one table per concept in smoothguard.defaults), recorded in
+the sidecar."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from smoothguard import defaults as D
+from smoothguard.cli import build_parser, main
+from smoothguard.cli.common import DataSelection
+
+torch.set_num_threads(1)
+
+
+def _rows(path):
+    """The rows of a result file without their time column (the last)."""
+    return [line.split("\t")[:-1] for line in path.read_text().splitlines()]
+
+
+def _settings(path):
+    return json.loads((path.parent / (path.name + ".json")).read_text())["settings"]
+
+
+def test_batch_tables_resolve_by_device_type():
+    assert D.batch_for(D.SAMPLING_BATCH, "cpu") == 400  # the pinned certify/predict rows ran at 400
+    assert D.batch_for(D.SAMPLING_BATCH, torch.device("cuda", 1)) == D.SAMPLING_BATCH["cuda"] == 10_000
+    assert D.batch_for(D.SAMPLING_BATCH, "mps") == 400  # a device type without an entry: the CPU value
+    assert D.batch_for(D.ATTACK_BATCH, torch.device("cpu")) == 500  # a resume key of attack files
+    assert D.batch_for(D.SMOOTH_EVAL_BATCH, "cpu") == 1000
+    assert D.describe_batch(D.SAMPLING_BATCH) == "400 on CPU, 10,000 on CUDA"
+    assert D.describe_batch({"cpu": 500, "cuda": 500}) == "500 on CPU and CUDA"
+
+
+def test_every_batch_help_states_the_default_it_resolves_to():
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    checked = []
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if "--batch" not in action.option_strings or action.default is not None:
+                continue
+            checked.append(name)
+            text = " ".join(action.help.split())
+            assert "default: " in text, (name, text)
+            if name in ("certify", "predict", "demo"):
+                assert "400 on CPU, 10,000 on CUDA" in text, (name, text)
+            if name in ("attack", "evaluate"):
+                assert "500 on CPU and CUDA" in text, (name, text)
+            if name == "verify":
+                assert "16 for crown" in text and "200 for ibp" in text, text
+    assert {"certify", "predict", "demo", "attack", "evaluate", "smooth-eval", "verify"} <= set(checked)
+
+
+def test_attack_runs_from_typed_options_as_from_its_command_line(tmp_path):
+    from smoothguard.cli.attack import AttackOptions, attack
+
+    cli_out, typed_out = tmp_path / "cli.tsv", tmp_path / "typed.tsv"
+    assert main(["attack", "--attack", "pgd", "--steps", "3", "--max", "5", "--skip", "7", "--threads", "1",
+                 "--device", "cpu", "--out", str(cli_out)]) == 0
+    opts = AttackOptions(attack="pgd", steps=3, data=DataSelection(skip=7, max=5), out=str(typed_out),
+                         device=torch.device("cpu"))
+    assert attack(opts) == 0
+    assert _rows(typed_out) == _rows(cli_out) and len(_rows(cli_out)) == 6  # header + 5 rows
+    cli, typed = _settings(cli_out), _settings(typed_out)
+    assert cli["batch"] == typed["batch"] == 500  # --batch left out: ATTACK_BATCH["cpu"], recorded
+    assert {k: v for k, v in cli.items() if k != "command"} == {k: v for k, v in typed.items() if k != "command"}
+    # the default is the value an explicit --batch 500 resumes (a resume key): nothing is recomputed
+    assert main(["attack", "--attack", "pgd", "--steps", "3", "--max", "5", "--skip", "7", "--threads", "1",
+                 "--device", "cpu", "--batch", "500", "--out", str(cli_out)]) == 0
+    assert _rows(cli_out)[1:] == _rows(typed_out)[1:]
+
+
+def test_verify_runs_from_typed_options_and_its_batch_follows_the_method(tmp_path):
+    from smoothguard.cli import verify as V
+
+    cli_out, typed_out = tmp_path / "cli.tsv", tmp_path / "typed.tsv"
+    assert main(["verify", "--method", "ibp", "--eps", "0.01", "--max", "4", "--skip", "9", "--threads", "1",
+                 "--out", str(cli_out)]) == 0
+    opts = V.VerifyOptions(method="ibp", eps=0.01, batch=D.VERIFY_BATCH["ibp"], data=DataSelection(skip=9, max=4),
+                           out=str(typed_out), device=torch.device("cpu"))
+    assert V.verify(opts) == 0
+    assert _rows(typed_out) == _rows(cli_out) and len(_rows(cli_out)) == 5
+    assert _settings(cli_out)["batch"] == 200
+    parser = build_parser()
+    for method, batch in (("crown", 16), ("crown-ibp", 200), ("ibp", 200)):
+        assert V.validate(parser.parse_args(["verify", "--method", method])) == (0.1, batch)
+    assert V.validate(parser.parse_args(["verify", "--method", "crown", "--batch", "3"])) == (0.1, 3)
+
+
+def test_train_runs_from_typed_options_as_from_its_command_line(tiny_idx_root, tmp_path):
+    from smoothguard.cli.train import TrainOptions, train
+    from smoothguard.models import load_checkpoint
+    from smoothguard.training import TrainConfig
+
+    assert main(["train", "--data", "mnist", "--root", str(tiny_idx_root), "--objective", "standard",
+                 "--epochs", "1", "--batch", "16", "--max-test", "10", "--threads", "1", "--device", "cpu",
+                 "--out-dir", str(tmp_path / "cli")]) == 0
+    opts = TrainOptions(out_dir=tmp_path / "typed", objective="standard", config=TrainConfig(epochs=1, batch_size=16),
+                        data=DataSelection("mnist", root=str(tiny_idx_root), split="train"), max_test=10,
+                        device=torch.device("cpu"))
+    assert train(opts) == 0
+    cli_model, cli_meta = load_checkpoint(tmp_path / "cli" / "model.pt")
+    typed_model, typed_meta = load_checkpoint(tmp_path / "typed" / "model.pt")
+    for (name, a), (_, b) in zip(cli_model.state_dict().items(), typed_model.state_dict().items()):
+        assert torch.equal(a, b), name  # same seeds, same minibatches: the same weights
+    assert cli_meta["train_size"] == typed_meta["train_size"] == 60
+
+
+def test_certify_without_batch_runs_at_the_cpu_default_and_writes_the_same_rows(tmp_path):
+    default, explicit = tmp_path / "default.tsv", tmp_path / "explicit.tsv"
+    argv = ["certify", "--max", "2", "--skip", "11", "--n0", "100", "--n", "300", "--threads", "1", "--device", "cpu"]
+    assert main([*argv, "--out", str(default)]) == 0
+    assert main([*argv, "--batch", "400", "--out", str(explicit)]) == 0
+    assert _rows(default) == _rows(explicit)
+    settings = _settings(default)
+    assert settings["batch"] == 400 and settings["noise_block"] == 100
+
+
+def test_smooth_eval_and_evaluate_record_the_batch_they_resolved(tmp_path):
+    assert main(["smooth-eval", "--max", "2", "--sigmas", "0.25", "--m", "2", "--methods", "hard", "--attacks", "none",
+                 "--threads", "1", "--device", "cpu", "--no-plots", "--out-dir", str(tmp_path / "se")]) == 0
+    assert json.loads((tmp_path / "se" / "table.json").read_text())["settings"]["batch"] == 1000
+    assert main(["evaluate", "--max", "2", "--attacks", "fgsm", "--threads", "1", "--device", "cpu", "--no-plots",
+                 "--grid-examples", "0", "--out-dir", str(tmp_path / "ev")]) == 0
+    assert json.loads((tmp_path / "ev" / "table.json").read_text())["settings"]["batch"] == 500

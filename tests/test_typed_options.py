@@ -1,4 +1,5 @@
-"""Thin commands (issue 19): ``attack``, ``verify`` and ``train`` run from typed option
+"""Thin commands (issue 19): ``attack``, ``verify``, ``train``, ``certify``, ``predict`` and
+``evaluate`` run from typed option
 objects exactly as from their command lines, and every ``--batch`` left out takes the
 default of the device used (one table per concept in smoothguard.defaults), recorded in
 the sidecar."""
@@ -128,3 +129,91 @@ def test_smooth_eval_and_evaluate_record_the_batch_they_resolved(tmp_path):
     assert main(["evaluate", "--max", "2", "--attacks", "fgsm", "--threads", "1", "--device", "cpu", "--no-plots",
                  "--grid-examples", "0", "--out-dir", str(tmp_path / "ev")]) == 0
     assert json.loads((tmp_path / "ev" / "table.json").read_text())["settings"]["batch"] == 500
+
+
+def _smoothing(out, **data):
+    from smoothguard.cli._smoothing_run import SmoothingOptions
+
+    return SmoothingOptions(data=DataSelection(**data), out=str(out), device=torch.device("cpu"), command="certify")
+
+
+def test_certify_runs_from_typed_options_as_from_its_command_line_in_each_mode(tmp_path):
+    from smoothguard.cli.certify import CertifyOptions, certify
+
+    base = ["certify", "--max", "3", "--skip", "13", "--n0", "100", "--threads", "1", "--device", "cpu"]
+    modes = {
+        "fixed": (["--n", "300"], dict(n=300)),
+        "adaptive": (["--radii", "0.5,0.25", "--n-max", "400"], dict(radii=(0.5, 0.25), n_max=400)),
+        "anytime": (["--budget", "400", "--tolerance", "0.05"], dict(budget=400, tolerance=0.05)),
+    }
+    for mode, (flags, fields) in modes.items():
+        cli_out, typed_out = tmp_path / f"{mode}-cli.tsv", tmp_path / f"{mode}-typed.tsv"
+        assert main([*base, *flags, "--out", str(cli_out)]) == 0
+        opts = CertifyOptions(smoothing=_smoothing(typed_out, skip=13, max=3), n0=100, **fields)
+        assert certify(opts) == 0
+        assert _rows(typed_out) == _rows(cli_out) and len(_rows(cli_out)) == 4, mode  # header + 3 rows
+        cli, typed = _settings(cli_out), _settings(typed_out)
+        cli.pop("speed"), typed.pop("speed")  # measured per run
+        assert cli == typed, mode
+        assert cli["batch"] == 400 and cli["sigma_source"] == "checkpoint"
+
+
+def test_predict_runs_from_typed_options_as_from_its_command_line(tmp_path):
+    from smoothguard.cli.predict import PredictOptions, predict
+
+    base = ["predict", "--max", "3", "--skip", "17", "--threads", "1", "--device", "cpu"]
+    for mode, flags, fields in (("fixed", ["--n", "200"], dict(n=200)),
+                                ("adaptive", ["--adaptive", "--n-max", "500"], dict(adaptive=True, n_max=500))):
+        cli_out, typed_out = tmp_path / f"{mode}-cli.tsv", tmp_path / f"{mode}-typed.tsv"
+        assert main([*base, *flags, "--out", str(cli_out)]) == 0
+        smoothing = _smoothing(typed_out, skip=17, max=3)
+        assert predict(PredictOptions(smoothing=smoothing, **fields)) == 0
+        assert _rows(typed_out) == _rows(cli_out) and len(_rows(cli_out)) == 4, mode
+        cli, typed = _settings(cli_out), _settings(typed_out)
+        for s in (cli, typed):
+            s.pop("speed")
+        assert cli == typed, mode
+
+
+def test_certify_and_predict_validate_leaves_the_namespace_as_parsed():
+    from smoothguard.cli import certify as C
+    from smoothguard.cli import predict as P
+
+    parser = build_parser()
+    ns = parser.parse_args(["certify", "--radii", "0.5,0.25"])
+    before = dict(vars(ns))
+    assert C.validate(ns) == [0.5, 0.25] and vars(ns) == before  # the runner validates before it runs
+    assert C.validate(parser.parse_args(["certify"])) is None
+    ns = parser.parse_args(["predict"])
+    before = dict(vars(ns))
+    assert P.validate(ns) is None and vars(ns) == before and ns.n is None and ns.batch is None
+    with pytest.raises(ValueError, match="--n 5 has no effect with --radii"):
+        C.validate(parser.parse_args(["certify", "--radii", "0.5", "--n", "5"]))
+    with pytest.raises(ValueError, match="--sigma"):  # the smoothing options are checked too
+        P.validate(parser.parse_args(["predict", "--sigma", "-1"]))
+
+
+def test_evaluate_runs_from_typed_options_as_from_its_command_line(tmp_path):
+    from smoothguard.cli import evaluate as E
+
+    cli_dir, typed_dir = tmp_path / "cli", tmp_path / "typed"
+    assert main(["evaluate", "--max", "3", "--skip", "5", "--attacks", "fgsm,pgd", "--steps", "3", "--restarts", "1",
+                 "--threads", "1", "--device", "cpu", "--no-plots", "--out-dir", str(cli_dir)]) == 0
+    opts = E.EvaluateOptions(out_dir=typed_dir, data=DataSelection(skip=5, max=3), attacks=("fgsm", "pgd"), steps=3,
+                             restarts=1, plots=False, device=torch.device("cpu"))
+    assert E.evaluate(opts) == 0
+    per_example = (cli_dir / "per_example.tsv").read_text()
+    assert (typed_dir / "per_example.tsv").read_text() == per_example and len(per_example.splitlines()) == 4
+    cli, typed = (json.loads((d / "table.json").read_text()) for d in (cli_dir, typed_dir))
+    for r in (cli, typed):
+        r["settings"].pop("command")
+    assert cli["settings"] == typed["settings"] and cli["settings"]["eps"] == 0.1 and cli["settings"]["batch"] == 500
+    for key in ("clean_accuracy", "robust_accuracy", "n", "mode"):
+        assert cli["evaluation"][key] == typed["evaluation"][key], key
+    # validate resolves without touching the Namespace (the runner validates before it runs)
+    ns = build_parser().parse_args(["evaluate", "--out-dir", "x", "--norm", "l2", "--curves", "--eps-grid", "0,1"])
+    before = dict(vars(ns))
+    eps, attacks, curve_steps, grids, sources = E.validate(ns)
+    assert vars(ns) == before and eps == 1.0 and curve_steps == 20 and sources == []
+    assert grids["l2"] == [0.0, 1.0] and grids["linf"] == list(E.EvaluateOptions(out_dir="x").eps_grid_linf)
+

@@ -4,6 +4,7 @@ shared by ``certify``, ``predict`` and ``serve``."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -71,21 +72,45 @@ def denoised_labels(denoiser: nn.Module, label_fn: Callable[[torch.Tensor], torc
     return labels
 
 
-def api_classifier(args: argparse.Namespace, info) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+@dataclass(frozen=True)
+class ApiOptions:
+    """``--api`` and its options: the endpoint ``url``, ``num_classes`` (None: the server's
+    GET /info, else the dataset's), ``in_shape`` ("C,H,W" as written; None: the dataset's),
+    the deadline ``timeout`` (seconds) of one request, its ``retries`` and the largest
+    request body ``max_request_mb`` (MiB)."""
+
+    url: str
+    num_classes: int | None = None
+    in_shape: str | None = None
+    timeout: float = 30.0
+    retries: int = 4
+    max_request_mb: float = 4.0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "ApiOptions | None":
+        """The options of add_query_arguments (None: no --api)."""
+        if args.api is None:
+            return None
+        return cls(args.api, args.num_classes, args.in_shape, args.api_timeout, args.api_retries,
+                   args.api_max_request_mb)
+
+
+def api_classifier(api: ApiOptions, model: str | None, data: str, info) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """The ``--api`` base classifier: (HTTPClassifier, meta with num_classes/in_shape,
-    settings recorded in the sidecar)."""
+    settings recorded in the sidecar); ``model`` (--model, which must be None) and ``data``
+    (the --data name) only word the errors."""
     from smoothguard.contract import check_int, check_model_data, check_positive
     from smoothguard.models.remote import MAX_NUM_CLASSES, APIError, HTTPClassifier
 
-    if args.model is not None:
+    if model is not None:
         raise ValueError("give --model or --api, not both")
-    retries = check_int("--api-retries", args.api_retries, minimum=0)
-    timeout = check_positive("--api-timeout (seconds, the deadline for one whole request)", args.api_timeout)
-    mb = check_positive("--api-max-request-mb", args.api_max_request_mb)
-    if args.num_classes is not None:
-        check_int("--num-classes", args.num_classes, 2, MAX_NUM_CLASSES)
+    retries = check_int("--api-retries", api.retries, minimum=0)
+    timeout = check_positive("--api-timeout (seconds, the deadline for one whole request)", api.timeout)
+    mb = check_positive("--api-max-request-mb", api.max_request_mb)
+    if api.num_classes is not None:
+        check_int("--num-classes", api.num_classes, 2, MAX_NUM_CLASSES)
     try:
-        clf = HTTPClassifier(args.api, args.num_classes, timeout=timeout, retries=retries,
+        clf = HTTPClassifier(api.url, api.num_classes, timeout=timeout, retries=retries,
                              max_request_bytes=max(4, int(mb * (1 << 20))))
     except ValueError as exc:
         raise ValueError(f"--api: {exc}") from None
@@ -93,27 +118,27 @@ def api_classifier(args: argparse.Namespace, info) -> tuple[Any, dict[str, Any],
         server = clf.info()
     except APIError as exc:
         if exc.status not in (404, 405, 501):  # only a label-only endpoint without /info may skip it
-            raise APIError(f"--api {args.api}: {exc}") from None
+            raise APIError(f"--api {api.url}: {exc}") from None
         server = {"info_error": str(exc)}
-    num_classes = args.num_classes or server.get("num_classes") or info.num_classes
+    num_classes = api.num_classes or server.get("num_classes") or info.num_classes
     clf.num_classes = int(num_classes)
     in_shape = tuple(info.input_shape)
-    if args.in_shape:
+    if api.in_shape:
         try:
-            given = tuple(int(v) for v in args.in_shape.split(","))
+            given = tuple(int(v) for v in api.in_shape.split(","))
         except ValueError as exc:
-            raise ValueError(f"--in-shape must be C,H,W integers, e.g. 1,28,28; got {args.in_shape!r}") from exc
+            raise ValueError(f"--in-shape must be C,H,W integers, e.g. 1,28,28; got {api.in_shape!r}") from exc
         if given != in_shape:
-            raise ValueError(f"--in-shape {given} differs from the shape of --data {args.data}: {in_shape}")
+            raise ValueError(f"--in-shape {given} differs from the shape of --data {data}: {in_shape}")
     if server.get("in_shape") is not None and tuple(server["in_shape"]) != in_shape:
-        raise ValueError(f"the endpoint expects inputs {tuple(server['in_shape'])}; --data {args.data} has {in_shape}")
+        raise ValueError(f"the endpoint expects inputs {tuple(server['in_shape'])}; --data {data} has {in_shape}")
     if server.get("num_classes") is not None and int(server["num_classes"]) != clf.num_classes:
         raise ValueError(f"--num-classes {clf.num_classes} but the endpoint reports {server['num_classes']} classes")
-    check_model_data(clf.num_classes, None, info.num_classes, in_shape, model=f"the endpoint --api {args.api}",
-                     data=f"--data {args.data}")
-    settings = {"model": "api:" + args.api,
-                "model_sha256": server.get("model_sha256") or "api:" + args.api,
-                "model_arch": server.get("arch"), "api": args.api,
+    check_model_data(clf.num_classes, None, info.num_classes, in_shape, model=f"the endpoint --api {api.url}",
+                     data=f"--data {data}")
+    settings = {"model": "api:" + api.url,
+                "model_sha256": server.get("model_sha256") or "api:" + api.url,
+                "model_arch": server.get("arch"), "api": api.url,
                 "api_info": {k: v for k, v in server.items() if k not in ("protocol",)}}
     if server.get("denoiser"):
         settings.update(denoiser="api:" + str(server["denoiser"]), denoiser_sha256=server.get("denoiser_sha256"))

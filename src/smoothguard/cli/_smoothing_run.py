@@ -9,13 +9,15 @@ import math
 import sys
 import time
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
 from smoothguard.cli._conventions import DEFAULT_DATA
 from smoothguard.contract import ContractError, check_alpha, check_int, check_model_data, check_sigma
-from smoothguard.cli.common import (add_data_arguments, add_model_factory_arguments, load_data, load_model_arg,
+from smoothguard.cli._denoised import ApiOptions
+from smoothguard.cli.common import (DataSelection, add_data_arguments, add_model_factory_arguments, load_model_arg,
                                     progress, validate_selection)
 from smoothguard.defaults import SAMPLING_BATCH, batch_for, describe_batch
 from smoothguard.distributed import World, barrier
@@ -67,94 +69,139 @@ def file_sha256(path: str | Path) -> str:
 
 def validate_smoothing_arguments(args: argparse.Namespace) -> None:
     """Check the numeric options before any model or data is loaded."""
-    for flag in ("model", "denoiser"):  # "" would silently mean "the embedded model" / "no denoiser"
-        if getattr(args, flag, None) == "":
+    for flag, value in (("model", args.model), ("denoiser", args.denoiser)):
+        if value == "":  # "" would silently mean "the embedded model" / "no denoiser"
             raise ContractError(f"--{flag} is empty; give a checkpoint path or leave the option out")
     if args.sigma is not None:
         check_sigma(args.sigma, "--sigma")
     check_alpha(args.alpha, "--alpha")
-    if args.batch is not None:  # None: SAMPLING_BATCH of the device, resolved once it is known
+    if args.batch is not None:  # None: SAMPLING_BATCH of the device, resolved by smoothing_options()
         check_int("--batch", args.batch, minimum=1)
     validate_selection(args)
-    if getattr(args, "workers", None) is not None:
+    if args.workers is not None:
         check_int("--workers", args.workers, minimum=1)
 
 
 DEFAULT_SIGMA = 0.25
 
 
-def resolve_sigma(args: argparse.Namespace, trained_sd: Any, source: str) -> tuple[float, str]:
-    """``--sigma``, or by default the noise sd the model was trained at (``trained_sd``,
-    from the checkpoint ``source``), else 0.25. Returns (sigma, where it came from). An
-    explicit sigma that differs from the training one is allowed and noted on stderr."""
+@dataclass(frozen=True)
+class SmoothingOptions:
+    """The smoothed classifier and the row loop ``certify`` and ``predict`` share: the base
+    classifier ``model`` (a checkpoint; None: the embedded one) or ``model_factory`` with
+    ``weights``, or the endpoint ``api``; optionally behind ``denoiser``; noise ``noise``
+    (None: the model's) of sd ``sigma`` (None: the sd the model or denoiser was trained at,
+    else 0.25); failure probability ``alpha``; ``batch`` noisy images per forward pass;
+    ``precision``, ``jit`` and ``workers`` (None: the runtime's rule); the images of
+    ``data``. Rows go to ``out`` (None: stdout), resumed unless ``overwrite``; ``world``:
+    torchrun's ranks (None: one process); ``command`` names the command in its stderr notes."""
+
+    model: str | None = None
+    model_factory: str | None = None
+    weights: str | None = None
+    api: ApiOptions | None = None
+    denoiser: str | None = None
+    data: DataSelection = field(default_factory=DataSelection)
+    sigma: float | None = None
+    noise: str | None = None
+    alpha: float = 0.001
+    batch: int = SAMPLING_BATCH["cpu"]
+    precision: str = "fp32"
+    jit: bool | None = None
+    workers: int | None = None
+    out: str | None = None
+    overwrite: bool = False
+    seed: int = 0
+    device: Any = "cpu"  # a torch.device or its name
+    world: Any = None  # a smoothguard.distributed.World
+    command: str = "certify"
+
+
+def smoothing_options(args: argparse.Namespace) -> SmoothingOptions:
+    """The checked, typed smoothing options of a certify/predict command line (``--batch``
+    not given: the default of the device the common options resolved)."""
+    validate_smoothing_arguments(args)
+    batch = args.batch if args.batch is not None else batch_for(SAMPLING_BATCH, args.device)
+    return SmoothingOptions(model=args.model, model_factory=args.model_factory, weights=args.weights,
+                            api=ApiOptions.from_args(args), denoiser=args.denoiser, data=DataSelection.from_args(args),
+                            sigma=args.sigma, noise=args.noise, alpha=args.alpha, batch=batch,
+                            precision=args.precision, jit=args.jit, workers=args.workers, out=args.out,
+                            overwrite=args.overwrite, seed=args.seed, device=args.device, world=args.world,
+                            command=args.command)
+
+
+def resolve_sigma(sigma: float | None, trained_sd: Any, source: str, command: str = "certify") -> tuple[float, str]:
+    """``sigma`` (--sigma), or by default the noise sd the model was trained at
+    (``trained_sd``, from the checkpoint ``source``), else 0.25. Returns (sigma, where it
+    came from). An explicit sigma that differs from the training one is allowed and noted on
+    stderr (as ``command``)."""
     trained = float(trained_sd) if isinstance(trained_sd, (int, float)) and trained_sd > 0 else None
-    if args.sigma is None:
+    if sigma is None:
         if trained is None:
             return DEFAULT_SIGMA, "default"
-        print(f"{getattr(args, 'command', 'certify')}: sigma {trained:g} (the noise_sd {source} was trained at)", file=sys.stderr)
+        print(f"{command}: sigma {trained:g} (the noise_sd {source} was trained at)", file=sys.stderr)
         return trained, "checkpoint"
-    if trained is not None and not math.isclose(args.sigma, trained, rel_tol=1e-9):
-        print(f"{getattr(args, 'command', 'certify')}: note: --sigma {args.sigma:g} differs from the noise_sd {trained:g} {source} was "
+    if trained is not None and not math.isclose(sigma, trained, rel_tol=1e-9):
+        print(f"{command}: note: --sigma {sigma:g} differs from the noise_sd {trained:g} {source} was "
               "trained at (allowed; recorded in the result sidecar)", file=sys.stderr)
-    return float(args.sigma), "flag"
+    return float(sigma), "flag"
 
 
-def build_smoothed(args: argparse.Namespace) -> tuple[SmoothedClassifier, dict[str, Any], Any]:
-    validate_smoothing_arguments(args)
-    if args.batch is None:  # the default of the device this run uses (recorded in the sidecar)
-        args.batch = batch_for(SAMPLING_BATCH, args.device)
-    if getattr(args, "api", None) is not None:  # a query-only classifier behind an HTTP endpoint ("" is refused)
+def build_smoothed(opts: SmoothingOptions) -> tuple[SmoothedClassifier, dict[str, Any], Any]:
+    """The smoothed classifier, the sidecar's settings and the selected images."""
+    if opts.api is not None:  # a query-only classifier behind an HTTP endpoint ("" is refused)
         from smoothguard.cli._denoised import api_classifier
 
-        data = load_data(args)
-        model, meta, extra = api_classifier(args, data.info)
+        data = opts.data.load()
+        model, meta, extra = api_classifier(opts.api, opts.model, opts.data.name, data.info)
     else:
-        model, meta = load_model_arg(args.model, args.device, args.model_factory, args.weights)
-        data = load_data(args)
+        model, meta = load_model_arg(opts.model, opts.device, opts.model_factory, opts.weights)
+        data = opts.data.load()
         extra = {}
     check_model_data(meta["num_classes"], meta.get("in_shape"), data.info.num_classes, data.info.input_shape,
-                     model="--api endpoint" if getattr(args, "api", None) else f"--model {args.model or '(embedded)'}",
-                     data=f"--data {args.data}")
+                     model="--api endpoint" if opts.api is not None and opts.api.url
+                     else f"--model {opts.model or '(embedded)'}",
+                     data=f"--data {opts.data.name}")
     trained_sd, sd_source = meta.get("noise_sd"), "the model"
-    if getattr(args, "denoiser", None):  # denoised smoothing: x -> f(D(x)), noise added before D
+    if opts.denoiser:  # denoised smoothing: x -> f(D(x)), noise added before D
         from smoothguard.cli._denoised import denoised_labels, load_denoiser, load_denoiser_arg
 
         if extra.get("denoiser"):
             raise ValueError(f"the endpoint already applies denoiser {extra['denoiser']}; drop --denoiser")
         if isinstance(model, torch.nn.Module):
-            model, den_settings = load_denoiser_arg(args.denoiser, model, data.info.input_shape, args.device)
+            model, den_settings = load_denoiser_arg(opts.denoiser, model, data.info.input_shape, opts.device)
         else:
-            den, den_settings = load_denoiser(args.denoiser, data.info.input_shape, args.device)
+            den, den_settings = load_denoiser(opts.denoiser, data.info.input_shape, opts.device)
             model = denoised_labels(den, model)
         extra.update(den_settings)
         trained_sd, sd_source = den_settings.get("denoiser_noise_sd"), "the denoiser"
-    args.sigma, sigma_source = resolve_sigma(args, trained_sd, sd_source)
-    trained_noise = meta.get("noise", "gaussian") if not getattr(args, "denoiser", None) else "gaussian"
-    noise = getattr(args, "noise", None) or trained_noise
+    sigma, sigma_source = resolve_sigma(opts.sigma, trained_sd, sd_source, opts.command)
+    trained_noise = meta.get("noise", "gaussian") if not opts.denoiser else "gaussian"
+    noise = opts.noise or trained_noise
     if noise != trained_noise:
-        print(f"{getattr(args, 'command', 'certify')}: note: --noise {noise} differs from the {trained_noise} noise "
+        print(f"{opts.command}: note: --noise {noise} differs from the {trained_noise} noise "
               "the model was trained with (allowed; recorded in the result sidecar)", file=sys.stderr)
     is_module = isinstance(model, torch.nn.Module)
     # every speed choice (layout, rewrite, workers, threads, jit) is the library's own rule
     # (smoothguard.runtime.fastest_exact) unless a flag overrides it: the CLI and
     # SmoothedClassifier(model, K, sigma) run a model the same way
-    smoothed = SmoothedClassifier(model, meta["num_classes"], args.sigma, precision=args.precision,
-                                  jit=getattr(args, "jit", None), workers=getattr(args, "workers", None),
-                                  device=None if is_module else args.device, in_shape=data.info.input_shape,
+    smoothed = SmoothedClassifier(model, meta["num_classes"], sigma, precision=opts.precision,
+                                  jit=opts.jit, workers=opts.workers,
+                                  device=None if is_module else opts.device, in_shape=data.info.input_shape,
                                   noise=noise)
     from smoothguard.cli._provenance import model_settings
 
-    model_name, model_sha = model_settings(args.model, args.model_factory, args.weights)
+    model_name, model_sha = model_settings(opts.model, opts.model_factory, opts.weights)
     settings = {
         "model": model_name,
         "model_sha256": None if extra.get("api") else model_sha,
         "model_arch": meta.get("arch"),
         "model_noise_sd": meta.get("noise_sd"),
-        "data": args.data, "root": args.root, "split": args.split, "skip": args.skip, "max": args.max,
-        "sigma": args.sigma, "sigma_source": sigma_source, "noise": noise, "norm": smoothed.noise.norm,
-        "alpha": args.alpha, "seed": args.seed, "precision": args.precision,
-        "batch": args.batch, "noise_block": min(NOISE_BLOCK, args.batch), "denoiser": None,
-        "device": str(args.device), "speed": smoothed.speed.settings(),
+        **opts.data.settings(),
+        "sigma": sigma, "sigma_source": sigma_source, "noise": noise, "norm": smoothed.noise.norm,
+        "alpha": opts.alpha, "seed": opts.seed, "precision": opts.precision,
+        "batch": opts.batch, "noise_block": min(NOISE_BLOCK, opts.batch), "denoiser": None,
+        "device": str(opts.device), "speed": smoothed.speed.settings(),
     }
     settings.update(extra)
     return smoothed, settings, data
@@ -184,16 +231,16 @@ KEY_SETTINGS = ["model_sha256", "data", "root", "split", "skip", "sigma", "noise
 
 class RowDestination(Protocol):
     """Where :func:`run_rows` writes: ``out`` (the result file, None: stdout), ``overwrite``
-    (start it afresh) and, where it has one, ``world`` (torchrun's ranks; missing or None: one
-    process). A command's parsed Namespace (certify, predict, smooth-eval) or its typed
-    options (attack, verify)."""
+    (start it afresh) and ``world`` (torchrun's ranks; None: one process). A command's typed options (certify, predict, attack, verify) or its parsed
+    Namespace (smooth-eval)."""
 
     out: str | None
     overwrite: bool
+    world: Any
 
 
 def run_rows(
-    args: RowDestination | argparse.Namespace,
+    dest: RowDestination,
     data,
     columns: Sequence[str],
     kind: str,
@@ -218,17 +265,17 @@ def run_rows(
     instead calls ``emit(row, seconds)`` for each image as soon as it is done (any order),
     with ``seconds`` the time attributable to that image; each row is written at once.
     """
-    world = getattr(args, "world", None) or World()
-    if world.distributed and not args.out:
+    world = dest.world or World()
+    if world.distributed and not dest.out:
         raise ValueError("under torchrun, --out is required (each rank writes its own part file)")
     positions = list(range(len(data)))
-    out = args.out
+    out = dest.out
     if world.distributed:
         positions = positions[world.rank::world.size]
-        out = f"{args.out}.part{world.rank}-of-{world.size}"
+        out = f"{dest.out}.part{world.rank}-of-{world.size}"
     if out:
         # resumed rows must belong to this run's (this rank's) selection of images
-        writer = ResultWriter(out, columns, kind, settings, key_settings, overwrite=args.overwrite,
+        writer = ResultWriter(out, columns, kind, settings, key_settings, overwrite=dest.overwrite,
                               allowed=[int(data.indices[i]) for i in positions]).open()
     else:
         writer = None
@@ -283,15 +330,15 @@ def run_rows(
     if world.distributed:
         barrier()
         if world.rank == 0:
-            parts = [f"{args.out}.part{r}-of-{world.size}" for r in range(world.size)]
+            parts = [f"{dest.out}.part{r}-of-{world.size}" for r in range(world.size)]
             expected = [int(i) for i in data.indices.tolist()]
-            if not merge_parts(args.out, parts, columns, kind, settings, key_settings, expected):
-                raise ValueError(f"some rows are missing from the parts of {args.out}; rerun to complete them")
-            print(f"{kind}: merged {world.size} parts into {args.out} ({len(expected)} rows)", file=sys.stderr)
+            if not merge_parts(dest.out, parts, columns, kind, settings, key_settings, expected):
+                raise ValueError(f"some rows are missing from the parts of {dest.out}; rerun to complete them")
+            print(f"{kind}: merged {world.size} parts into {dest.out} ({len(expected)} rows)", file=sys.stderr)
         barrier()
         if world.rank != 0:
             return None
-        merged, _, _ = read_complete_rows(args.out, columns)
+        merged, _, _ = read_complete_rows(dest.out, columns)
         return [merged[k] for k in sorted(merged)]
     elif writer:
         print(f"{kind}: {n_rows} rows in {out} ({computed} computed now, {n_rows - computed} resumed)"

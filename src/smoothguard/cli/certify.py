@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 
 from smoothguard.cli._smoothing_run import (
     ADAPTIVE_GROUP,
     KEY_SETTINGS,
+    SmoothingOptions,
     add_smoothing_arguments,
     build_smoothed,
     run_rows,
+    smoothing_options,
+    validate_smoothing_arguments,
 )
 from smoothguard.contract import ContractError, check_int
 from smoothguard.evaluation.formats import ADAPTIVE_CERTIFY_COLUMNS, CERTIFY_COLUMNS
@@ -55,66 +59,128 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "norm, pixel units)")
 
 
-def run(args: argparse.Namespace) -> int:
+def validate(args: argparse.Namespace) -> list[float] | None:
+    """Check every option before any model or data is loaded (errors name the option, in the
+    order certify always checked them: its own, then the smoothing options); returns the
+    --radii as given (None: no --radii)."""
+    import math
+
     check_int("--n0", args.n0, minimum=1)
-    if getattr(args, "budget", None) is not None:
-        if args.n is not None or getattr(args, "radii", None):
+    radii = None
+    if args.budget is not None:
+        if args.n is not None or args.radii:
             raise ContractError("--budget (anytime certification) replaces --n and --radii; drop "
                                 + ("--n" if args.n is not None else "--radii"))
-        return _run_anytime(args)
-    if getattr(args, "radii", None):
+        check_int("--budget", args.budget, minimum=1)
+        if not (isinstance(args.tolerance, float) and math.isfinite(args.tolerance) and args.tolerance >= 0):
+            raise ContractError(f"--tolerance must be a finite radius >= 0 (pixel units), got {args.tolerance}")
+        if not 0.0 < args.futility_alpha < 1.0:
+            raise ContractError(f"--futility-alpha must be in (0, 1), got {args.futility_alpha}")
+    elif args.radii:
         if args.n is not None:  # it would be silently ignored: the adaptive budget is --n-max
             raise ContractError(f"--n {args.n} has no effect with --radii (adaptive certification); its sample "
                                 "budget is --n-max. Drop --n, or drop --radii for fixed-n CERTIFY")
-        return _run_adaptive(args)
-    args.n = DEFAULT_N if args.n is None else check_int("--n", args.n, minimum=1)
-    smoothed, settings, data = build_smoothed(args)
-    settings.update(n0=args.n0, n=args.n, r_max=smoothed.noise.r_max(args.n, args.alpha))
+        from smoothguard.cli.common import parse_floats
+
+        radii = parse_floats(args.radii, "--radii")
+        if not radii or any(r < 0 for r in radii):
+            raise ValueError(f"--radii needs radii >= 0, e.g. 0.25,0.5,0.75; got {args.radii!r}")
+        if args.n_max < 1:
+            raise ValueError(f"--n-max must be >= 1, got {args.n_max}")
+        if not 0.0 < args.futility_alpha < 1.0:
+            raise ValueError(f"--futility-alpha must be in (0, 1), got {args.futility_alpha}")
+    elif args.n is not None:
+        check_int("--n", args.n, minimum=1)
+    validate_smoothing_arguments(args)
+    return radii
+
+
+@dataclass(frozen=True)
+class CertifyOptions:
+    """What ``smoothguard certify`` does with the smoothed classifier of ``smoothing``: per
+    image, select the top class with ``n0`` samples, then, in one of three modes,
+
+    * fixed (neither ``radii`` nor ``budget``): estimate its probability with ``n`` samples
+      (Cohen et al.'s CERTIFY);
+    * adaptive (``radii``, in the noise's norm): certify the largest of them with the
+      sequential test ``sequential`` ("cs" or "bonferroni") on at most ``n_max`` samples;
+    * anytime (``budget``): up to that many samples, stopping once the radius can no longer
+      grow by more than ``tolerance``;
+
+    the adaptive and anytime modes stop early at confidence ``futility_alpha``."""
+
+    smoothing: SmoothingOptions = field(default_factory=SmoothingOptions)
+    n0: int = 100
+    n: int = DEFAULT_N
+    radii: tuple[float, ...] | None = None
+    n_max: int = 100_000
+    futility_alpha: float = 0.05
+    sequential: str = "cs"
+    budget: int | None = None
+    tolerance: float = 0.01
+
+
+def options(args: argparse.Namespace) -> CertifyOptions:
+    """The checked, typed options of the command line."""
+    radii = validate(args)
+    return CertifyOptions(smoothing=smoothing_options(args), n0=args.n0,
+                          n=DEFAULT_N if args.n is None else args.n,
+                          radii=None if radii is None else tuple(radii), n_max=args.n_max,
+                          futility_alpha=args.futility_alpha, sequential=args.sequential, budget=args.budget,
+                          tolerance=args.tolerance)
+
+
+def run(args: argparse.Namespace) -> int:
+    return certify(options(args))
+
+
+def certify(opts: CertifyOptions) -> int:
+    """Certify every selected image and write the rows: the exit code."""
+    if opts.budget is not None:
+        return _run_anytime(opts)
+    if opts.radii:
+        return _run_adaptive(opts)
+    s = opts.smoothing
+    smoothed, settings, data = build_smoothed(s)
+    settings.update(n0=opts.n0, n=opts.n, r_max=smoothed.noise.r_max(opts.n, s.alpha))
     from smoothguard.smoothing import image_seed
 
     def compute(x, y, idx, emit):
-        res = smoothed.certify_batch(x, args.n0, args.n, args.alpha, args.batch,
-                                     seeds=[image_seed(args.seed, i) for i in idx.tolist()])
+        res = smoothed.certify_batch(x, opts.n0, opts.n, s.alpha, s.batch,
+                                     seeds=[image_seed(s.seed, i) for i in idx.tolist()])
         for i, lab, p, r, t in zip(idx.tolist(), y.tolist(), res.prediction.tolist(), res.radius.tolist(),
                                    res.seconds.tolist()):
             emit([int(i), int(lab), int(p), float(r), int(p == lab)], t)
 
     # several images per call so the n0 selection samples of several images share a batch
-    group = max(1, min(16, args.batch // max(args.n0, 1)))
-    run_rows(args, data, COLUMNS, "certify", settings, KEY_SETTINGS + ["n0", "n"], group, compute, streaming=True)
+    group = max(1, min(16, s.batch // max(opts.n0, 1)))
+    run_rows(s, data, COLUMNS, "certify", settings, KEY_SETTINGS + ["n0", "n"], group, compute, streaming=True)
     return 0
 
 
-def _run_adaptive(args: argparse.Namespace) -> int:
-    from smoothguard.cli.common import parse_floats
+def _run_adaptive(opts: CertifyOptions) -> int:
     from smoothguard.smoothing import image_seed
     from smoothguard.smoothing.adaptive import (certify_adaptive, certify_sequential, cs_schedule, grid_schedule,
                                                  grid_thresholds)
 
-    radii = parse_floats(args.radii, "--radii")
-    if not radii or any(r < 0 for r in radii):
-        raise ValueError(f"--radii needs radii >= 0, e.g. 0.25,0.5,0.75; got {args.radii!r}")
-    if args.n_max < 1:
-        raise ValueError(f"--n-max must be >= 1, got {args.n_max}")
-    if not 0.0 < args.futility_alpha < 1.0:
-        raise ValueError(f"--futility-alpha must be in (0, 1), got {args.futility_alpha}")
-    smoothed, settings, data = build_smoothed(args)
+    s, radii = opts.smoothing, list(opts.radii)
+    smoothed, settings, data = build_smoothed(s)
     # the p_A each radius needs under the noise (checked here: before any file is written)
     thresholds = grid_thresholds(smoothed, sorted({0.0, *radii})).tolist()
-    sequential = getattr(args, "sequential", "bonferroni")
+    sequential = opts.sequential
     if sequential == "cs":
-        schedule, method = cs_schedule(args.n_max), certify_sequential
+        schedule, method = cs_schedule(opts.n_max), certify_sequential
     else:
-        schedule, method = grid_schedule(args.n_max, thresholds, args.alpha), certify_adaptive
-    settings.update(n0=args.n0, n=args.n_max, n_max=args.n_max, radii=sorted(radii), schedule=schedule,
-                    futility_alpha=args.futility_alpha, mode="adaptive", sequential=sequential)
+        schedule, method = grid_schedule(opts.n_max, thresholds, s.alpha), certify_adaptive
+    settings.update(n0=opts.n0, n=opts.n_max, n_max=opts.n_max, radii=sorted(radii), schedule=schedule,
+                    futility_alpha=opts.futility_alpha, mode="adaptive", sequential=sequential)
 
     def compute(x, y, idx, emit):
-        method(smoothed, x, radii, args.n0, args.n_max, args.alpha, args.batch, schedule=schedule,
-               seeds=[image_seed(args.seed, i) for i in idx.tolist()], futility_alpha=args.futility_alpha,
+        method(smoothed, x, radii, opts.n0, opts.n_max, s.alpha, s.batch, schedule=schedule,
+               seeds=[image_seed(s.seed, i) for i in idx.tolist()], futility_alpha=opts.futility_alpha,
                on_done=_emit_certified(idx, y, emit))
 
-    run_rows(args, data, ADAPTIVE_COLUMNS, "certify", settings, KEY_SETTINGS + ["n0", "n_max", "radii", "schedule", "futility_alpha", "mode", "sequential"],
+    run_rows(s, data, ADAPTIVE_COLUMNS, "certify", settings, KEY_SETTINGS + ["n0", "n_max", "radii", "schedule", "futility_alpha", "mode", "sequential"],
              ADAPTIVE_GROUP, compute, streaming=True)
     return 0
 
@@ -132,29 +198,23 @@ def _emit_certified(idx, y, emit):
     return on_done
 
 
-def _run_anytime(args: argparse.Namespace) -> int:
+def _run_anytime(opts: CertifyOptions) -> int:
     """``certify --budget N``: a radius per image from the confidence sequence, no grid."""
-    import math
-
     from smoothguard.smoothing import image_seed
     from smoothguard.smoothing.adaptive import certify_anytime, cs_schedule
 
-    budget = check_int("--budget", args.budget, minimum=1)
-    if not (isinstance(args.tolerance, float) and math.isfinite(args.tolerance) and args.tolerance >= 0):
-        raise ContractError(f"--tolerance must be a finite radius >= 0 (pixel units), got {args.tolerance}")
-    if not 0.0 < args.futility_alpha < 1.0:
-        raise ContractError(f"--futility-alpha must be in (0, 1), got {args.futility_alpha}")
-    smoothed, settings, data = build_smoothed(args)
+    s, budget = opts.smoothing, opts.budget
+    smoothed, settings, data = build_smoothed(s)
     schedule = cs_schedule(budget)
-    settings.update(n0=args.n0, n=budget, budget=budget, tolerance=args.tolerance, schedule=schedule,
-                    futility_alpha=args.futility_alpha, mode="anytime", sequential="cs")
+    settings.update(n0=opts.n0, n=budget, budget=budget, tolerance=opts.tolerance, schedule=schedule,
+                    futility_alpha=opts.futility_alpha, mode="anytime", sequential="cs")
 
     def compute(x, y, idx, emit):
-        certify_anytime(smoothed, x, args.n0, budget, args.alpha, args.batch, tolerance=args.tolerance,
-                        schedule=schedule, seeds=[image_seed(args.seed, i) for i in idx.tolist()],
-                        futility_alpha=args.futility_alpha, on_done=_emit_certified(idx, y, emit))
+        certify_anytime(smoothed, x, opts.n0, budget, s.alpha, s.batch, tolerance=opts.tolerance,
+                        schedule=schedule, seeds=[image_seed(s.seed, i) for i in idx.tolist()],
+                        futility_alpha=opts.futility_alpha, on_done=_emit_certified(idx, y, emit))
 
-    run_rows(args, data, ADAPTIVE_COLUMNS, "certify", settings,
+    run_rows(s, data, ADAPTIVE_COLUMNS, "certify", settings,
              KEY_SETTINGS + ["n0", "budget", "tolerance", "schedule", "futility_alpha", "mode", "sequential"],
              ADAPTIVE_GROUP, compute, streaming=True)
     return 0

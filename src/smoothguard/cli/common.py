@@ -150,20 +150,6 @@ def add_channels_last_argument(p: argparse.ArgumentParser) -> None:
                         "oneDNN; same results up to float rounding). Default: on for CPU")
 
 
-def prepare_for_speed(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
-    """``model`` as :func:`smoothguard.runtime.for_gradients` runs it (the library's one
-    rule: channels_last for a convolutional model on the CPU unless --channels-last /
-    --no-channels-last says otherwise, and the gradient-exact ``ReLU -> MaxPool`` swap,
-    shared weights). The configuration is left in ``args.speed`` for the sidecar.
-
-    Inputs stay NCHW: a convolution with channels_last weights computes in channels_last."""
-    from smoothguard import runtime
-
-    module, config = runtime.for_gradients(model, getattr(args, "channels_last", None))
-    args.speed = config.settings()
-    return module
-
-
 def parse_floats(text: str, name: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]

@@ -11,7 +11,9 @@ import json
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,9 +21,8 @@ from smoothguard.cli._conventions import DEFAULT_DATA
 from smoothguard.contract import ContractError, check_eps, check_fraction, check_int, check_norm, check_positive, write_text_atomic
 from smoothguard.defaults import (APGD_STEPS, ATTACK_BATCH, EPS, FAB_STEPS, N_TARGETS, PGD_STEPS,
                                   SQUARE_QUERIES, batch_for, describe_batch)
-from smoothguard.cli.common import (add_channels_last_argument, add_data_arguments, add_model_factory_arguments,
-                                    prepare_for_speed, load_data,
-                                    load_model_arg, parse_floats, progress)
+from smoothguard.cli.common import (DataSelection, add_channels_last_argument, add_data_arguments,
+                                    add_model_factory_arguments, load_model_arg, parse_floats, progress)
 
 HELP = "evaluate robustness: a worst-case cascade of attacks (by default FGSM + AutoAttack's standard suite)"
 DESCRIPTION = (
@@ -92,16 +93,19 @@ def _positive_int(name: str, v: int, minimum: int = 1) -> None:
     check_int(name, v, minimum=minimum)
 
 
-def validate(args: argparse.Namespace) -> None:
+def validate(args: argparse.Namespace) -> tuple[float, list[str], int, dict[str, list[float]], list[str]]:
+    """Check every option before any model or data is loaded (errors name the option; the
+    Namespace is left as parsed). Returns the radius (--eps, else the --norm's default), the
+    attack rows, the curve steps, the eps grid of each norm and the --transfer-from
+    checkpoints."""
     from smoothguard.evaluation.robustness import CASCADE_ATTACKS
 
     check_norm(args.norm, name="--norm")
-    if args.eps is None:
-        args.eps = DEFAULT_EPS[args.norm]
-    check_eps(args.eps, args.norm, "--eps")
-    args.attack_list = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    bad = [a for a in args.attack_list if a not in CASCADE_ATTACKS + ("fgm",)]
-    if bad or (not args.attack_list and not args.transfer_from):
+    eps = DEFAULT_EPS[args.norm] if args.eps is None else args.eps
+    check_eps(eps, args.norm, "--eps")
+    attack_list = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    bad = [a for a in attack_list if a not in CASCADE_ATTACKS + ("fgm",)]
+    if bad or (not attack_list and not args.transfer_from):
         raise ValueError(f"--attacks must be a comma-separated subset of {', '.join(CASCADE_ATTACKS)}; "
                          f"got {bad[0] if bad else args.attacks!r}")
     for name, v, lo in (("--steps", args.steps, 1), ("--restarts", args.restarts, 1),
@@ -112,7 +116,7 @@ def validate(args: argparse.Namespace) -> None:
                         ("--loss-examples", args.loss_examples, 1), ("--grid-examples", args.grid_examples, 0),
                         ("--skip", args.skip, 1)):
         _positive_int(name, v, lo)
-    if args.batch is not None:  # None: ATTACK_BATCH of the device, resolved in run()
+    if args.batch is not None:  # None: ATTACK_BATCH of the device, resolved by options()
         _positive_int("--batch", args.batch, 1)
     if args.max < -1 or args.max == 0:
         raise ValueError(f"--max must be a positive count or -1 (all); got {args.max}")
@@ -129,27 +133,100 @@ def validate(args: argparse.Namespace) -> None:
                   if v is not None]
     if curve_opts and not args.curves:
         raise ValueError(f"{curve_opts[0]} shapes the accuracy-vs-eps curves, which are opt-in: add --curves")
-    # resolved into its own attribute: validating the same Namespace twice stays valid
-    args.curve_steps_n = check_int("--curve-steps", 20 if args.curve_steps is None else args.curve_steps, minimum=1)
+    curve_steps = check_int("--curve-steps", 20 if args.curve_steps is None else args.curve_steps, minimum=1)
     from smoothguard.evaluation.robustness import DEFAULT_EPS_GRID
 
     grids = {}
-    for norm in ("linf", "l2"):
-        text = getattr(args, f"eps_grid_{norm}")
+    for norm, given in (("linf", args.eps_grid_linf), ("l2", args.eps_grid_l2)):
+        text = given
         if text is None and args.eps_grid is not None and norm == args.norm:
             text = args.eps_grid
-        opt = f"--eps-grid-{norm}" if getattr(args, f"eps_grid_{norm}") is not None or norm != args.norm \
-            else "--eps-grid"
+        opt = f"--eps-grid-{norm}" if given is not None or norm != args.norm else "--eps-grid"
         grid = list(DEFAULT_EPS_GRID[norm]) if text is None else parse_floats(text, opt)
         if not grid or any(e < 0 for e in grid) or (norm == "linf" and any(e > 1 for e in grid)):
             raise ValueError(f"{opt} must be comma-separated eps values >= 0"
                              + (" and <= 1" if norm == "linf" else "") + f"; got {text!r}")
         grids[norm] = grid
-    args.grids = grids
-    args.sources = [s.strip() for s in args.transfer_from.split(",") if s.strip()] if args.transfer_from else []
-    for s in args.sources:
+    sources = [s.strip() for s in args.transfer_from.split(",") if s.strip()] if args.transfer_from else []
+    for s in sources:
         if not Path(s).exists():
             raise FileNotFoundError(f"--transfer-from: no such checkpoint {s!r}")
+    return eps, attack_list, curve_steps, grids, sources
+
+
+def _robustness():
+    """smoothguard.evaluation.robustness, imported when first needed (as everywhere here)."""
+    from smoothguard.evaluation import robustness
+
+    return robustness
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What ``smoothguard evaluate`` does: run the cascade of ``attacks`` (each only on the
+    points still robust, unless ``independent``) at radius ``eps`` in ``norm`` on the images
+    of ``data``, ``batch`` images per attack call, against ``model`` (a checkpoint; None: the
+    embedded one) or ``model_factory`` with ``weights``; PGD rows with ``steps``,
+    ``restarts`` and ``step_size`` (None: 2.5 * eps / steps), APGD with ``apgd_steps``,
+    targeted rows against ``apgd_targets`` classes, FAB with ``fab_steps``, Square with
+    ``queries``, transfer rows crafted on each of ``transfer_from``; ``eot`` gradient
+    samples per step; ``masking_tolerance`` for the gradient-masking warning. With
+    ``curves``, accuracy-vs-eps curves at the eps of ``eps_grid_linf`` and ``eps_grid_l2``
+    (``curve_steps`` steps); ``loss_restarts`` > 0: the restart-loss histogram of
+    ``loss_examples`` images; ``grid_examples`` images in the image grid; figures only with
+    ``plots``. Everything is written into ``out_dir``; ``argv``: the command line recorded
+    in table.json."""
+
+    out_dir: Path
+    model: str | None = None
+    model_factory: str | None = None
+    weights: str | None = None
+    data: DataSelection = field(default_factory=DataSelection)
+    norm: str = "linf"
+    eps: float = EPS["linf"]
+    attacks: tuple[str, ...] = field(default_factory=lambda: tuple(_robustness().DEFAULT_CASCADE))
+    steps: int = PGD_STEPS
+    restarts: int = 10
+    step_size: float | None = None
+    apgd_steps: int = APGD_STEPS
+    fab_steps: int = FAB_STEPS
+    apgd_targets: int = N_TARGETS
+    queries: int = SQUARE_QUERIES
+    transfer_from: tuple[str, ...] = ()
+    eot: int = 1
+    independent: bool = False
+    masking_tolerance: float = 0.005
+    batch: int = ATTACK_BATCH["cpu"]
+    channels_last: bool | None = None
+    curves: bool = False
+    eps_grid_linf: tuple[float, ...] = field(default_factory=lambda: tuple(_robustness().DEFAULT_EPS_GRID["linf"]))
+    eps_grid_l2: tuple[float, ...] = field(default_factory=lambda: tuple(_robustness().DEFAULT_EPS_GRID["l2"]))
+    curve_steps: int = 20
+    loss_restarts: int = 0
+    loss_examples: int = 5
+    grid_examples: int = 8
+    plots: bool = True
+    seed: int = 0
+    device: Any = "cpu"  # a torch.device or its name
+    argv: tuple[str, ...] = ()
+
+
+def options(args: argparse.Namespace) -> EvaluateOptions:
+    """The checked, typed options of the command line (``--batch`` not given: the default of
+    the device the common options resolved)."""
+    eps, attack_list, curve_steps, grids, sources = validate(args)
+    batch = args.batch if args.batch is not None else batch_for(ATTACK_BATCH, args.device)
+    return EvaluateOptions(out_dir=Path(args.out_dir), model=args.model, model_factory=args.model_factory,
+                           weights=args.weights, data=DataSelection.from_args(args), norm=args.norm, eps=eps,
+                           attacks=tuple(attack_list), steps=args.steps, restarts=args.restarts,
+                           step_size=args.step_size, apgd_steps=args.apgd_steps, fab_steps=args.fab_steps,
+                           apgd_targets=args.apgd_targets, queries=args.queries, transfer_from=tuple(sources),
+                           eot=args.eot, independent=args.independent, masking_tolerance=args.masking_tolerance,
+                           batch=batch, channels_last=args.channels_last, curves=args.curves,
+                           eps_grid_linf=tuple(grids["linf"]), eps_grid_l2=tuple(grids["l2"]),
+                           curve_steps=curve_steps, loss_restarts=args.loss_restarts,
+                           loss_examples=args.loss_examples, grid_examples=args.grid_examples,
+                           plots=not args.no_plots, seed=args.seed, device=args.device, argv=tuple(args.argv))
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -198,6 +275,12 @@ class _Bar:
 
 
 def run(args: argparse.Namespace) -> int:
+    return evaluate(options(args))
+
+
+def evaluate(opts: EvaluateOptions) -> int:
+    """Run the cascade (and the curves and figures asked for), write the tables: the exit code."""
+    from smoothguard import runtime
     from smoothguard.cli.attack import check_shape, model_settings
     from smoothguard.evaluation.robustness import (
         accuracy_vs_eps,
@@ -208,61 +291,59 @@ def run(args: argparse.Namespace) -> int:
         select_grid_examples,
     )
 
-    validate(args)
-    if args.batch is None:
-        args.batch = batch_for(ATTACK_BATCH, args.device)
     t_all = time.perf_counter()
-    model, meta = load_model_arg(args.model, args.device, args.model_factory, args.weights)
-    model = prepare_for_speed(model, args)
-    data = load_data(args)
+    model, meta = load_model_arg(opts.model, opts.device, opts.model_factory, opts.weights)
+    # the library's one speed rule; the sidecar records the choice of the last model prepared
+    model, speed = runtime.for_gradients(model, opts.channels_last)
+    data = opts.data.load()
     check_shape(meta, data, "--model")
     sources = []
-    for s in args.sources:
-        sm, smeta = load_model_arg(s, args.device)
-        sm = prepare_for_speed(sm, args)
+    for s in opts.transfer_from:
+        sm, smeta = load_model_arg(s, opts.device)
+        sm, speed = runtime.for_gradients(sm, opts.channels_last)
         check_shape(smeta, data, "--transfer-from")
         sources.append((Path(s).name, sm))
-    out_dir = Path(args.out_dir)
+    out_dir = Path(opts.out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ContractError(f"--out-dir {args.out_dir}: cannot create the folder ({e.strerror or e})") from None
-    model_name, model_sha = model_settings(args.model, args.model_factory, args.weights)
+        raise ContractError(f"--out-dir {opts.out_dir}: cannot create the folder ({e.strerror or e})") from None
+    model_name, model_sha = model_settings(opts.model, opts.model_factory, opts.weights)
 
-    rows = build_cascade(model, args.norm, args.eps, attacks=args.attack_list, steps=args.steps,
-                         restarts=args.restarts, step_size=args.step_size, apgd_steps=args.apgd_steps,
-                         apgd_targets=args.apgd_targets, fab_steps=args.fab_steps, square_queries=args.queries,
+    rows = build_cascade(model, opts.norm, opts.eps, attacks=list(opts.attacks), steps=opts.steps,
+                         restarts=opts.restarts, step_size=opts.step_size, apgd_steps=opts.apgd_steps,
+                         apgd_targets=opts.apgd_targets, fab_steps=opts.fab_steps, square_queries=opts.queries,
                          sources=sources,
-                         eot=args.eot, seed=args.seed)
+                         eot=opts.eot, seed=opts.seed)
     x, y = data.images, data.labels
     bar = _Bar()
-    print(f"evaluate: {len(y)} images of {args.data}, {args.norm} eps {args.eps:g}, "
-          f"{'independent' if args.independent else 'cascade'} of {len(rows)} attacks", file=sys.stderr)
+    print(f"evaluate: {len(y)} images of {opts.data.name}, {opts.norm} eps {opts.eps:g}, "
+          f"{'independent' if opts.independent else 'cascade'} of {len(rows)} attacks", file=sys.stderr)
     with warnings.catch_warnings():
         # the library records its RobustnessWarnings in the result; we print them once below
         from smoothguard.attacks import RobustnessWarning
 
         warnings.simplefilter("ignore", RobustnessWarning)
         try:
-            ev = evaluate_robustness(model, x, y, rows, batch_size=args.batch, independent=args.independent,
-                                     masking_tolerance=args.masking_tolerance, progress=bar)
+            ev = evaluate_robustness(model, x, y, rows, batch_size=opts.batch, independent=opts.independent,
+                                     masking_tolerance=opts.masking_tolerance, progress=bar)
         finally:
             bar.close()
 
     settings = {
-        "command": "smoothguard " + " ".join(getattr(args, "argv", [])),
+        "command": "smoothguard " + " ".join(opts.argv),
         "model": model_name, "model_sha256": model_sha, "model_arch": meta.get("arch"),
         "model_noise_sd": meta.get("noise_sd"), "model_objective": meta.get("objective"),
-        "data": args.data, "root": args.root, "split": args.split, "skip": args.skip, "max": args.max,
-        "norm": args.norm, "eps": args.eps, "attacks": args.attack_list, "steps": args.steps,
-        "restarts": args.restarts, "step_size": args.step_size, "apgd_steps": args.apgd_steps,
-        "apgd_targets": args.apgd_targets, "fab_steps": args.fab_steps,
-        "queries": args.queries, "transfer_from": args.sources, "eot": args.eot, "seed": args.seed,
-        "independent": args.independent, "batch": args.batch, "device": str(args.device),
+        **opts.data.settings(),
+        "norm": opts.norm, "eps": opts.eps, "attacks": list(opts.attacks), "steps": opts.steps,
+        "restarts": opts.restarts, "step_size": opts.step_size, "apgd_steps": opts.apgd_steps,
+        "apgd_targets": opts.apgd_targets, "fab_steps": opts.fab_steps,
+        "queries": opts.queries, "transfer_from": list(opts.transfer_from), "eot": opts.eot, "seed": opts.seed,
+        "independent": opts.independent, "batch": opts.batch, "device": str(opts.device),
         "threads": torch.get_num_threads(),
-        "speed": getattr(args, "speed", None),  # the runtime's rule-based layout/rewrite choice
+        "speed": speed.settings(),  # the runtime's rule-based layout/rewrite choice
     }
-    title = (f"{model_name} on {len(y)} {args.data} images, {args.norm} eps = {args.eps:g}")
+    title = (f"{model_name} on {len(y)} {opts.data.name} images, {opts.norm} eps = {opts.eps:g}")
     md = ev.to_markdown(title)
     print(md)
     for w in ev.warnings:
@@ -270,49 +351,49 @@ def run(args: argparse.Namespace) -> int:
 
     result = {"settings": settings, "evaluation": ev.to_dict()}
     figures: list[str] = []
-    if args.curves:
+    if opts.curves:
         curves = []
-        for norm in ("linf", "l2"):
+        for norm, grid in (("linf", list(opts.eps_grid_linf)), ("l2", list(opts.eps_grid_l2))):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                curve = accuracy_vs_eps(model, x, y, norm, args.grids[norm], steps=args.curve_steps_n,
-                                        seed=args.seed, batch_size=args.batch, progress=bar)
+                curve = accuracy_vs_eps(model, x, y, norm, grid, steps=opts.curve_steps,
+                                        seed=opts.seed, batch_size=opts.batch, progress=bar)
             bar.close()
             curves.append(curve)
             print(f"accuracy vs eps ({norm}, {' + '.join(curve.attacks)}): "
                   + ", ".join(f"{e:g}: {100 * a:.1f}%" for e, a in zip(curve.eps, curve.accuracy)),
                   file=sys.stderr)
         result["curves"] = [c.to_dict() for c in curves]
-        if not args.no_plots:
+        if opts.plots:
             from smoothguard.evaluation.attack_plots import plot_accuracy_vs_eps
 
             figures += [str(p) for p in plot_accuracy_vs_eps(
                 curves, out_dir / "accuracy_vs_eps",
-                marks=[(args.norm, args.eps, ev.robust_accuracy, "full evaluation (worst case)")])]
-    if args.loss_restarts > 0:
+                marks=[(opts.norm, opts.eps, ev.robust_accuracy, "full evaluation (worst case)")])]
+    if opts.loss_restarts > 0:
         correct = (ev.clean_pred == ev.y).nonzero().squeeze(1).cpu()
-        pick = correct[:args.loss_examples]
+        pick = correct[:opts.loss_examples]
         losses = None
         if pick.numel():
-            losses = restart_loss_distribution(model, x[pick], y[pick], args.norm, args.eps, steps=args.steps,
-                                               restarts=args.loss_restarts, step_size=args.step_size,
-                                               seed=args.seed)
+            losses = restart_loss_distribution(model, x[pick], y[pick], opts.norm, opts.eps, steps=opts.steps,
+                                               restarts=opts.loss_restarts, step_size=opts.step_size,
+                                               seed=opts.seed)
             result["restart_losses"] = {"idx": [int(data.indices[i]) for i in pick],
-                                        "losses": losses.tolist(), "steps": args.steps}
+                                        "losses": losses.tolist(), "steps": opts.steps}
             if ev.losses.get("pgd") is not None:  # the report draws the same "all points" panel as the PNG here
                 result["restart_losses"]["pooled"] = ev.losses["pgd"].detach().cpu().flatten().tolist()
-        if losses is not None and not args.no_plots:
+        if losses is not None and opts.plots:
             from smoothguard.evaluation.attack_plots import plot_restart_losses
 
             pooled = ev.losses.get("pgd")
             figures += [str(p) for p in plot_restart_losses(
                 losses, out_dir / "restart_losses",
-                labels=[f"idx {int(data.indices[i])} ({args.norm} eps {args.eps:g})" for i in pick],
+                labels=[f"idx {int(data.indices[i])} ({opts.norm} eps {opts.eps:g})" for i in pick],
                 pooled=pooled)]
-    if args.grid_examples > 0 and not args.no_plots:
+    if opts.grid_examples > 0 and opts.plots:
         from smoothguard.evaluation.attack_plots import plot_adversarial_grid
 
-        pick = select_grid_examples(ev, args.grid_examples)
+        pick = select_grid_examples(ev, opts.grid_examples)
         if len(pick):  # none when the model misclassifies every image: nothing to show
             figures += [str(p) for p in plot_adversarial_grid(ev, x, pick.tolist(), out_dir / "examples",
                                                               class_names=data.info.class_names)]

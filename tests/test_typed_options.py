@@ -1,5 +1,5 @@
-"""Thin commands (issue 19): ``attack``, ``verify``, ``train``, ``certify``, ``predict`` and
-``evaluate`` run from typed option
+"""Thin commands (issue 19): ``attack``, ``verify``, ``train``, ``certify``, ``predict``,
+``evaluate`` and ``smooth-eval`` run from typed option
 objects exactly as from their command lines, and every ``--batch`` left out takes the
 default of the device used (one table per concept in smoothguard.defaults), recorded in
 the sidecar."""
@@ -217,3 +217,37 @@ def test_evaluate_runs_from_typed_options_as_from_its_command_line(tmp_path):
     assert vars(ns) == before and eps == 1.0 and curve_steps == 20 and sources == []
     assert grids["l2"] == [0.0, 1.0] and grids["linf"] == list(E.EvaluateOptions(out_dir="x").eps_grid_linf)
 
+
+def test_smooth_eval_runs_from_typed_options_as_from_its_command_line(tmp_path):
+    from smoothguard.cli import smooth_eval as S
+    from smoothguard.evaluation.smoothed_inference import SmoothEvalGrid, SmoothEvalOptions
+
+    assert main(["smooth-eval", "--max", "2", "--skip", "3", "--sigmas", "0.25", "--m", "2", "--methods", "hard",
+                 "--attacks", "none", "--threads", "1", "--device", "cpu", "--no-plots",
+                 "--out-dir", str(tmp_path / "cli")]) == 0
+    cmd = S.SmoothEvalCommandOptions(grid=SmoothEvalGrid((0.25,), (2,), ("hard",), ()),
+                                     evaluation=SmoothEvalOptions(device=torch.device("cpu")),
+                                     data=DataSelection(skip=3, max=2), out_dir=tmp_path / "typed", plots=False)
+    assert S.smooth_eval(cmd) == 0
+    assert _rows(tmp_path / "typed" / "smooth_eval.tsv") == _rows(tmp_path / "cli" / "smooth_eval.tsv")
+    cli, typed = (json.loads((tmp_path / d / "table.json").read_text()) for d in ("cli", "typed"))
+    for r in (cli, typed):
+        r["settings"].pop("command")
+    assert cli["settings"] == typed["settings"] and cli["rows"] == typed["rows"]
+    assert cli["result_file"] == str(tmp_path / "cli" / "smooth_eval.tsv")
+
+
+@pytest.mark.parametrize("step, needle", [
+    ("[certify.x]\nn0 = 0\nmax = 1\n", "n0"),  # the runner names the key with its flag: n0 (--n0)
+    ("[certify.x]\nradii = \"0.5\"\nn = 10\nmax = 1\n", "has no effect with radii"),
+    ("[predict.x]\nadaptive = true\nn = 10\nmax = 1\n", "has no effect with adaptive"),
+    ("[predict.x]\nsigma = -1.0\nmax = 1\n", "sigma"),
+])
+def test_the_runner_checks_certify_and_predict_with_their_own_validate(tmp_path, step, needle):
+    from smoothguard.cli.run import load_experiment
+    from smoothguard.runner import ExperimentError
+
+    path = tmp_path / "exp.toml"
+    path.write_text(step)
+    with pytest.raises(ExperimentError, match=needle):  # refused when the file is loaded, before any step runs
+        load_experiment(path, tmp_path / "run")

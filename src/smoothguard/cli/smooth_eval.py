@@ -10,14 +10,16 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from smoothguard.cli._conventions import DEFAULT_DATA
 from smoothguard.contract import check_eps, check_int, check_norm, check_positive, write_text_atomic
 from smoothguard.defaults import SMOOTH_EVAL_BATCH, batch_for, describe_batch
-from smoothguard.cli.common import (add_data_arguments, add_model_factory_arguments, load_data, load_model_arg,
+from smoothguard.cli.common import (DataSelection, add_data_arguments, add_model_factory_arguments, load_model_arg,
                                     parse_floats)
 
 HELP = "smoothed inference as a defense: accuracy vs sigma, m and vote method under PGD, EPGD, transfer, NAttack"
@@ -132,7 +134,57 @@ def _atomic_write(path: Path, text: str) -> None:
     write_text_atomic(path, text)
 
 
+@dataclass(frozen=True)
+class SmoothEvalCommandOptions:
+    """What ``smoothguard smooth-eval`` does: evaluate every combination of ``grid`` (sigmas,
+    m, vote methods, attacks) with the attack and run settings ``evaluation`` (the
+    library's :class:`~smoothguard.evaluation.smoothed_inference.SmoothEvalOptions`) for
+    ``model`` (a checkpoint; None: the embedded one) or ``model_factory`` with ``weights``
+    on the images of ``data``, ``group`` images per group. Rows go to ``out`` (None:
+    ``out_dir``/smooth_eval.tsv), resumed unless ``overwrite``; the table (printed as
+    ``format``), its files and, with ``plots``, the plots go to ``out_dir``; ``world``:
+    torchrun's ranks (None: one process); ``argv``: the command line recorded in
+    table.json."""
+
+    grid: Any  # a smoothguard.evaluation.smoothed_inference.SmoothEvalGrid
+    evaluation: Any  # a smoothguard.evaluation.smoothed_inference.SmoothEvalOptions
+    model: str | None = None
+    model_factory: str | None = None
+    weights: str | None = None
+    data: DataSelection = field(default_factory=DataSelection)
+    group: int = 50
+    out_dir: Path = Path("smoothguard-smooth-eval")
+    out: str | None = None
+    overwrite: bool = False
+    format: str = "table"
+    plots: bool = True
+    world: Any = None  # a smoothguard.distributed.World
+    argv: tuple[str, ...] = ()
+
+
+def options(args: argparse.Namespace) -> SmoothEvalCommandOptions:
+    """The checked, typed options of the command line (``--batch`` not given: the default of
+    the device the common options resolved)."""
+    from smoothguard.evaluation.smoothed_inference import SmoothEvalOptions
+
+    grid = validate(args)
+    batch = args.batch if args.batch is not None else batch_for(SMOOTH_EVAL_BATCH, args.device)
+    evaluation = SmoothEvalOptions(norm=args.norm, eps=args.eps, steps=args.steps, step_size=args.step_size,
+                                   queries=args.queries, population=args.population, batch=batch,
+                                   attack_batch=args.attack_batch, seed=args.seed, device=args.device)
+    return SmoothEvalCommandOptions(grid=grid, evaluation=evaluation, model=args.model,
+                                    model_factory=args.model_factory, weights=args.weights,
+                                    data=DataSelection.from_args(args), group=args.group, out_dir=Path(args.out_dir),
+                                    out=args.out, overwrite=args.overwrite, format=args.format,
+                                    plots=not args.no_plots, world=args.world, argv=tuple(args.argv))
+
+
 def run(args: argparse.Namespace) -> int:
+    return smooth_eval(options(args))
+
+
+def smooth_eval(cmd: SmoothEvalCommandOptions) -> int:
+    """Evaluate every selected image, write the rows, the table and the plots: the exit code."""
     from smoothguard.cli._smoothing_run import run_rows
     from smoothguard.cli._provenance import model_settings
     from smoothguard.cli.attack import check_shape
@@ -140,7 +192,6 @@ def run(args: argparse.Namespace) -> int:
     from smoothguard.evaluation.robustness import json_safe
     from smoothguard.evaluation.smoothed_inference import (
         ATTACK_DESCRIPTIONS,
-        SmoothEvalOptions,
         make_compute,
         plot_accuracy_vs,
         render_table,
@@ -148,41 +199,36 @@ def run(args: argparse.Namespace) -> int:
     )
     from smoothguard.smoothing import NOISE_BLOCK
 
-    grid = validate(args)
-    if args.batch is None:
-        args.batch = batch_for(SMOOTH_EVAL_BATCH, args.device)
+    grid, opts = cmd.grid, cmd.evaluation
     t_all = time.perf_counter()
-    torch.manual_seed(args.seed)  # the global generator feeds noise-injection layers (PNI / CNI)
-    base, meta = load_model_arg(args.model, args.device, args.model_factory, args.weights)
+    torch.manual_seed(opts.seed)  # the global generator feeds noise-injection layers (PNI / CNI)
+    base, meta = load_model_arg(cmd.model, opts.device, cmd.model_factory, cmd.weights)
     base.eval()
-    data = load_data(args)
+    data = cmd.data.load()
     check_shape(meta, data, "--model")
-    out_dir = Path(args.out_dir)
-    args.out = args.out or str(out_dir / "smooth_eval.tsv")
-    model_name, model_sha = model_settings(args.model, args.model_factory, args.weights)
+    out_dir = Path(cmd.out_dir)
+    dest = replace(cmd, out=cmd.out or str(out_dir / "smooth_eval.tsv"))  # where run_rows writes
+    model_name, model_sha = model_settings(cmd.model, cmd.model_factory, cmd.weights)
     settings = {
-        "command": "smoothguard " + " ".join(getattr(args, "argv", [])),
+        "command": "smoothguard " + " ".join(cmd.argv),
         "model": model_name, "model_sha256": model_sha, "model_arch": meta.get("arch"),
         "model_noise_sd": meta.get("noise_sd"), "model_objective": meta.get("objective"),
-        "data": args.data, "root": args.root, "split": args.split, "skip": args.skip, "max": args.max,
+        **cmd.data.settings(),
         "sigmas": list(grid.sigmas), "m": list(grid.ms), "methods": list(grid.methods), "attacks": list(grid.attacks),
-        "norm": args.norm, "eps": args.eps, "steps": args.steps, "step_size": args.step_size,
-        "queries": args.queries if "nattack" in grid.attacks else None,
-        "population": args.population if "nattack" in grid.attacks else None,
-        "seed": args.seed, "noise_block": min(NOISE_BLOCK, args.batch), "pgd_variant": PGD_VARIANT, "batch": args.batch,
-        "attack_batch": args.attack_batch, "group": args.group, "device": str(args.device),
+        "norm": opts.norm, "eps": opts.eps, "steps": opts.steps, "step_size": opts.step_size,
+        "queries": opts.queries if "nattack" in grid.attacks else None,
+        "population": opts.population if "nattack" in grid.attacks else None,
+        "seed": opts.seed, "noise_block": min(NOISE_BLOCK, opts.batch), "pgd_variant": PGD_VARIANT, "batch": opts.batch,
+        "attack_batch": opts.attack_batch, "group": cmd.group, "device": str(opts.device),
         "threads": torch.get_num_threads(),
     }
     caught: dict[str, int] = {}
-    opts = SmoothEvalOptions(norm=args.norm, eps=args.eps, steps=args.steps, step_size=args.step_size,
-                             queries=args.queries, population=args.population, batch=args.batch,
-                             attack_batch=args.attack_batch, seed=args.seed, device=args.device)
     compute = make_compute(opts, grid, base, int(meta["num_classes"]), caught)
     n_comb = len(grid.combinations())
-    print(f"smooth-eval: {len(data)} images of {args.data}, {n_comb} combinations (sigma x m x method) x "
-          f"{1 + len(grid.attacks)} evaluations, {args.norm} eps {args.eps:g}", file=sys.stderr)
-    run_rows(args, data, grid.columns(), "smooth-eval", settings, KEY_SETTINGS, args.group, compute)
-    world = getattr(args, "world", None)
+    print(f"smooth-eval: {len(data)} images of {cmd.data.name}, {n_comb} combinations (sigma x m x method) x "
+          f"{1 + len(grid.attacks)} evaluations, {opts.norm} eps {opts.eps:g}", file=sys.stderr)
+    run_rows(dest, data, grid.columns(), "smooth-eval", settings, KEY_SETTINGS, cmd.group, compute)
+    world = cmd.world
     for msg, count in caught.items():
         expected = " (expected for 'pgd': the paper's single-draw attack; compare epgd)" \
             if "stochastic" in msg else ""
@@ -190,27 +236,27 @@ def run(args: argparse.Namespace) -> int:
     if world is not None and world.rank != 0:
         return 0
 
-    done, _, _ = read_complete_rows(args.out, grid.columns())
+    done, _, _ = read_complete_rows(dest.out, grid.columns())
     wanted = [int(i) for i in data.indices.tolist()]
     rows = [done[i] for i in wanted if i in done]
     table = summarize(rows, grid)
-    title = (f"Smoothed inference: {model_name} on {len(rows)} {args.data} images, {args.norm} eps = {args.eps:g}, "
-             f"{args.steps} attack steps")
+    title = (f"Smoothed inference: {model_name} on {len(rows)} {cmd.data.name} images, {opts.norm} eps = {opts.eps:g}, "
+             f"{opts.steps} attack steps")
     notes = [f"{a}: {ATTACK_DESCRIPTIONS[a]}" for a in grid.attacks]
     if grid.attacks and 0 in grid.sigmas:
         notes.append("sigma 0 is the base model: pgd = PGD on it (one draw of its own noise per step if it has "
                      "noise-injection layers), epgd = PGD with EOT over m of its passes for such a noisy model, "
                      "transfer = PGD with its noise switched off; for a deterministic model the three coincide")
-    print(render_table(table, args.format, title, notes), end="")
+    print(render_table(table, cmd.format, title, notes), end="")
     out_dir.mkdir(parents=True, exist_ok=True)
     seconds_rows = sum(float(r[-1]) for r in rows)
     result = {"settings": settings, "grid": {"sigmas": list(grid.sigmas), "m": list(grid.ms),
                                               "methods": list(grid.methods), "attacks": list(grid.attacks)},
               "rows": [r.to_dict() for r in table], "notes": notes, "warnings": caught,
               "seconds_this_run": time.perf_counter() - t_all, "seconds_rows_total": seconds_rows,
-              "result_file": str(args.out)}
+              "result_file": str(dest.out)}
     figures: list[str] = []
-    if not args.no_plots and rows:
+    if cmd.plots and rows:
         for xname in ("m", "sigma"):
             figures += [str(p) for p in plot_accuracy_vs(table, grid, xname, out_dir / f"accuracy_vs_{xname}",
                                                          title=title)]

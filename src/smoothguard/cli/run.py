@@ -53,13 +53,9 @@ OUTPUTS: dict[str, OutputSpec] = {
 
 
 def _validator(name: str, mod):
-    """The option checks of a command that need no model or data (certify and predict share theirs)."""
+    """The option checks of a command that need no model or data (its ``validate``, if any)."""
     if callable(getattr(mod, "validate", None)):
         return mod.validate
-    if name in ("certify", "predict"):
-        from smoothguard.cli._smoothing_run import validate_smoothing_arguments
-
-        return validate_smoothing_arguments
     return None
 
 

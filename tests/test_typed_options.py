@@ -251,3 +251,44 @@ def test_the_runner_checks_certify_and_predict_with_their_own_validate(tmp_path,
     path.write_text(step)
     with pytest.raises(ExperimentError, match=needle):  # refused when the file is loaded, before any step runs
         load_experiment(path, tmp_path / "run")
+
+
+def test_train_denoiser_runs_from_typed_options_as_from_its_command_line(tiny_idx_root, tmp_path):
+    from smoothguard.cli.train_denoiser import DenoiserOptions, train_denoiser
+    from smoothguard.models import load_checkpoint
+    from smoothguard.training import TrainConfig
+
+    assert main(["train-denoiser", "--data", "mnist", "--root", str(tiny_idx_root), "--objective", "mse",
+                 "--depth", "2", "--width", "4", "--epochs", "1", "--batch", "16", "--max-test", "10",
+                 "--threads", "1", "--device", "cpu", "--out-dir", str(tmp_path / "cli")]) == 0
+    # the command's loop defaults for a denoiser: Adam, lr 1e-3, no weight decay, step 30
+    config = TrainConfig(epochs=1, batch_size=16, lr=1e-3, optimizer="adam", weight_decay=0.0, lr_step=30)
+    opts = DenoiserOptions(out_dir=tmp_path / "typed", objective="mse", depth=2, width=4, config=config,
+                           data=DataSelection("mnist", root=str(tiny_idx_root), split="train"), max_test=10,
+                           device=torch.device("cpu"))
+    assert train_denoiser(opts) == 0
+    cli_model, cli_meta = load_checkpoint(tmp_path / "cli" / "model.pt")
+    typed_model, typed_meta = load_checkpoint(tmp_path / "typed" / "model.pt")
+    for (name, a), (_, b) in zip(cli_model.state_dict().items(), typed_model.state_dict().items()):
+        assert torch.equal(a, b), name  # same seeds, same minibatches: the same weights
+    assert cli_meta["kind"] == typed_meta["kind"] == "denoiser"
+    assert cli_meta["model_options"] == typed_meta["model_options"] == {"depth": 2, "width": 4}
+
+
+def test_train_denoiser_validate_refuses_what_needs_no_data(tmp_path):
+    from smoothguard.cli import train_denoiser as td
+
+    parser = build_parser()
+
+    def check(*extra):
+        return td.validate(parser.parse_args(["train-denoiser", "--out-dir", str(tmp_path / "o"), *extra]))
+
+    assert check() == ()
+    assert check("--objective", "stability", "--surrogates", "a.pt,b.pt") == ("a.pt", "b.pt")
+    for extra, needle in ((("--noise-sd", "0"), "--noise-sd must be > 0"),
+                          (("--classifier", "c.pt", "--surrogates", "a.pt"), "not both"),
+                          (("--surrogates", ","), "comma-separated"),
+                          (("--objective", "stability"), "needs --classifier")):
+        with pytest.raises(ValueError, match=needle):
+            check(*extra)
+    assert not (tmp_path / "o").exists()  # nothing written by a refusal

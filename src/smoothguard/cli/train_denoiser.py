@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from smoothguard.cli._conventions import DEFAULT_TRAIN_DATA
 from smoothguard.evaluation.resultfile import file_sha256
 from smoothguard.cli.common import DataSelection, add_data_arguments
-from smoothguard.cli.train import _Bar, add_loop_arguments, fit_in_out_dir, load_train_test, require_out_dir
+from smoothguard.cli.train import (_Bar, add_loop_arguments, fit_in_out_dir, load_train_test, require_out_dir,
+                                  train_config)
 from smoothguard.models import DENOISERS, get_denoiser, load_checkpoint
 from smoothguard.models.denoiser import DEFAULT_DEPTH, DEFAULT_WIDTH
 from smoothguard.training import TrainConfig, Trainer, get_objective
@@ -90,72 +93,120 @@ def _load_classifier(path: str, device, info, role: str):
     return model, {"path": str(Path(path).resolve()), "sha256": file_sha256(path), "arch": meta.get("arch")}
 
 
-def _build_denoiser(args: argparse.Namespace, info):
-    if args.init is None:
-        options = {"depth": args.depth or DEFAULT_DEPTH, "width": args.width or DEFAULT_WIDTH}
-        torch.manual_seed(derive_seed(args.seed, "init"))  # the initial weights follow --seed too
-        return get_denoiser(args.arch, info.input_shape, **options).to(args.device), args.arch, options, None
-    den, meta = load_checkpoint(args.init, args.device)
+def _build_denoiser(opts: "DenoiserOptions", info):
+    if opts.init is None:
+        options = {"depth": opts.depth or DEFAULT_DEPTH, "width": opts.width or DEFAULT_WIDTH}
+        torch.manual_seed(derive_seed(opts.config.seed, "init"))  # the initial weights follow --seed too
+        return get_denoiser(opts.arch, info.input_shape, **options).to(opts.device), opts.arch, options, None
+    den, meta = load_checkpoint(opts.init, opts.device)
     if meta.get("kind") != "denoiser":
-        raise ValueError(f"--init {args.init} is a {meta.get('kind', 'classifier')!r} checkpoint; a denoiser is needed")
+        raise ValueError(f"--init {opts.init} is a {meta.get('kind', 'classifier')!r} checkpoint; a denoiser is needed")
     if tuple(meta["in_shape"]) != tuple(info.input_shape):
-        raise ValueError(f"--init {args.init} denoises {tuple(meta['in_shape'])} images; --data {info.name} has "
+        raise ValueError(f"--init {opts.init} denoises {tuple(meta['in_shape'])} images; --data {info.name} has "
                          f"{tuple(info.input_shape)}")
     options = dict(meta.get("model_options", {}))
-    for name in ("depth", "width"):
-        given = getattr(args, name)
+    for name, given in (("depth", opts.depth), ("width", opts.width)):
         if given is not None and options.get(name) != given:
             raise ValueError(f"--{name} {given} differs from the --init denoiser's {name} {options.get(name)}; "
                              f"leave --{name} out")
-    if meta["arch"] != args.arch:
-        raise ValueError(f"--init {args.init} is a {meta['arch']!r} denoiser, not --arch {args.arch!r}")
-    init = {"path": str(Path(args.init).resolve()), "sha256": file_sha256(args.init),
+    if meta["arch"] != opts.arch:
+        raise ValueError(f"--init {opts.init} is a {meta['arch']!r} denoiser, not --arch {opts.arch!r}")
+    init = {"path": str(Path(opts.init).resolve()), "sha256": file_sha256(opts.init),
             "objective": meta.get("objective")}
     return den.train(), meta["arch"], options, init
 
 
-def run(args: argparse.Namespace) -> int:
-    require_out_dir(args.out_dir)
+def validate(args: argparse.Namespace) -> tuple[str, ...]:
+    """The option checks that need no data or model (also run on ``smoothguard run`` steps);
+    returns the surrogate checkpoint paths (empty: white box or none)."""
     if not args.noise_sd > 0:
         raise ValueError(f"--noise-sd must be > 0 (pixel units), got {args.noise_sd}")
     if args.classifier and args.surrogates:
         raise ValueError("give --classifier (white box) or --surrogates (black box), not both: black-box training "
                          "never uses the target classifier")
-    surrogate_paths = [s for s in (args.surrogates or "").split(",") if s.strip()]
+    surrogate_paths = tuple(s for s in (args.surrogates or "").split(",") if s.strip())
     if args.surrogates is not None and not surrogate_paths:
         raise ValueError(f"--surrogates needs comma-separated checkpoint paths, got {args.surrogates!r}")
     if args.objective != "mse" and not (args.classifier or surrogate_paths):
         raise ValueError(f"--objective {args.objective} needs --classifier CKPT or --surrogates CKPT1,CKPT2,...")
-    train, test = load_train_test(DataSelection.from_args(args), args.max_train, args.max_test)
+    return surrogate_paths
+
+
+@dataclass(frozen=True)
+class DenoiserOptions:
+    """What ``smoothguard train-denoiser`` does: train an ``arch`` denoiser (``depth`` /
+    ``width``, or those of the ``init`` checkpoint it starts from) with ``objective`` at
+    ``noise_sd``, against the frozen ``classifier`` (white box) or the ``surrogates`` (black
+    box, one per minibatch in turn), under ``config``, on the train split of ``data`` (at
+    most ``max_train`` / ``max_test`` images, -1: all). Writes ``out_dir``, continuing its
+    checkpoint with ``resume``; ``world``: torchrun's ranks; ``argv``: the command line
+    recorded in the checkpoint."""
+
+    out_dir: Path
+    objective: str = "mse"
+    target: str = "hard"
+    noise_sd: float = 0.25
+    classifier: str | None = None
+    surrogates: tuple[str, ...] = ()
+    init: str | None = None
+    arch: str = "dncnn"
+    depth: int | None = None
+    width: int | None = None
+    config: TrainConfig = field(default_factory=TrainConfig)
+    data: DataSelection = field(default_factory=lambda: DataSelection(DEFAULT_TRAIN_DATA, split="train"))
+    max_train: int = -1
+    max_test: int = -1
+    resume: bool = False
+    device: Any = "cpu"  # a torch.device or its name
+    world: Any = None  # a smoothguard.distributed.World
+    argv: tuple[str, ...] = ()
+
+
+def options(args: argparse.Namespace) -> DenoiserOptions:
+    """The checked, typed options of the command line (the output folder first, as before)."""
+    out_dir = require_out_dir(args.out_dir)
+    surrogates = validate(args)
+    return DenoiserOptions(out_dir=out_dir, objective=args.objective, target=args.target, noise_sd=args.noise_sd,
+                           classifier=args.classifier, surrogates=surrogates, init=args.init, arch=args.arch,
+                           depth=args.depth, width=args.width, config=train_config(args),
+                           data=DataSelection.from_args(args), max_train=args.max_train, max_test=args.max_test,
+                           resume=args.resume, device=args.device, world=args.world, argv=tuple(args.argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    return train_denoiser(options(args))
+
+
+def train_denoiser(opts: DenoiserOptions) -> int:
+    """Load the data and the classifiers, build the denoiser, train into ``opts.out_dir``:
+    the exit code."""
+    train, test = load_train_test(opts.data, opts.max_train, opts.max_test)
     info = train.info
-    paths = surrogate_paths or ([args.classifier] if args.classifier else [])
+    surrogate_paths = list(opts.surrogates)
+    paths = surrogate_paths or ([opts.classifier] if opts.classifier else [])
     role = "surrogates" if surrogate_paths else "classifier"
-    loaded = [_load_classifier(p, args.device, info, role) for p in paths]
+    loaded = [_load_classifier(p, opts.device, info, role) for p in paths]
     classifiers = [m for m, _ in loaded]
     records = [r for _, r in loaded]
-    denoiser, arch, options, init = _build_denoiser(args, info)
-    obj_kwargs = {"noise_sd": args.noise_sd, "classifier_ids": [r["sha256"] for r in records]}
-    if args.objective == "stability":
-        obj_kwargs["target"] = args.target
-    objective = get_objective(OBJECTIVE_NAMES[args.objective], classifiers=classifiers, **obj_kwargs)
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
-        weight_decay=args.weight_decay, schedule=args.schedule, lr_step=args.lr_step, gamma=args.gamma,
-        seed=args.seed, eval_noise_sd=args.noise_sd,
-    )
+    denoiser, arch, model_options, init = _build_denoiser(opts, info)
+    obj_kwargs = {"noise_sd": opts.noise_sd, "classifier_ids": [r["sha256"] for r in records]}
+    if opts.objective == "stability":
+        obj_kwargs["target"] = opts.target
+    objective = get_objective(OBJECTIVE_NAMES[opts.objective], classifiers=classifiers, **obj_kwargs)
+    config = replace(opts.config, eval_noise_sd=opts.noise_sd)
     meta = {
-        "kind": "denoiser", "arch": arch, "model_options": options, "in_shape": list(info.input_shape),
+        "kind": "denoiser", "arch": arch, "model_options": model_options, "in_shape": list(info.input_shape),
         "dataset": info.name, "train_size": len(train), "black_box": bool(surrogate_paths),
         "classifier": records[0] if (records and not surrogate_paths) else None,
         "surrogates": records if surrogate_paths else None, "init": init,
-        "command": "smoothguard " + " ".join(shlex.quote(a) for a in args.argv),
+        "command": "smoothguard " + " ".join(shlex.quote(a) for a in opts.argv),
     }
-    world = getattr(args, "world", None)  # torchrun: the minibatches are split across the ranks
+    world = opts.world  # torchrun: the minibatches are split across the ranks
     rank0 = world is None or world.rank == 0
     trainer = Trainer(denoiser, objective, config, meta=meta, callback=_DenoiserBar() if rank0 else None, world=world)
-    fit_in_out_dir(trainer, train, test, args.out_dir, args.resume)
+    fit_in_out_dir(trainer, train, test, opts.out_dir, opts.resume)
     objective.assert_frozen()
-    out = Path(args.out_dir)
+    out = Path(opts.out_dir)
     if surrogate_paths:
         what = f" (the {len(classifiers)} surrogate classifiers' weights verified unchanged)"
     elif classifiers:

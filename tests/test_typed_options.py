@@ -292,3 +292,23 @@ def test_train_denoiser_validate_refuses_what_needs_no_data(tmp_path):
         with pytest.raises(ValueError, match=needle):
             check(*extra)
     assert not (tmp_path / "o").exists()  # nothing written by a refusal
+
+
+def test_import_model_runs_from_typed_options_as_from_its_command_line(tmp_path):
+    from smoothguard.cli.import_model import ImportOptions, import_model
+    from smoothguard.models import load_checkpoint, load_default_model
+
+    ref, _ = load_default_model()
+    torch.save(ref[1].state_dict(), tmp_path / "sd.pt")  # the LeNet without its Normalize layer
+    assert main(["import-model", "--arch", "lenet", "--weights", str(tmp_path / "sd.pt"), "--mean", "0.2860",
+                 "--std", "0.3530", "--noise-sd", "0.25", "--check-images", "20", "--device", "cpu",
+                 "--out", str(tmp_path / "cli.pt")]) == 0
+    opts = ImportOptions(out=str(tmp_path / "typed.pt"), weights=str(tmp_path / "sd.pt"), arch="lenet",
+                         mean=[0.2860], std=[0.3530], noise_sd=0.25, check_images=20, device=torch.device("cpu"))
+    assert import_model(opts) == 0
+    cli_model, cli_meta = load_checkpoint(tmp_path / "cli.pt")
+    typed_model, typed_meta = load_checkpoint(tmp_path / "typed.pt")
+    for (name, a), (_, b) in zip(cli_model.state_dict().items(), typed_model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert cli_meta["import"]["check"] == typed_meta["import"]["check"]  # same images, same noise seed
+    assert typed_meta["noise_sd"] == 0.25 and typed_meta["mean"] == pytest.approx([0.2860])

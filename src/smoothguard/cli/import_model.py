@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from smoothguard.cli._conventions import DEFAULT_DATA
-from smoothguard.cli.common import add_data_arguments, load_data, parse_floats
+from smoothguard.cli.common import DataSelection, add_data_arguments, parse_floats
 from smoothguard.models import MODELS
 
 HELP = "wrap a model trained elsewhere (state dict, Cohen et al.'s checkpoint, your factory) into a checkpoint"
@@ -70,11 +72,10 @@ def _noise_from_path(path: str) -> float | None:
     return None
 
 
-def run(args: argparse.Namespace) -> int:
+def validate(args: argparse.Namespace) -> tuple[list[float] | None, list[float] | None]:
+    """The option checks that need no file or data (also run on ``smoothguard run`` steps);
+    returns the parsed ``--mean`` and ``--std``."""
     from smoothguard.contract import ContractError, check_int, check_nonnegative
-    from smoothguard.models import save_checkpoint
-    from smoothguard.models.foreign import (build_from_factory, import_registry_model, infer_num_classes,
-                                            match_state_dict, read_weights, wrap_normalize)
 
     if args.arch is not None and args.factory is not None:
         raise ContractError("give --arch NAME (a registry architecture) or --factory MODULE:CALLABLE (your own), "
@@ -92,95 +93,145 @@ def run(args: argparse.Namespace) -> int:
         check_nonnegative("--noise-sd", args.noise_sd)
     if Path(args.out).resolve() == (Path(args.weights).resolve() if args.weights else None):
         raise ContractError("--out must differ from --weights (the original file stays as it is)")
+    return mean, std
 
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """What ``smoothguard import-model`` does: read ``weights`` (a registry ``arch``, Cohen et
+    al.'s layout, or the model of ``factory``), put ``mean``/``std`` normalization in front
+    unless ``no_normalize``, check it on ``check_images`` images of ``data`` (with noise
+    ``noise_sd`` and ``seed``), and write the checkpoint ``out``. ``in_shape`` (C,H,W text)
+    and ``num_classes`` default to the data's; ``argv`` is recorded in the checkpoint."""
+
+    out: str
+    weights: str | None = None
+    arch: str | None = None
+    factory: str | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    no_normalize: bool = False
+    in_shape: str | None = None
+    num_classes: int | None = None
+    noise_sd: float | None = None
+    check_images: int = 0
+    data: DataSelection = field(default_factory=lambda: DataSelection(DEFAULT_DATA))
+    device: Any = "cpu"
+    seed: int = 0
+    argv: tuple[str, ...] = ()
+
+
+def options(args: argparse.Namespace) -> ImportOptions:
+    """The checked, typed options of the command line."""
+    mean, std = validate(args)
+    return ImportOptions(out=args.out, weights=args.weights, arch=args.arch, factory=args.factory, mean=mean,
+                         std=std, no_normalize=args.no_normalize, in_shape=args.in_shape,
+                         num_classes=args.num_classes, noise_sd=args.noise_sd, check_images=args.check_images,
+                         data=DataSelection.from_args(args), device=args.device, seed=args.seed,
+                         argv=tuple(args.argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    return import_model(options(args))
+
+
+def import_model(opts: ImportOptions) -> int:
+    """Import, check and write the checkpoint: the exit code."""
+    from smoothguard.contract import ContractError
+    from smoothguard.models import save_checkpoint
+    from smoothguard.models.foreign import (build_from_factory, import_registry_model, infer_num_classes,
+                                            match_state_dict, read_weights, wrap_normalize)
+
+    mean, std = opts.mean, opts.std
+    noise_sd = opts.noise_sd  # may be read from the weights' path below
     data = None
-    if args.check_images > 0 or args.in_shape is None or args.num_classes is None:
-        data = load_data(args, select=False)
-    in_shape = [int(v) for v in parse_floats(args.in_shape, "--in-shape")] if args.in_shape else \
+    if opts.check_images > 0 or opts.in_shape is None or opts.num_classes is None:
+        data = opts.data.load(select=False)
+    in_shape = [int(v) for v in parse_floats(opts.in_shape, "--in-shape")] if opts.in_shape else \
         list(data.info.input_shape)
     if len(in_shape) != 3 or min(in_shape) < 1:
-        raise ContractError(f"--in-shape must be C,H,W (three positive integers); got {args.in_shape!r}")
-    num_classes = args.num_classes if args.num_classes is not None else data.info.num_classes
+        raise ContractError(f"--in-shape must be C,H,W (three positive integers); got {opts.in_shape!r}")
+    num_classes = opts.num_classes if opts.num_classes is not None else data.info.num_classes
 
     notes: list[str] = []
-    if args.factory is None:
-        _, info = read_weights(args.weights)
-        if info["layout"] == "plain" and mean is None and not args.no_normalize:
+    if opts.factory is None:
+        _, info = read_weights(opts.weights)
+        if info["layout"] == "plain" and mean is None and not opts.no_normalize:
             raise ContractError(
                 "was the network trained on normalized inputs? give --mean M1,M2,.. --std S1,S2,.. (a Normalize "
                 "layer goes in front, so the model takes [0, 1] pixels) or --no-normalize (it takes [0, 1] pixels "
                 "as they are)")
-        model, meta = import_registry_model(args.weights, args.arch, num_classes, in_shape, mean, std)
+        model, meta = import_registry_model(opts.weights, opts.arch, num_classes, in_shape, mean, std)
         notes.append(f"normalization: {meta['import']['normalization']}")
         if info["layout"] == "cohen":
             notes.append("keys mapped from Cohen et al.'s layout: " + meta["import"]["key_mapping"].split(" -> ")[1])
-            if args.noise_sd is None and _noise_from_path(args.weights) is not None:
-                args.noise_sd = _noise_from_path(args.weights)
-                notes.append(f"noise_sd {args.noise_sd} read from the path ({Path(args.weights).parent.name}); "
+            if noise_sd is None and _noise_from_path(opts.weights) is not None:
+                noise_sd = _noise_from_path(opts.weights)
+                notes.append(f"noise_sd {noise_sd} read from the path ({Path(opts.weights).parent.name}); "
                              "--noise-sd overrides")
     else:
-        net = build_from_factory(args.factory)
-        if args.weights is not None:
-            sd, _ = read_weights(args.weights)
-            net.load_state_dict(match_state_dict(sd, net, source=args.weights))
+        net = build_from_factory(opts.factory)
+        if opts.weights is not None:
+            sd, _ = read_weights(opts.weights)
+            net.load_state_dict(match_state_dict(sd, net, source=opts.weights))
         if hasattr(net, "build_meta"):  # built by get_model: a registry checkpoint, no code needed to load it
             if mean is not None:
-                raise ContractError(f"the model of {args.factory} comes from get_model and has its own Normalize "
+                raise ContractError(f"the model of {opts.factory} comes from get_model and has its own Normalize "
                                     "layer; leave --mean/--std out")
             model, meta = net, dict(net.build_meta)
             in_shape, num_classes = list(meta["in_shape"]), int(meta["num_classes"])
-            notes.append(f"{args.factory} returns a get_model({meta['arch']!r}) model: the checkpoint loads with no "
+            notes.append(f"{opts.factory} returns a get_model({meta['arch']!r}) model: the checkpoint loads with no "
                          "user code")
         else:
-            if mean is None and not args.no_normalize:
+            if mean is None and not opts.no_normalize:
                 raise ContractError("does the factory's model normalize its inputs itself? give --no-normalize if it "
                                     "takes [0, 1] pixels, or --mean/--std to put a Normalize layer in front")
             k = infer_num_classes(net, in_shape)
-            if args.num_classes is not None and k != args.num_classes:
-                raise ContractError(f"the factory's model returns {k} logits; --num-classes is {args.num_classes}")
+            if opts.num_classes is not None and k != opts.num_classes:
+                raise ContractError(f"the factory's model returns {k} logits; --num-classes is {opts.num_classes}")
             num_classes = k
             model = wrap_normalize(net, in_shape, num_classes, mean, std)
             c = in_shape[0]
-            meta = {"kind": "classifier", "arch": "factory", "factory": args.factory, "num_classes": num_classes,
+            meta = {"kind": "classifier", "arch": "factory", "factory": opts.factory, "num_classes": num_classes,
                     "in_shape": in_shape, "mean": mean or [0.0] * c, "std": std or [1.0] * c}
             notes.append(f"not a registry architecture: the checkpoint stores the weights and the reference "
-                         f"{args.factory!r} (no code); load it with --model-factory {args.factory} --weights "
-                         f"{args.out}")
-        meta["import"] = {"weights": str(Path(args.weights).resolve()) if args.weights else None,
-                          "factory": args.factory, "normalization": "given" if mean else "none"}
-    if args.noise_sd is not None:
-        meta["noise_sd"] = float(args.noise_sd)
-    meta["command"] = "smoothguard " + " ".join(shlex.quote(a) for a in args.argv)
+                         f"{opts.factory!r} (no code); load it with --model-factory {opts.factory} --weights "
+                         f"{opts.out}")
+        meta["import"] = {"weights": str(Path(opts.weights).resolve()) if opts.weights else None,
+                          "factory": opts.factory, "normalization": "given" if mean else "none"}
+    if noise_sd is not None:
+        meta["noise_sd"] = float(noise_sd)
+    meta["command"] = "smoothguard " + " ".join(shlex.quote(a) for a in opts.argv)
     if int(meta["num_classes"]) != num_classes or list(meta["in_shape"]) != in_shape:
         raise ContractError(f"the model takes {tuple(meta['in_shape'])} with {meta['num_classes']} classes; the "
                             f"data / flags say {tuple(in_shape)} with {num_classes}")
-    model = model.to(args.device).eval()
+    model = model.to(opts.device).eval()
 
-    if args.check_images > 0:
+    if opts.check_images > 0:
         from smoothguard.cli.attack import check_shape
         from smoothguard.contract import check_logits
 
         check_shape(meta, data, "the imported model")
-        sub = data.subset(max_count=min(args.check_images, len(data)))
+        sub = data.subset(max_count=min(opts.check_images, len(data)))
         with torch.no_grad():
-            logits = check_logits(model(sub.images.to(args.device)), num_classes=num_classes, count=len(sub),
+            logits = check_logits(model(sub.images.to(opts.device)), num_classes=num_classes, count=len(sub),
                                   name="the imported model")
         acc = float((logits.argmax(1).cpu() == sub.labels).float().mean())
         meta["import"]["check"] = {"data": data.info.name, "images": len(sub), "accuracy": acc}
         line = f"check: clean accuracy {100 * acc:.1f}% on {len(sub)} {data.info.name} images"
         if meta.get("noise_sd"):
-            g = torch.Generator(device=args.device).manual_seed(args.seed)
-            x = sub.images.to(args.device)
+            g = torch.Generator(device=opts.device).manual_seed(opts.seed)
+            x = sub.images.to(opts.device)
             with torch.no_grad():
-                noisy = model(x + meta["noise_sd"] * torch.randn(x.shape, generator=g, device=args.device))
+                noisy = model(x + meta["noise_sd"] * torch.randn(x.shape, generator=g, device=opts.device))
             line += (f", {100 * float((noisy.argmax(1).cpu() == sub.labels).float().mean()):.1f}% under noise sd "
                      f"{meta['noise_sd']}")
         notes.append(line)
         if acc <= 1.5 / num_classes:
             notes.append("warning: accuracy near chance: check --mean/--std (or --no-normalize), the class order "
                          "and --data")
-    save_checkpoint(args.out, model, meta)
+    save_checkpoint(opts.out, model, meta)
     for n in notes:
         print(n, file=sys.stderr)
-    print(f"wrote {args.out} ({meta['arch']}, {num_classes} classes, input {tuple(in_shape)})")
+    print(f"wrote {opts.out} ({meta['arch']}, {num_classes} classes, input {tuple(in_shape)})")
     return 0

@@ -312,3 +312,15 @@ def test_import_model_runs_from_typed_options_as_from_its_command_line(tmp_path)
         assert torch.equal(a, b), name
     assert cli_meta["import"]["check"] == typed_meta["import"]["check"]  # same images, same noise seed
     assert typed_meta["noise_sd"] == 0.25 and typed_meta["mean"] == pytest.approx([0.2860])
+
+
+def test_serve_validate_refuses_bad_options_before_loading_anything(tmp_path):
+    from smoothguard.cli import serve
+
+    parser = build_parser()
+    for extra, needle in ((("--port", "70000"), "--port"), (("--max-request-mb", "0"), "--max-request-mb"),
+                          (("--request-timeout", "-1"), "--request-timeout")):
+        with pytest.raises(ValueError, match=needle):
+            serve.options(parser.parse_args(["serve", *extra]))
+    opts = serve.options(parser.parse_args(["serve", "--port", "0", "--log-requests"]))
+    assert isinstance(opts, serve.ServeOptions) and opts.port == 0 and opts.log_requests and opts.model is None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 HELP = "serve a checkpoint as a label-only HTTP API on 127.0.0.1 (for certify --api)"
 DESCRIPTION = (
@@ -32,42 +34,82 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-requests", action="store_true", help="print one line per request on stderr")
 
 
-def run(args: argparse.Namespace) -> int:
-    from smoothguard.cli.common import load_model_arg
-    from smoothguard.contract import check_int, check_output_path, check_positive, write_text_atomic
-    from smoothguard.models.remote import make_server, model_labels
+def validate(args: argparse.Namespace) -> None:
+    """The option checks that need no model (also run on ``smoothguard run`` steps)."""
+    from smoothguard.contract import check_int, check_output_path, check_positive
 
     check_int("--port (0: any free port)", args.port, 0, 65535)
     check_positive("--max-request-mb", args.max_request_mb)
     check_positive("--request-timeout (seconds)", args.request_timeout)
     if args.ready_file:
         check_output_path(args.ready_file, "--ready-file")
-    model, meta = load_model_arg(args.model, args.device, args.model_factory, args.weights)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What ``smoothguard serve`` does: serve the labels of ``model`` (a checkpoint, the
+    embedded model when None, or ``model_factory`` with ``weights``), behind ``denoiser`` if
+    given, on 127.0.0.1:``port`` (0: any free port), with requests of at most
+    ``max_request_mb`` MiB that must arrive within ``request_timeout`` seconds; the URL is
+    written to ``ready_file`` once it listens; ``log_requests`` prints a line per request."""
+
+    model: str | None = None
+    model_factory: str | None = None
+    weights: str | None = None
+    denoiser: str | None = None
+    port: int = 8000
+    max_request_mb: float = 64.0
+    request_timeout: float = 30.0
+    ready_file: str | None = None
+    log_requests: bool = False
+    device: Any = "cpu"
+
+
+def options(args: argparse.Namespace) -> ServeOptions:
+    """The checked, typed options of the command line."""
+    validate(args)
+    return ServeOptions(model=args.model, model_factory=args.model_factory, weights=args.weights,
+                        denoiser=args.denoiser, port=args.port, max_request_mb=args.max_request_mb,
+                        request_timeout=args.request_timeout, ready_file=args.ready_file,
+                        log_requests=args.log_requests, device=args.device)
+
+
+def run(args: argparse.Namespace) -> int:
+    return serve(options(args))
+
+
+def serve(opts: ServeOptions) -> int:
+    """Load the model and serve it until Ctrl-C / SIGTERM: the exit code."""
+    from smoothguard.cli.common import load_model_arg
+    from smoothguard.contract import write_text_atomic
+    from smoothguard.models.remote import make_server, model_labels
+
+    model, meta = load_model_arg(opts.model, opts.device, opts.model_factory, opts.weights)
     if meta.get("kind", "classifier") != "classifier":
-        raise ValueError(f"--model {args.model} is a {meta.get('kind')!r} checkpoint; serve needs a classifier")
+        raise ValueError(f"--model {opts.model} is a {meta.get('kind')!r} checkpoint; serve needs a classifier")
     from smoothguard.cli.attack import model_settings
 
-    model_name, model_sha = model_settings(args.model, args.model_factory, args.weights)
+    model_name, model_sha = model_settings(opts.model, opts.model_factory, opts.weights)
     info = {"model": model_name,
             "model_sha256": model_sha, "arch": meta.get("arch"), "dataset": meta.get("dataset"),
             "denoiser": None, "denoiser_sha256": None}
-    if args.denoiser:
+    if opts.denoiser:
         from smoothguard.cli._denoised import load_denoiser_arg
 
-        model, den_settings = load_denoiser_arg(args.denoiser, model, meta["in_shape"], args.device)
+        model, den_settings = load_denoiser_arg(opts.denoiser, model, meta["in_shape"], opts.device)
         info.update(den_settings)
-    server = make_server(model_labels(model), meta["num_classes"], meta["in_shape"], args.port,
-                         max_request_bytes=max(4, int(args.max_request_mb * (1 << 20))),
-                         timeout=args.request_timeout, info=info,
-                         log=(lambda line: print(line, file=sys.stderr)) if args.log_requests else None)
+    server = make_server(model_labels(model), meta["num_classes"], meta["in_shape"], opts.port,
+                         max_request_bytes=max(4, int(opts.max_request_mb * (1 << 20))),
+                         timeout=opts.request_timeout, info=info,
+                         log=(lambda line: print(line, file=sys.stderr)) if opts.log_requests else None)
     host, port = server.server_address[:2]
     url = f"http://{host}:{port}"
-    print(f"serving {info['model']}" + (f" behind denoiser {info['denoiser']}" if args.denoiser else "")
+    print(f"serving {info['model']}" + (f" behind denoiser {info['denoiser']}" if opts.denoiser else "")
           + f" at {url} (GET /info, POST /predict); Ctrl-C stops", file=sys.stderr, flush=True)
     print(json.dumps({"url": url, **info}), flush=True)
-    if args.ready_file:
+    if opts.ready_file:
         try:
-            write_text_atomic(args.ready_file, url + "\n", "--ready-file")
+            write_text_atomic(opts.ready_file, url + "\n", "--ready-file")
         except BaseException:
             server.server_close()
             raise

@@ -66,10 +66,13 @@ def default_eps(norm: str) -> float:
     return EPS[check_norm(norm)]
 
 
-def batch_for(table: dict[str, int], device) -> int:
+def batch_for(table: dict[str, int], device, given: int | None = None) -> int:
     """The batch of a per-device ``table`` (SAMPLING_BATCH, SMOOTH_EVAL_BATCH, ATTACK_BATCH)
     for ``device``: a ``torch.device`` or its name ("cpu", "cuda", "cuda:1"). Device types
-    without an entry of their own (mps, xpu, ...) take the CPU value."""
+    without an entry of their own (mps, xpu, ...) take the CPU value. A ``given`` batch (a
+    ``--batch`` flag, a ``batch_size`` argument) wins when it is not None."""
+    if given is not None:
+        return given
     kind = str(device).split(":", 1)[0]
     return table.get(kind, table["cpu"])
 

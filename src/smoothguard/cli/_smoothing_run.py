@@ -67,6 +67,15 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def check_adaptive_budget(n_max: int, futility_alpha: float) -> None:
+    """The sample budget and futility level of the adaptive modes (certify --radii, predict
+    --adaptive)."""
+    if n_max < 1:
+        raise ValueError(f"--n-max must be >= 1, got {n_max}")
+    if not 0.0 < futility_alpha < 1.0:
+        raise ValueError(f"--futility-alpha must be in (0, 1), got {futility_alpha}")
+
+
 def validate_smoothing_arguments(args: argparse.Namespace) -> None:
     """Check the numeric options before any model or data is loaded."""
     for flag, value in (("model", args.model), ("denoiser", args.denoiser)):
@@ -121,7 +130,7 @@ def smoothing_options(args: argparse.Namespace) -> SmoothingOptions:
     """The checked, typed smoothing options of a certify/predict command line (``--batch``
     not given: the default of the device the common options resolved)."""
     validate_smoothing_arguments(args)
-    batch = args.batch if args.batch is not None else batch_for(SAMPLING_BATCH, args.device)
+    batch = batch_for(SAMPLING_BATCH, args.device, args.batch)
     return SmoothingOptions(model=args.model, model_factory=args.model_factory, weights=args.weights,
                             api=ApiOptions.from_args(args), denoiser=args.denoiser, data=DataSelection.from_args(args),
                             sigma=args.sigma, noise=args.noise, alpha=args.alpha, batch=batch,

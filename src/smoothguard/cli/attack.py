@@ -154,7 +154,7 @@ def options(args: argparse.Namespace) -> AttackOptions:
     """The checked, typed options of the command line (``--batch`` not given: the default of
     the device the common options resolved)."""
     eps = validate(args)
-    batch = args.batch if args.batch is not None else batch_for(ATTACK_BATCH, args.device)
+    batch = batch_for(ATTACK_BATCH, args.device, args.batch)
     return AttackOptions(attack=args.attack, norm=args.norm, eps=eps, steps=args.steps, restarts=args.restarts,
                          step_size=args.step_size, loss=args.loss, queries=args.queries, eot=args.eot, batch=batch,
                          model=args.model, model_factory=args.model_factory, weights=args.weights,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from smoothguard.cli._smoothing_run import (
     ADAPTIVE_GROUP,
+    check_adaptive_budget,
     KEY_SETTINGS,
     SmoothingOptions,
     add_smoothing_arguments,
@@ -85,10 +86,7 @@ def validate(args: argparse.Namespace) -> list[float] | None:
         radii = parse_floats(args.radii, "--radii")
         if not radii or any(r < 0 for r in radii):
             raise ValueError(f"--radii needs radii >= 0, e.g. 0.25,0.5,0.75; got {args.radii!r}")
-        if args.n_max < 1:
-            raise ValueError(f"--n-max must be >= 1, got {args.n_max}")
-        if not 0.0 < args.futility_alpha < 1.0:
-            raise ValueError(f"--futility-alpha must be in (0, 1), got {args.futility_alpha}")
+        check_adaptive_budget(args.n_max, args.futility_alpha)
     elif args.n is not None:
         check_int("--n", args.n, minimum=1)
     validate_smoothing_arguments(args)

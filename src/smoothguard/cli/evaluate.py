@@ -215,7 +215,7 @@ def options(args: argparse.Namespace) -> EvaluateOptions:
     """The checked, typed options of the command line (``--batch`` not given: the default of
     the device the common options resolved)."""
     eps, attack_list, curve_steps, grids, sources = validate(args)
-    batch = args.batch if args.batch is not None else batch_for(ATTACK_BATCH, args.device)
+    batch = batch_for(ATTACK_BATCH, args.device, args.batch)
     return EvaluateOptions(out_dir=Path(args.out_dir), model=args.model, model_factory=args.model_factory,
                            weights=args.weights, data=DataSelection.from_args(args), norm=args.norm, eps=eps,
                            attacks=tuple(attack_list), steps=args.steps, restarts=args.restarts,

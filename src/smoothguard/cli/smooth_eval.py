@@ -168,7 +168,7 @@ def options(args: argparse.Namespace) -> SmoothEvalCommandOptions:
     from smoothguard.evaluation.smoothed_inference import SmoothEvalOptions
 
     grid = validate(args)
-    batch = args.batch if args.batch is not None else batch_for(SMOOTH_EVAL_BATCH, args.device)
+    batch = batch_for(SMOOTH_EVAL_BATCH, args.device, args.batch)
     evaluation = SmoothEvalOptions(norm=args.norm, eps=args.eps, steps=args.steps, step_size=args.step_size,
                                    queries=args.queries, population=args.population, batch=batch,
                                    attack_batch=args.attack_batch, seed=args.seed, device=args.device)

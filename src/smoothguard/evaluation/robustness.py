@@ -461,9 +461,8 @@ def evaluate_robustness(
     ``accuracy`` is the running worst case; the final worst case equals, per example,
     "correct and no attack succeeded" (the OR of the rows' successes).
     """
-    if batch_size is None:  # the default of the device the model runs on
-        batch_size = batch_for(ATTACK_BATCH, model_device(model))
-    batch_size = check_int("batch_size", batch_size, minimum=1)
+    # None: the default of the device the model runs on
+    batch_size = check_int("batch_size", batch_for(ATTACK_BATCH, model_device(model), batch_size), minimum=1)
     masking_tolerance = check_fraction("masking_tolerance", masking_tolerance, low_open=False, high_open=True)
     attacks = list(attacks)
     for ca in attacks:
@@ -642,8 +641,7 @@ def accuracy_vs_eps(
     device = model_device(model)
     x = x.detach().to(device)
     y = torch.as_tensor(y).to(device=device, dtype=torch.long)
-    if batch_size is None:  # most points per attack call: the default of the model's device
-        batch_size = batch_for(ATTACK_BATCH, device)
+    batch_size = batch_for(ATTACK_BATCH, device, batch_size)  # None: the default of the model's device
     robust = _predict(model, x, batch_size) == y
     accs: list[float] = []
     names: list[str] = []

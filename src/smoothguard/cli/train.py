@@ -106,8 +106,26 @@ def validate(args: argparse.Namespace) -> TrainConfig:
     return config
 
 
+@dataclass(frozen=True, kw_only=True)
+class TrainingRun:
+    """What every training command shares: the trainer's settings ``config``, the train
+    split of ``data`` (at most ``max_train`` training and ``max_test`` test images, -1: all),
+    continuing the output folder's checkpoint with ``resume``, on ``device``; ``world``:
+    torchrun's ranks (None: one process); ``argv``: the command line recorded in the
+    checkpoint."""
+
+    config: TrainConfig = field(default_factory=TrainConfig)
+    data: DataSelection = field(default_factory=lambda: DataSelection(DEFAULT_TRAIN_DATA, split="train"))
+    max_train: int = -1
+    max_test: int = -1
+    resume: bool = False
+    device: Any = "cpu"  # a torch.device or its name
+    world: Any = None  # a smoothguard.distributed.World
+    argv: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
-class TrainOptions:
+class TrainOptions(TrainingRun):
     """What ``smoothguard train`` does: train ``arch`` (with ``noise_injection`` layers if
     given) on the train split of ``data`` with ``objective`` (its keyword arguments in
     ``objective_kwargs``; absent ones take the objective's paper defaults) under ``config``;
@@ -121,14 +139,6 @@ class TrainOptions:
     objective: str = "gaussian"
     objective_kwargs: dict[str, Any] = field(default_factory=dict)
     noise_injection: str | None = None
-    config: TrainConfig = field(default_factory=TrainConfig)
-    data: DataSelection = field(default_factory=lambda: DataSelection(DEFAULT_TRAIN_DATA, split="train"))
-    max_train: int = -1
-    max_test: int = -1
-    resume: bool = False
-    device: Any = "cpu"  # a torch.device or its name
-    world: Any = None  # a smoothguard.distributed.World
-    argv: tuple[str, ...] = ()
 
 
 def options(args: argparse.Namespace) -> TrainOptions:

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from smoothguard.cli._conventions import DEFAULT_TRAIN_DATA
 from smoothguard.evaluation.resultfile import file_sha256
 from smoothguard.cli.common import DataSelection, add_data_arguments
-from smoothguard.cli.train import (_Bar, add_loop_arguments, fit_in_out_dir, load_train_test, require_out_dir,
-                                  train_config)
+from smoothguard.cli.train import (TrainingRun, _Bar, add_loop_arguments, fit_in_out_dir, load_train_test,
+                                  require_out_dir, train_config)
 from smoothguard.models import DENOISERS, get_denoiser, load_checkpoint
 from smoothguard.models.denoiser import DEFAULT_DEPTH, DEFAULT_WIDTH
-from smoothguard.training import TrainConfig, Trainer, get_objective
+from smoothguard.training import Trainer, get_objective
 from smoothguard.training.trainer import LOG_NAME, MODEL_NAME
 from smoothguard.utils import derive_seed
 
@@ -133,7 +132,7 @@ def validate(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class DenoiserOptions:
+class DenoiserOptions(TrainingRun):
     """What ``smoothguard train-denoiser`` does: train an ``arch`` denoiser (``depth`` /
     ``width``, or those of the ``init`` checkpoint it starts from) with ``objective`` at
     ``noise_sd``, against the frozen ``classifier`` (white box) or the ``surrogates`` (black
@@ -152,14 +151,6 @@ class DenoiserOptions:
     arch: str = "dncnn"
     depth: int | None = None
     width: int | None = None
-    config: TrainConfig = field(default_factory=TrainConfig)
-    data: DataSelection = field(default_factory=lambda: DataSelection(DEFAULT_TRAIN_DATA, split="train"))
-    max_train: int = -1
-    max_test: int = -1
-    resume: bool = False
-    device: Any = "cpu"  # a torch.device or its name
-    world: Any = None  # a smoothguard.distributed.World
-    argv: tuple[str, ...] = ()
 
 
 def options(args: argparse.Namespace) -> DenoiserOptions:

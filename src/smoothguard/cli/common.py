@@ -92,10 +92,6 @@ class DataSelection:
         return {"data": self.name, "root": self.root, "split": self.split, "skip": self.skip, "max": self.max}
 
 
-def load_data(args: argparse.Namespace, split: str | None = None, select: bool = True) -> Dataset:
-    return DataSelection.from_args(args).load(split, select=select and hasattr(args, "skip"))
-
-
 def add_model_factory_arguments(p: argparse.ArgumentParser) -> None:
     """``--model-factory`` / ``--weights`` beside a command's ``--model`` (read by load_model_arg)."""
     p.add_argument("--model-factory", default=None, metavar="MODULE:CALLABLE",

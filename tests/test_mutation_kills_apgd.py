@@ -15,6 +15,8 @@ shows which rule decided each checkpoint.
 """
 
 import math
+import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -22,6 +24,9 @@ import torch
 from torch import nn
 
 from smoothguard.attacks import APGD
+from smoothguard.attacks.apgd import apgd_checkpoints
+from smoothguard.attacks.sanity import RobustnessWarning
+from smoothguard.contract import ContractError
 
 EPS = 0.3
 
@@ -156,3 +161,122 @@ def test_apgd_does_not_apply_condition_2_at_the_first_checkpoint():
     pts = [x0] + want
     # distinct points have losses at least 3e-3 apart: float32 orders them as float64 does
     assert min(abs(f(p) - f(q)) for p in pts for q in pts if abs(p - q) > 1e-6) > 3e-3
+
+
+# --- the schedule, the first step, the defaults and the arguments --------------------------
+
+def test_apgd_checkpoints_equal_the_papers_schedule_in_exact_arithmetic():
+    """p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), w_j = ceil(p_j N)
+    for the p_j <= 1 (the largest is 0.99), computed with fractions for N = 1..300: short
+    runs have a checkpoint at 1 (N <= 4) and at N itself (N < 100)."""
+    p = [Fraction(0), Fraction(22, 100)]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - Fraction(3, 100), Fraction(6, 100)))
+    assert max(q for q in p if q <= 1) == Fraction(99, 100)
+    for n in range(1, 301):
+        want = sorted({math.ceil(q * n) for q in p if 0 < q <= 1})
+        assert apgd_checkpoints(n) == want, n
+    assert apgd_checkpoints(4)[0] == 1 and apgd_checkpoints(10)[-1] == 10
+
+
+class _Linear(nn.Module):
+    """logits (0, w.x + b): every loss of label 0 increases along w. Records its inputs."""
+
+    def __init__(self, w, b=0.0):
+        super().__init__()
+        self.w, self.b = w.flatten(), b
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        h = x.flatten(1) @ self.w + self.b
+        return torch.stack([torch.zeros_like(h), h], 1)
+
+
+def _ball(v, x, eps, norm):
+    d = v - x
+    if norm == "linf":
+        return x + d.clamp(-eps, eps)
+    n = d.norm()
+    return x + d * min(1.0, eps / float(n))
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.05), ("l2", 0.3)])
+def test_apgd_first_step_is_a_full_steepest_ascent_step_of_2_eps_without_momentum(norm, eps):
+    """x_1 = P(x_0 + 2 eps d), d = sign(g) (l_inf) or g / ||g|| (l_2), from the random start
+    x_0 (momentum starts at the second step); the points stay inside the box here."""
+    w = torch.linspace(-1.0, 2.0, 16).reshape(1, 1, 4, 4)
+    model = _Linear(w, b=-9.0)  # h = w.x + b stays near -5: never fooled, the gradient well above 0
+    x = torch.full((1, 1, 4, 4), 0.5)
+    APGD(model, norm=norm, eps=eps, steps=3, sanity_checks=False).perturb(
+        x, torch.zeros(1, dtype=torch.long), torch.Generator().manual_seed(3))
+    start, x1 = model.seen[1][0], model.seen[2][0]  # queries: x, the start, x_1, x_2, x_3
+    assert float((start - x).abs().max()) > 0  # a random start
+    d = w[0].sign() if norm == "linf" else w[0] / w.norm()
+    want = _ball(start + 2 * eps * d, x[0], eps, norm)
+    torch.testing.assert_close(x1, want, rtol=0, atol=1e-6)
+
+
+def test_apgd_default_is_the_papers_100_iterations_and_one_iteration_is_allowed():
+    model = _Linear(torch.ones(4), b=-50.0)
+    x = torch.full((1, 1, 2, 2), 0.5)
+    y = torch.zeros(1, dtype=torch.long)
+    APGD(model, eps=0.1, seed=0, sanity_checks=False).perturb(x, y, torch.Generator().manual_seed(0))
+    assert len(model.seen) == 1 + 1 + 100  # the clean loss, the start, 100 iterates
+    model.seen.clear()
+    APGD(model, eps=0.1, steps=1, seed=0, sanity_checks=False).perturb(x, y, torch.Generator().manual_seed(0))
+    assert len(model.seen) == 3
+
+
+@pytest.mark.parametrize("kw, name", [
+    ({"steps": 0}, "steps"), ({"restarts": 0}, "restarts"), ({"rho": 0.0}, "rho"), ({"rho": 1.5}, "rho"),
+    ({"momentum": 0.0}, "momentum"), ({"momentum": 1.5}, "momentum"),
+])
+def test_apgd_refuses_bad_arguments_by_name(kw, name):
+    with pytest.raises(ContractError, match=rf"^{name} must"):
+        APGD(_Linear(torch.ones(4)), eps=0.1, **kw)
+
+
+def test_apgd_eps_above_one_needs_force():
+    with pytest.raises(ContractError, match="force=True"):
+        APGD(_Linear(torch.ones(4)), eps=1.5)
+    atk = APGD(_Linear(torch.ones(4)), eps=1.5, force=True)
+    assert atk.eps == 1.5
+
+
+def test_apgd_cw_loss_is_capped_at_kappa():
+    """The C&W margin w.x + b of label 0, capped at kappa = 0.5: one l_inf step of 0.1 on 16
+    pixels moves it from -0.1 to 1.5, so the kept loss is the cap (uncapped: 1.5; CE: > 0.69)."""
+    model = _Linear(torch.ones(16), b=-0.1 - 16 * 0.5)
+    x = torch.full((1, 1, 4, 4), 0.5)
+    res = APGD(model, eps=0.1, steps=5, loss="cw", kappa=0.5, random_start=False, seed=0,
+               sanity_checks=False).run(x, torch.zeros(1, dtype=torch.long))
+    assert bool(res.success[0])
+    assert float(res.losses[0, 0]) == pytest.approx(0.5, abs=1e-6)
+
+
+def test_apgd_eot_averages_that_many_gradient_draws_per_step():
+    counts = {}
+    for eot in (1, 3):
+        model = _Linear(torch.ones(4), b=-50.0)
+        APGD(model, eps=0.1, steps=4, eot=eot, seed=0, sanity_checks=False).perturb(
+            torch.full((1, 1, 2, 2), 0.5), torch.zeros(1, dtype=torch.long), torch.Generator().manual_seed(0))
+        counts[eot] = len(model.seen)
+    assert counts[3] == 3 * counts[1]
+
+
+def test_apgd_sanity_checks_false_silences_the_gradient_warning():
+    """A model whose input gradient is zero everywhere (a step function): the default run
+    warns (gradient masking), sanity_checks=False does not."""
+    class Step(nn.Module):
+        def forward(self, x):
+            h = (x.flatten(1).sum(1) > 100).float() + 0 * x.flatten(1).sum(1)
+            return torch.stack([torch.ones_like(h), h], 1)
+
+    x, y = torch.full((2, 1, 2, 2), 0.5), torch.zeros(2, dtype=torch.long)
+    for checks in (True, False):
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            APGD(Step(), eps=0.1, steps=2, seed=0, sanity_checks=checks).run(x, y)
+        warned = [w for w in got if issubclass(w.category, RobustnessWarning)]
+        assert bool(warned) == checks

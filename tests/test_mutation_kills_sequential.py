@@ -71,3 +71,34 @@ def test_default_menu_builds_the_documented_bets():
     assert thetas.tolist() == THETAS and weights.tolist() == WEIGHTS
     assert sequential.DEFAULT_THETAS.tolist() == THETAS and sequential.DEFAULT_WEIGHTS.tolist() == WEIGHTS
     assert math.isclose(weights.sum(), 1.0, abs_tol=1e-12)
+
+
+@pytest.mark.parametrize("side", ["lower", "upper"])
+def test_log_evalue_is_float64_whatever_the_input_dtypes(side):
+    """Counts, levels and the bet menu given as float32 arrays give the float64 answer of
+    the same values (to 1e-12): the e-value is never computed at float32 precision."""
+    s = np.array([0, 3, 40, 97, 100])
+    n = np.full(5, 100)
+    t = np.array([0.3, 0.61, 0.77, 0.9, 0.999], dtype=np.float32)
+    th = np.asarray(sequential.DEFAULT_THETAS, dtype=np.float32)
+    w = np.asarray(sequential.DEFAULT_WEIGHTS, dtype=np.float32)
+    want = sequential.log_evalue(s, n, t.astype(np.float64), th.astype(np.float64), w.astype(np.float64), side)
+    got = sequential.log_evalue(s.astype(np.float32), n.astype(np.float32), t, th, w, side)
+    assert got.dtype == np.float64
+    finite = np.isfinite(want)
+    assert finite.sum() >= 4
+    np.testing.assert_array_equal(np.isfinite(got), finite)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("side", ["lower", "upper"])
+def test_log_evalue_edges_raise_no_floating_point_warnings(side):
+    """Bets that may not be placed (failure rate >= 1: log1p(-1)) and s = 0 (0 * -inf) are
+    excluded by masks; the masked arithmetic must not leak RuntimeWarnings to the user."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = sequential.log_evalue([0, 0, 5, 5], [5, 5, 5, 5], [1e-9, 0.999999, 1e-9, 0.999999],
+                                    np.array([0.5, 1.0, 2.0, 1e9]), np.full(4, 0.25), side)
+    assert out.shape == (4,) and not np.isnan(out).any()

@@ -15,7 +15,8 @@ relative to it are opt-in.
 | option | default rule | changes results? |
 |---|---|---|
 | ``memory_format`` | ``channels_last`` for a module with a 2-D convolution (a 4-D weight) on the CPU (oneDNN's convolutions run faster on it), else ``contiguous`` | it is the reference on the CPU; ``contiguous`` sums the convolutions in another order (logits differ by ~1e-6 on LeNet, as with another batch size), so votes can move |
-| ``rewrite`` | on for every module: :func:`~smoothguard.models.rewrite.pool_before_relu`, and for inference :func:`~smoothguard.models.rewrite.strided_max_pools` | no, by construction (see :mod:`smoothguard.models.rewrite`) |
+| ``rewrite`` | on for every module: :func:`~smoothguard.models.rewrite.pool_before_relu`, and for inference :func:`~smoothguard.models.rewrite.strided_max_pools` (for attacks, :func:`for_gradients`: the grad-aware pools) | no, by construction (see :mod:`smoothguard.models.rewrite`) |
+| ``conv_grad`` | off (attacks only: ``for_gradients(..., conv_grad=True)``): :func:`~smoothguard.models.rewrite.input_grad_convs`, the input gradient of convolutions with <= 3 input channels as GEMM + col2im (LeNet's forward+backward ~0.85x the time on the AVX2 machine, one thread) | the logits no; the input gradient is summed in another order (~1e-7 relative), which moves l2 attacks' norms in the last float32 digits (the rows of ``tests/test_pinned_rows.py``): opt-in |
 | ``workers`` | 2 forward threads on a CPU with >= 2 torch threads (each with threads // 2 intra-op threads while the sampler runs; the main thread draws the next noise meanwhile), else 1 | no: the same batches of the same noise; counts equal (tested; oneDNN's convolutions gave equal logits at 1 and 2 threads) |
 | ``jit`` | off | yes: TorchScript's frozen graph folds and fuses operations (logits differ by 2.4e-6 on LeNet): opt-in |
 | ``precision`` bf16 | not a speed option here: the caller's choice (``SmoothedClassifier(precision=...)``) | yes |
@@ -52,12 +53,13 @@ class SpeedConfig:
     threads: int = 1  # torch intra-op threads per worker while the sampler runs
     jit: bool = False  # TorchScript freeze (not exact; opt-in)
     rule: str = "given"  # why: "fastest-exact" (the rules of this module), "plain" or "given"
+    conv_grad: bool = False  # attacks: first convolutions' input gradient by GEMM + col2im (float rounding; opt-in)
 
     def __post_init__(self) -> None:
         check_choice("memory_format", self.memory_format, MEMORY_FORMATS)
         check_int("workers", self.workers, minimum=1)
         check_int("threads", self.threads, minimum=1)
-        for name in ("rewrite", "jit"):
+        for name in ("rewrite", "jit", "conv_grad"):
             if not isinstance(getattr(self, name), bool):
                 raise ContractError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
@@ -165,13 +167,25 @@ def prepare(model: nn.Module, config: SpeedConfig, inference: bool = True) -> nn
     return strided_max_pools(module)[0] if inference else module
 
 
-def for_gradients(model: nn.Module, channels_last: bool | None = None) -> tuple[nn.Module, SpeedConfig]:
+def for_gradients(model: nn.Module, channels_last: bool | None = None,
+                  conv_grad: bool = False) -> tuple[nn.Module, SpeedConfig]:
     """What attacks and evaluations run (they take gradients): the layout of
     :func:`fastest_exact` (``channels_last`` overrides it), the gradient-exact rewrite
     (:func:`~smoothguard.models.rewrite.pool_before_relu`), and max pools that take the
     strided path only on forward passes without gradients
     (:func:`~smoothguard.models.rewrite.grad_aware_max_pools`: MaxPool2d's values and
-    gradients always; Square's queries ran 1.15x faster). Returns (module, config)."""
+    gradients always; Square's queries ran 1.15x faster). Attacks take gradients with
+    respect to the input only, so the model's parameters are frozen *in place*
+    (``requires_grad_(False)``, like the layout: the module shares them): no weight gradient
+    is computed or recorded (forward+backward ~0.95x the time, LeNet, AVX2 machine; the
+    same kernels, so the same bits). ``conv_grad`` (opt-in: not bit-exact) also wraps the
+    convolutions with <= 3 input channels in
+    :class:`~smoothguard.models.rewrite.InputGradConv2d` (their values; their input
+    gradient up to float rounding; recorded as ``conv_grad`` in the config). Returns
+    (module, config)."""
+    if not isinstance(conv_grad, bool):
+        raise ContractError(f"conv_grad must be True or False, got {conv_grad!r}")
+    model.requires_grad_(False)
     config = fastest_exact(model)
     config = replace(config, workers=1, threads=config.threads * config.workers)
     if channels_last is not None:
@@ -181,6 +195,11 @@ def for_gradients(model: nn.Module, channels_last: bool | None = None) -> tuple[
         from smoothguard.models.rewrite import grad_aware_max_pools
 
         module = grad_aware_max_pools(module)[0]
+    if conv_grad:
+        from smoothguard.models.rewrite import input_grad_convs
+
+        module, wrapped = input_grad_convs(module)
+        config = replace(config, conv_grad=wrapped > 0)
     return module, config
 
 

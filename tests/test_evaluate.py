@@ -344,3 +344,18 @@ def test_readme_defaults_table_is_smoothguard_defaults():
     assert seen == constants, f"in defaults but not in the README table: {constants - seen}"
     tables = {(k, key) for k in constants if isinstance(getattr(D, k), dict) for key in getattr(D, k)}
     assert tables <= entries, f"table entries missing from the README: {sorted(tables - entries)}"
+
+
+def test_evaluate_conv_grad_is_opt_in_and_recorded(tmp_path):
+    """The default run records conv_grad off; --conv-grad records it on, with the same
+    robust-accuracy table on these images (the input gradient differs only by rounding)."""
+    tables = {}
+    for name, flag in (("plain", []), ("conv", ["--conv-grad"])):
+        out = tmp_path / name
+        argv = ["evaluate", "--max", "6", "--attacks", "fgsm,pgd", "--steps", "3", "--restarts", "1",
+                "--no-plots", "--threads", "1", *flag, "--out-dir", str(out)]
+        assert main(argv) == 0
+        result = json.loads((out / "table.json").read_text())
+        assert result["settings"]["speed"]["conv_grad"] is (name == "conv")
+        tables[name] = [(r["key"], r["fooled"], r["accuracy"]) for r in result["evaluation"]["rows"]]
+    assert tables["plain"] == tables["conv"]

@@ -30,7 +30,7 @@ COLUMNS = list(ATTACK.columns)
 ATTACK_NAMES = tuple(COMMAND_ATTACKS)
 KEY_SETTINGS = ["model_sha256", "target_sha256", "data", "root", "split", "skip", "attack", "norm", "eps",
                 "steps", "restarts", "step_size", "loss", "queries", "eot", "seed",
-                "batch"]  # an attack's random starts are drawn per batch: rows depend on --batch
+                "batch", "conv_grad"]  # random starts are drawn per batch: rows depend on --batch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -142,6 +142,7 @@ class AttackOptions:
     target_model: str | None = None
     data: DataSelection = field(default_factory=DataSelection)
     channels_last: bool | None = None
+    conv_grad: bool = False
     out: str | None = None
     overwrite: bool = False
     seed: int = 0
@@ -159,7 +160,8 @@ def options(args: argparse.Namespace) -> AttackOptions:
                          step_size=args.step_size, loss=args.loss, queries=args.queries, eot=args.eot, batch=batch,
                          model=args.model, model_factory=args.model_factory, weights=args.weights,
                          target_model=args.target_model, data=DataSelection.from_args(args),
-                         channels_last=args.channels_last, out=args.out, overwrite=args.overwrite, seed=args.seed,
+                         channels_last=args.channels_last, conv_grad=args.conv_grad, out=args.out,
+                         overwrite=args.overwrite, seed=args.seed,
                          device=args.device, world=args.world, argv=tuple(args.argv))
 
 
@@ -207,13 +209,13 @@ def attack(opts: AttackOptions) -> int:
     from smoothguard.cli._smoothing_run import run_rows
 
     model, meta = load_model_arg(opts.model, opts.device, opts.model_factory, opts.weights)
-    model, _ = runtime.for_gradients(model, opts.channels_last)  # the library's one speed rule
+    model, _ = runtime.for_gradients(model, opts.channels_last, opts.conv_grad)  # the library's one speed rule
     data = opts.data.load()
     check_shape(meta, data, "--model")
     target = None
     if opts.target_model:
         target, tmeta = load_model_arg(opts.target_model, opts.device)
-        target, _ = runtime.for_gradients(target, opts.channels_last)
+        target, _ = runtime.for_gradients(target, opts.channels_last, opts.conv_grad)
         check_shape(tmeta, data, "--target-model")
     atk = build_attack(opts.attack, model, opts.norm, opts.eps, steps=opts.steps, restarts=opts.restarts,
                        step_size=opts.step_size, loss=opts.loss, queries=opts.queries, eot=opts.eot, seed=opts.seed)
@@ -229,6 +231,7 @@ def attack(opts: AttackOptions) -> int:
         "attack": opts.attack, "norm": opts.norm, "eps": opts.eps, "steps": opts.steps,
         "restarts": opts.restarts, "step_size": opts.step_size, "loss": opts.loss, "queries": opts.queries,
         "eot": opts.eot, "seed": opts.seed, "batch": opts.batch, "device": str(opts.device),
+        "conv_grad": opts.conv_grad,  # opt-in, not bit-exact: a resumed file must keep it
         "attack_repr": repr(atk.source_attack if target is not None else atk),
     }
     def compute(x, y, idx):

@@ -198,6 +198,7 @@ class EvaluateOptions:
     masking_tolerance: float = 0.005
     batch: int = ATTACK_BATCH["cpu"]
     channels_last: bool | None = None
+    conv_grad: bool = False
     curves: bool = False
     eps_grid_linf: tuple[float, ...] = field(default_factory=lambda: tuple(_robustness().DEFAULT_EPS_GRID["linf"]))
     eps_grid_l2: tuple[float, ...] = field(default_factory=lambda: tuple(_robustness().DEFAULT_EPS_GRID["l2"]))
@@ -222,7 +223,7 @@ def options(args: argparse.Namespace) -> EvaluateOptions:
                            step_size=args.step_size, apgd_steps=args.apgd_steps, fab_steps=args.fab_steps,
                            apgd_targets=args.apgd_targets, queries=args.queries, transfer_from=tuple(sources),
                            eot=args.eot, independent=args.independent, masking_tolerance=args.masking_tolerance,
-                           batch=batch, channels_last=args.channels_last, curves=args.curves,
+                           batch=batch, channels_last=args.channels_last, conv_grad=args.conv_grad, curves=args.curves,
                            eps_grid_linf=tuple(grids["linf"]), eps_grid_l2=tuple(grids["l2"]),
                            curve_steps=curve_steps, loss_restarts=args.loss_restarts,
                            loss_examples=args.loss_examples, grid_examples=args.grid_examples,
@@ -294,13 +295,13 @@ def evaluate(opts: EvaluateOptions) -> int:
     t_all = time.perf_counter()
     model, meta = load_model_arg(opts.model, opts.device, opts.model_factory, opts.weights)
     # the library's one speed rule; the sidecar records the choice of the last model prepared
-    model, speed = runtime.for_gradients(model, opts.channels_last)
+    model, speed = runtime.for_gradients(model, opts.channels_last, opts.conv_grad)
     data = opts.data.load()
     check_shape(meta, data, "--model")
     sources = []
     for s in opts.transfer_from:
         sm, smeta = load_model_arg(s, opts.device)
-        sm, speed = runtime.for_gradients(sm, opts.channels_last)
+        sm, speed = runtime.for_gradients(sm, opts.channels_last, opts.conv_grad)
         check_shape(smeta, data, "--transfer-from")
         sources.append((Path(s).name, sm))
     out_dir = Path(opts.out_dir)

@@ -24,7 +24,7 @@ from smoothguard.contract import ContractError, check_output_path, write_text_at
 
 
 # resume keys introduced after files were first written, with the value those files implied
-KEY_DEFAULTS = {"noise": "gaussian", "sequential": "bonferroni"}
+KEY_DEFAULTS = {"noise": "gaussian", "sequential": "bonferroni", "conv_grad": False}
 
 
 class ResultFileWarning(UserWarning):

@@ -50,9 +50,9 @@ def _timed(cmd: list[str], what: str) -> float:
     return wall
 
 
-def run_ours(model: str | None, a, out_dir: Path) -> tuple[float, list[int], dict]:
+def run_ours(model: str | None, a, out_dir: Path, flags: list[str]) -> tuple[float, list[int], dict]:
     cmd = [sys.executable, "-m", "smoothguard", "evaluate", "--data", a.data, "--split", "test", "--max", str(a.n),
-           "--norm", a.norm, "--eps", str(a.eps), "--threads", str(a.threads), "--out-dir", str(out_dir)]
+           "--norm", a.norm, "--eps", str(a.eps), "--threads", str(a.threads), "--out-dir", str(out_dir), *flags]
     wall = _timed(cmd + (["--model", model] if model else []), "evaluate")
     lines = (out_dir / "per_example.tsv").read_text().splitlines()
     col = lines[0].split("\t").index("robust")
@@ -88,6 +88,9 @@ def main(argv=None) -> int:
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True, help="JSON lines, one per model; resumed when present")
+    p.add_argument("--also", action="append", default=[], metavar="FLAGS",
+                   help="also time our command with these extra flags (e.g. '--conv-grad'), right after the "
+                        "default run, against the same AutoAttack run; repeatable")
     a = p.parse_args(argv)
     if not a.model:
         p.error("give at least one --model NAME=CHECKPOINT")
@@ -109,15 +112,20 @@ def main(argv=None) -> int:
         if key in done:
             continue
         order = ("ours", "aa") if k % 2 == 0 else ("aa", "ours")  # alternate which half runs first
-        res = {}
+        res, also = {}, {}
         with tempfile.TemporaryDirectory() as tmp:
             for who in order:
-                res[who] = run_ours(path, a, Path(tmp) / "ev") if who == "ours" else \
-                    run_autoattack(path, a, Path(tmp) / "aa.json")
+                if who == "ours":
+                    res[who] = run_ours(path, a, Path(tmp) / "ev", [])
+                    for i, flags in enumerate(a.also):  # the variants right after the default run
+                        w, r, rw = run_ours(path, a, Path(tmp) / f"ev{i}", flags.split())
+                        also[flags] = {"seconds": w, "robust": r, "rows": rw}
+                else:
+                    res[who] = run_autoattack(path, a, Path(tmp) / "aa.json")
         (w_ours, r_ours, rows), (w_aa, r_aa) = res["ours"], res["aa"]
         rec = {"model": name, "checkpoint": path, "norm": a.norm, "eps": a.eps, "skip": 0, "count": a.n,
                "order": list(order), "ours_seconds": w_ours, "aa_seconds": w_aa, "ours_robust": r_ours,
-               "aa_robust": r_aa, "ours_rows": rows, "threads": a.threads, "cpu_flags": cpu_flags(),
+               "aa_robust": r_aa, "ours_rows": rows, "also": also, "threads": a.threads, "cpu_flags": cpu_flags(),
                "loadavg": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M")}
         with out.open("a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -140,6 +148,15 @@ def main(argv=None) -> int:
         t_o, t_a = sum(r["ours_seconds"] for r in recs), sum(r["aa_seconds"] for r in recs)
         print(f"| {name} | {len(ours)} | {100 * sum(ours) / len(ours):.1f} | {100 * sum(aa) / len(aa):.1f} | "
               f"{missed} | {reverse} | {t_o:.0f} | {t_a:.0f} | {t_o / t_a:.2f} |")
+        for flags in sorted({f for r in recs for f in r.get("also", {})}):
+            got = [r for r in recs if flags in r.get("also", {})]
+            ours_v = [v for r in got for v in r["also"][flags]["robust"]]
+            aa_v = [v for r in got for v in r["aa_robust"]]
+            t_v, t_av = sum(r["also"][flags]["seconds"] for r in got), sum(r["aa_seconds"] for r in got)
+            print(f"| {name}, evaluate {flags} | {len(ours_v)} | {100 * sum(ours_v) / len(ours_v):.1f} | "
+                  f"{100 * sum(aa_v) / len(aa_v):.1f} | {sum(1 for o, q in zip(ours_v, aa_v) if o and not q)} | "
+                  f"{sum(1 for o, q in zip(ours_v, aa_v) if q and not o)} | {t_v:.0f} | {t_av:.0f} | "
+                  f"{t_v / t_av:.2f} |")
     print("\ncommand: python benchmarks/bench_evaluate.py " + " ".join(sys.argv[1:] if argv is None else argv))
     return 0
 

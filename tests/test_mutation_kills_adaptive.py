@@ -304,3 +304,38 @@ def test_certify_anytime_abstaining_image_stops_once_one_half_is_out_of_reach():
     first = next(n for n in schedule if n == budget or hopeless(n))
     assert first < budget
     assert int(res.prediction[0]) == ABSTAIN and int(res.n_used[0]) == first
+
+
+# --- adaptive PREDICT --------------------------------------------------------------------------
+
+def test_predict_adaptive_answers_depend_on_the_images_seed_not_on_its_batch():
+    g, x = _half(), torch.zeros(2, 3, 2, 2)
+    kw = dict(n_max=400, schedule=[100, 200, 400])
+    both = predict_adaptive(g, x, seeds=[5, 6], **kw)
+    alone = predict_adaptive(g, x[1], seeds=[6], **kw)  # one (C, H, W) image, three channels
+    assert alone.prediction.shape == (1,)
+    assert both.counts[1].tolist() == alone.counts[0].tolist()
+    assert 0 < int(alone.counts[0, 1]) < int(alone.n_used[0])  # the counts do depend on the noise
+    first = predict_adaptive(g, x, generator=torch.Generator().manual_seed(3), **kw)
+    again = predict_adaptive(g, x, generator=torch.Generator().manual_seed(3), **kw)
+    assert first.counts.tolist() == again.counts.tolist()
+    for res in (both, alone, first):
+        assert res.counts.dtype == torch.int64 and res.n_used.dtype == torch.int64
+        assert res.prediction.dtype == torch.int64
+
+
+def test_predict_adaptive_schedules_shares_and_callbacks():
+    g = _constant(k=3, label=1)
+    batches = _counting(g)
+    seen = []
+    res = predict_adaptive(g, torch.zeros(2, 1, 2, 2), n_max=300, batch_size=37, schedule=[1, 100, 300],
+                           seeds=[0, 1], on_done=lambda pos, part: seen.extend(zip(pos.tolist(),
+                                                                                   part.prediction.tolist())))
+    # unanimous: undecided after 1 sample, decided at 100 (p = 2^-99 <= alpha / 3)
+    assert res.prediction.tolist() == [1, 1] and res.n_used.tolist() == [100, 100]
+    assert res.seconds.tolist() == [2.0, 2.0] and set(batches) == {37}
+    assert sorted(seen) == [(0, 1), (1, 1)]
+    with pytest.raises(ValueError, match=r"must end at n_max=400, got 300$"):
+        predict_adaptive(g, X, n_max=400, schedule=[100, 200, 300], seeds=[0])
+    res = predict_adaptive(g, X, n_max=400, schedule=[100, 200, 400], seeds=[0])
+    assert res.prediction.tolist() == [1]

@@ -32,6 +32,7 @@ from smoothguard.smoothing.adaptive import (
     grid_thresholds,
     predict_adaptive,
     predict_sequential,
+    upper_confidence_bound,
 )
 from smoothguard.smoothing.core import NOISE_BLOCK
 from smoothguard.smoothing.sequential import BernoulliCS
@@ -339,3 +340,31 @@ def test_predict_adaptive_schedules_shares_and_callbacks():
         predict_adaptive(g, X, n_max=400, schedule=[100, 200, 300], seeds=[0])
     res = predict_adaptive(g, X, n_max=400, schedule=[100, 200, 400], seeds=[0])
     assert res.prediction.tolist() == [1]
+
+
+# --- the geometric schedule and the futility bound ------------------------------------------
+
+def test_default_schedule_is_strictly_increasing_blocks_ending_at_n_max():
+    from smoothguard.contract import ContractError
+
+    for growth in (1.1, 1.5, 2.0):
+        for n_max in range(100, 20_001, 50):
+            looks = default_schedule(n_max, growth=growth)
+            assert looks[-1] == n_max
+            assert all(b > a for a, b in zip(looks, looks[1:])), (n_max, growth, looks)
+            assert all(v % NOISE_BLOCK == 0 for v in looks[:-1])
+    # first * growth^2 = 450 = n_max: the last geometric point is n_max itself, not a block
+    assert default_schedule(450) == [200, 300, 450]
+    with pytest.raises(ContractError, match="^n_max must"):
+        default_schedule(0)
+
+
+def test_upper_confidence_bound_is_clopper_pearsons():
+    from scipy.stats import beta
+
+    n = 40
+    for alpha in (0.05, 0.001):
+        for n_a in range(n):
+            want = beta.ppf(1 - alpha, n_a + 1, n - n_a)
+            assert float(upper_confidence_bound(n_a, n, alpha)) == pytest.approx(want, rel=1e-12)
+        assert float(upper_confidence_bound(n, n, alpha)) == 1.0

@@ -368,3 +368,27 @@ def test_upper_confidence_bound_is_clopper_pearsons():
             want = beta.ppf(1 - alpha, n_a + 1, n - n_a)
             assert float(upper_confidence_bound(n_a, n, alpha)) == pytest.approx(want, rel=1e-12)
         assert float(upper_confidence_bound(n, n, alpha)) == 1.0
+
+
+@pytest.mark.parametrize("fn", PROCEDURES, ids=lambda f: f.__name__)
+def test_calls_without_sizes_use_the_command_lines_defaults(fn):
+    """Behaviourally (the signatures above could hide a wrapper's own defaults): a schedule
+    ending at the CLI's n_max is accepted only if that is the default budget, the sampler
+    gets the default batch, and the selection step draws the CLI's n0."""
+    cli = vars(build_parser().parse_args(["certify"]))
+    g = _constant(sigma=1.0)
+    batches = _counting(g)
+    kw = dict(schedule=[100, cli["n_max"]], seeds=[0])
+    res = fn(g, X, [0.1], **kw) if fn in (certify_adaptive, certify_sequential) else fn(g, X, **kw)
+    assert set(batches) == {defaults.SAMPLING_BATCH["cpu"]}
+    if hasattr(res, "counts_selection"):
+        assert int(res.counts_selection.sum()) == cli["n0"]
+
+
+def test_certify_anytime_default_tolerance_is_the_command_lines():
+    cli = vars(build_parser().parse_args(["certify"]))
+    schedule = cs_schedule(20_000)
+    a = certify_anytime(_constant(), X, budget=20_000, schedule=schedule, seeds=[0])
+    b = certify_anytime(_constant(), X, budget=20_000, schedule=schedule, seeds=[0], tolerance=cli["tolerance"])
+    c = certify_anytime(_constant(), X, budget=20_000, schedule=schedule, seeds=[0], tolerance=1.0)
+    assert int(a.n_used[0]) == int(b.n_used[0]) != int(c.n_used[0])

@@ -44,33 +44,40 @@ MUTS = {
     "linf_project_2eps": ("src/smoothguard/attacks/base.py", "delta = delta.clamp(-eps, eps)",
                           "delta = delta.clamp(-2 * eps, 2 * eps)"),
 }
-names = sys.argv[1:] or ["baseline", *MUTS]
-base = tempfile.mkdtemp(prefix="smoothguard-mutation-table-")
-survived = []
-for name in names:
-    work = f"{base}/{name}"
-    shutil.copytree(f"{ROOT}/src", f"{work}/src", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(f"{ROOT}/tests", f"{work}/tests", ignore=shutil.ignore_patterns("__pycache__"))
-    if name != "baseline":
-        path, old, new = MUTS[name]
-        text = open(f"{work}/{path}").read()
-        assert text.count(old) == 1, (name, old)
-        open(f"{work}/{path}", "w").write(text.replace(old, new))
-    env = dict(os.environ, PYTHONPATH=f"{work}/src", OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
-    chk = subprocess.run([PY, "-c", "import smoothguard; print(smoothguard.__file__)"],
-                         env=env, capture_output=True, text=True, cwd=work).stdout.strip()
-    assert chk.startswith(work), chk
-    out = subprocess.run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf",
-                          "tests/test_guarantees.py", "tests/test_projection.py"],
-                         env=env, capture_output=True, text=True, cwd=work).stdout
-    failed = re.findall(r"^FAILED (\S+)", out, re.M)
-    summary = out.strip().splitlines()[-1]
-    print(f"{name}: {summary}")
-    for f in failed:
-        print(f"    killed by {f}")
-    if (name == "baseline") == bool(failed):
-        survived.append(name)
-    sys.stdout.flush()
-    shutil.rmtree(work, ignore_errors=True)
-print("every mutation killed, baseline passes" if not survived else f"NOT OK: {survived}")
-sys.exit(1 if survived else 0)
+
+
+def main(argv: list[str]) -> int:
+    names = argv or ["baseline", *MUTS]
+    base = tempfile.mkdtemp(prefix="smoothguard-mutation-table-")
+    survived = []
+    for name in names:
+        work = f"{base}/{name}"
+        shutil.copytree(f"{ROOT}/src", f"{work}/src", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(f"{ROOT}/tests", f"{work}/tests", ignore=shutil.ignore_patterns("__pycache__"))
+        if name != "baseline":
+            path, old, new = MUTS[name]
+            text = open(f"{work}/{path}").read()
+            assert text.count(old) == 1, (name, old)
+            open(f"{work}/{path}", "w").write(text.replace(old, new))
+        env = dict(os.environ, PYTHONPATH=f"{work}/src", OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+        chk = subprocess.run([PY, "-c", "import smoothguard; print(smoothguard.__file__)"],
+                             env=env, capture_output=True, text=True, cwd=work).stdout.strip()
+        assert chk.startswith(work), chk
+        out = subprocess.run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf",
+                              "tests/test_guarantees.py", "tests/test_projection.py"],
+                             env=env, capture_output=True, text=True, cwd=work).stdout
+        failed = re.findall(r"^FAILED (\S+)", out, re.M)
+        summary = out.strip().splitlines()[-1]
+        print(f"{name}: {summary}")
+        for f in failed:
+            print(f"    killed by {f}")
+        if (name == "baseline") == bool(failed):
+            survived.append(name)
+        sys.stdout.flush()
+        shutil.rmtree(work, ignore_errors=True)
+    print("every mutation killed, baseline passes" if not survived else f"NOT OK: {survived}")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

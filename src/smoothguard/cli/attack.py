@@ -15,7 +15,7 @@ from smoothguard.cli._provenance import model_settings  # noqa: F401 - also impo
 from smoothguard.contract import check_eps, check_int, check_norm, check_positive, write_text_atomic
 from smoothguard.defaults import ATTACK_BATCH, EPS, batch_for, default_eps, describe_batch
 from smoothguard.evaluation.formats import ATTACK, summarize_attack
-from smoothguard.cli.common import (DataSelection, add_channels_last_argument, add_data_arguments,
+from smoothguard.cli.common import (DataSelection, add_attack_speed_arguments, add_data_arguments,
                                     add_model_factory_arguments, load_model_arg, validate_selection)
 
 HELP = "attack a model (PGD, APGD, C&W, Square, ...): per-image adversarial rows and robust accuracy"
@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch", type=int, default=None,
                    help=f"images per attack call (default: {describe_batch(ATTACK_BATCH)}; "
                         "rows depend on it: a resume key)")
-    add_channels_last_argument(g)
+    add_attack_speed_arguments(g)
     g.add_argument("--out", default=None,
                    help="result TSV (flushed per group; rerun with the same --out to resume). Default: stdout")
     g.add_argument("--overwrite", action="store_true", help="start --out afresh instead of resuming it")

@@ -140,7 +140,8 @@ def validate_selection(args: argparse.Namespace | DataSelection) -> None:
         raise ContractError(f"--max must be a positive count or -1 (all); got {args.max}")
 
 
-def add_channels_last_argument(p: argparse.ArgumentParser) -> None:
+def add_attack_speed_arguments(p: argparse.ArgumentParser) -> None:
+    """The speed options of the commands that take gradients (attack, evaluate)."""
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="run the model's convolutions in channels_last memory format (faster on CPUs with "
                         "oneDNN; same results up to float rounding). Default: on for CPU")

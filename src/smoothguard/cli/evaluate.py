@@ -21,7 +21,7 @@ from smoothguard.cli._conventions import DEFAULT_DATA
 from smoothguard.contract import ContractError, check_eps, check_fraction, check_int, check_norm, check_positive, write_text_atomic
 from smoothguard.defaults import (APGD_STEPS, ATTACK_BATCH, EPS, FAB_STEPS, N_TARGETS, PGD_STEPS,
                                   SQUARE_QUERIES, batch_for, describe_batch)
-from smoothguard.cli.common import (DataSelection, add_channels_last_argument, add_data_arguments,
+from smoothguard.cli.common import (DataSelection, add_attack_speed_arguments, add_data_arguments,
                                     add_model_factory_arguments, load_model_arg, parse_floats, progress)
 
 HELP = "evaluate robustness: a worst-case cascade of attacks (by default FGSM + AutoAttack's standard suite)"
@@ -68,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch", type=int, default=None,
                    help=f"images per attack call (default: {describe_batch(ATTACK_BATCH)}; "
                         "recorded in table.json)")
-    add_channels_last_argument(g)
+    add_attack_speed_arguments(g)
     c = p.add_argument_group("curves and figures (opt-in: each costs about as much as the cascade)")
     c.add_argument("--curves", action="store_true",
                    help="also compute accuracy-vs-eps curves for linf and l2 (PGD-CE then APGD-DLR at each eps)")

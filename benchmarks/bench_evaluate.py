@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True, help="JSON lines, one per model; resumed when present")
     p.add_argument("--also", action="append", default=[], metavar="FLAGS",
-                   help="also time our command with these extra flags (e.g. '--conv-grad'), right after the "
+                   help="also time our command with these extra flags (e.g. '--no-conv-grad'), right after the "
                         "default run, against the same AutoAttack run; repeatable")
     a = p.parse_args(argv)
     if not a.model:

@@ -164,21 +164,23 @@ def test_square_reports_its_queries_to_the_attack_progress_bar(tmp_path, monkeyp
     assert any(t.startswith("query ") for t in seen), seen  # called from inside Square's loop
 
 
-def test_conv_grad_is_opt_in_recorded_and_changes_only_float_rounding(tmp_path):
-    """--conv-grad (the first convolution's input gradient by GEMM + shifted sums): the same
-    decisions as the default run, l_2 norms equal up to float32 rounding, and the sidecar
-    says which was used (a resume cannot mix the two)."""
+def test_conv_grad_is_the_cpu_default_recorded_and_changes_only_float_rounding(tmp_path):
+    """--conv-grad (the first convolution's input gradient by GEMM + shifted sums; the
+    default on the CPU): the same decisions as --no-conv-grad (oneDNN's own backward), l_2
+    norms equal up to float32 rounding, and the sidecar says which was used (a resume
+    cannot mix the two)."""
     rows, sidecars = {}, {}
-    for name, flag in (("plain", []), ("conv", ["--conv-grad"])):
+    for name, flag in (("plain", ["--no-conv-grad"]), ("conv", []), ("explicit", ["--conv-grad"])):
         out = tmp_path / f"{name}.tsv"
         argv = [*BASE, "--attack", "pgd", "--norm", "l2", "--eps", "0.5", "--steps", "5", *flag, "--out", str(out)]
         assert main(argv) == 0
         rows[name] = read_rows(out)
         sidecars[name] = json.loads((out.parent / (out.name + ".json")).read_text())["settings"]
     assert sidecars["plain"]["conv_grad"] is False and sidecars["conv"]["conv_grad"] is True
+    assert [r[:6] for r in rows["explicit"]] == [r[:6] for r in rows["conv"]]  # the default is --conv-grad
     for a, b in zip(rows["plain"], rows["conv"]):
         assert a[:4] == b[:4] and a[5] == b[5]  # index, label, clean and adversarial class, success
         assert float(b[4]) == pytest.approx(float(a[4]), rel=1e-5)
-    resumed = [*BASE, "--attack", "pgd", "--norm", "l2", "--eps", "0.5", "--steps", "5", "--out",
+    resumed = [*BASE, "--attack", "pgd", "--norm", "l2", "--eps", "0.5", "--steps", "5", "--no-conv-grad", "--out",
                str(tmp_path / "conv.tsv")]
-    assert main(resumed) != 0  # the file was made with --conv-grad: resuming without it is refused
+    assert main(resumed) != 0  # the file was made with conv_grad: resuming with --no-conv-grad is refused

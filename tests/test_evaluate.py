@@ -346,11 +346,12 @@ def test_readme_defaults_table_is_smoothguard_defaults():
     assert tables <= entries, f"table entries missing from the README: {sorted(tables - entries)}"
 
 
-def test_evaluate_conv_grad_is_opt_in_and_recorded(tmp_path):
-    """The default run records conv_grad off; --conv-grad records it on, with the same
-    robust-accuracy table on these images (the input gradient differs only by rounding)."""
+def test_evaluate_conv_grad_is_the_cpu_default_and_recorded(tmp_path):
+    """The default run records conv_grad on (a LeNet on the CPU); --no-conv-grad records it
+    off, with the same robust-accuracy table on these images (the input gradient differs
+    only by rounding)."""
     tables = {}
-    for name, flag in (("plain", []), ("conv", ["--conv-grad"])):
+    for name, flag in (("plain", ["--no-conv-grad"]), ("conv", [])):
         out = tmp_path / name
         argv = ["evaluate", "--max", "6", "--attacks", "fgsm,pgd", "--steps", "3", "--restarts", "1",
                 "--no-plots", "--threads", "1", *flag, "--out-dir", str(out)]

@@ -141,15 +141,16 @@ def test_no_rewrite_where_it_would_not_be_safe():
 
 
 @pytest.mark.parametrize("arch", ["lenet", "madry_cnn"])
-def test_for_gradients_freezes_the_weights_and_conv_grad_is_opt_in(arch):
+def test_for_gradients_freezes_the_weights_and_conv_grad_is_the_cpu_default(arch):
     torch.manual_seed(5)
     model = get_model(arch, 10, (1, 28, 28), (0.3,), (0.35,)).eval()
-    module, config = runtime.for_gradients(model)
+    module, config = runtime.for_gradients(model, conv_grad=False)
     assert not any(p.requires_grad for p in model.parameters())  # frozen in place (shared)
     assert not config.conv_grad and not any(isinstance(m, InputGradConv2d) for m in module.modules())
-    fast, fconfig = runtime.for_gradients(model, conv_grad=True)
+    fast, fconfig = runtime.for_gradients(model)  # the rule: on for a model on the CPU
     assert fconfig.conv_grad and fconfig.settings()["conv_grad"] is True
-    assert any(isinstance(m, InputGradConv2d) for m in fast.modules())
+    assert sum(isinstance(m, InputGradConv2d) for m in fast.modules()) == 1  # the 1-channel first conv only
+    assert runtime.for_gradients(model, conv_grad=True)[1] == fconfig
     x = torch.rand(9, 1, 28, 28)
     g = torch.randn(9, 10)
     (o_ref, gx_ref), (o, gx) = _grads(module, x, g), _grads(fast, x, g)
@@ -157,7 +158,8 @@ def test_for_gradients_freezes_the_weights_and_conv_grad_is_opt_in(arch):
     xg = x.clone().requires_grad_(True)  # even .backward() leaves no weight gradient anywhere
     fast(xg).sum().backward()
     assert xg.grad is not None and all(p.grad is None for p in model.parameters())
-    with pytest.raises(ContractError, match="conv_grad must be True or False"):
+    with pytest.raises(ContractError, match="conv_grad must be True, False or None"):
         runtime.for_gradients(model, conv_grad="yes")
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))  # nothing to wrap: recorded as not applied
+    assert not runtime.for_gradients(mlp)[1].conv_grad
     assert not runtime.for_gradients(mlp, conv_grad=True)[1].conv_grad

@@ -16,7 +16,7 @@ relative to it are opt-in.
 |---|---|---|
 | ``memory_format`` | ``channels_last`` for a module with a 2-D convolution (a 4-D weight) on the CPU (oneDNN's convolutions run faster on it), else ``contiguous`` | it is the reference on the CPU; ``contiguous`` sums the convolutions in another order (logits differ by ~1e-6 on LeNet, as with another batch size), so votes can move |
 | ``rewrite`` | on for every module: :func:`~smoothguard.models.rewrite.pool_before_relu`, and for inference :func:`~smoothguard.models.rewrite.strided_max_pools` (for attacks, :func:`for_gradients`: the grad-aware pools) | no, by construction (see :mod:`smoothguard.models.rewrite`) |
-| ``conv_grad`` | off (attacks only: ``for_gradients(..., conv_grad=True)``): :func:`~smoothguard.models.rewrite.input_grad_convs`, the input gradient of convolutions with <= 3 input channels as GEMM + col2im (LeNet's forward+backward ~0.85x the time on the AVX2 machine, one thread) | the logits no; the input gradient is summed in another order (~1e-7 relative), which moves l2 attacks' norms in the last float32 digits (the rows of ``tests/test_pinned_rows.py``): opt-in |
+| ``conv_grad`` | attacks only (:func:`for_gradients`): on for a model on the CPU: :func:`~smoothguard.models.rewrite.input_grad_convs`, the input gradient of convolutions with <= 3 input channels as GEMM + shifted sums (LeNet's forward+backward 0.73x the time on the AVX-512 machine, ~0.83x on the AVX2 one, one thread) | the logits no; the input gradient is the same sum in another order (~1e-7 relative, as with another memory format), which can move an l2 attack's norm in its last float32 digit; ``conv_grad=False`` (CLI ``--no-conv-grad``) gives the gradients of oneDNN's own backward |
 | ``workers`` | 2 forward threads on a CPU with >= 2 torch threads (each with threads // 2 intra-op threads while the sampler runs; the main thread draws the next noise meanwhile), else 1 | no: the same batches of the same noise; counts equal (tested; oneDNN's convolutions gave equal logits at 1 and 2 threads) |
 | ``jit`` | off | yes: TorchScript's frozen graph folds and fuses operations (logits differ by 2.4e-6 on LeNet): opt-in |
 | ``precision`` bf16 | not a speed option here: the caller's choice (``SmoothedClassifier(precision=...)``) | yes |
@@ -53,7 +53,7 @@ class SpeedConfig:
     threads: int = 1  # torch intra-op threads per worker while the sampler runs
     jit: bool = False  # TorchScript freeze (not exact; opt-in)
     rule: str = "given"  # why: "fastest-exact" (the rules of this module), "plain" or "given"
-    conv_grad: bool = False  # attacks: first convolutions' input gradient by GEMM + col2im (float rounding; opt-in)
+    conv_grad: bool = False  # attacks: first convolutions' input gradient by GEMM + shifted sums (float rounding)
 
     def __post_init__(self) -> None:
         check_choice("memory_format", self.memory_format, MEMORY_FORMATS)
@@ -168,7 +168,7 @@ def prepare(model: nn.Module, config: SpeedConfig, inference: bool = True) -> nn
 
 
 def for_gradients(model: nn.Module, channels_last: bool | None = None,
-                  conv_grad: bool = False) -> tuple[nn.Module, SpeedConfig]:
+                  conv_grad: bool | None = None) -> tuple[nn.Module, SpeedConfig]:
     """What attacks and evaluations run (they take gradients): the layout of
     :func:`fastest_exact` (``channels_last`` overrides it), the gradient-exact rewrite
     (:func:`~smoothguard.models.rewrite.pool_before_relu`), and max pools that take the
@@ -178,18 +178,21 @@ def for_gradients(model: nn.Module, channels_last: bool | None = None,
     respect to the input only, so the model's parameters are frozen *in place*
     (``requires_grad_(False)``, like the layout: the module shares them): no weight gradient
     is computed or recorded (forward+backward ~0.95x the time, LeNet, AVX2 machine; the
-    same kernels, so the same bits). ``conv_grad`` (opt-in: not bit-exact) also wraps the
-    convolutions with <= 3 input channels in
-    :class:`~smoothguard.models.rewrite.InputGradConv2d` (their values; their input
-    gradient up to float rounding; recorded as ``conv_grad`` in the config). Returns
+    same kernels, so the same bits). ``conv_grad`` (default: on for a model on the CPU)
+    wraps the convolutions with <= 3 input channels in
+    :class:`~smoothguard.models.rewrite.InputGradConv2d`: their values, and their input
+    gradient as the same sum in another order (float rounding, ~1e-7 relative; recorded as
+    ``conv_grad`` in the config, True only where a convolution was wrapped). Returns
     (module, config)."""
-    if not isinstance(conv_grad, bool):
-        raise ContractError(f"conv_grad must be True or False, got {conv_grad!r}")
+    if conv_grad is not None and not isinstance(conv_grad, bool):
+        raise ContractError(f"conv_grad must be True, False or None (the rule), got {conv_grad!r}")
     model.requires_grad_(False)
     config = fastest_exact(model)
     config = replace(config, workers=1, threads=config.threads * config.workers)
     if channels_last is not None:
         config = resolve(model, config, memory_format="channels_last" if channels_last else "contiguous")
+    if conv_grad is None:  # the rule: the GEMM path is written for the CPU (InputGradConv2d runs it there only)
+        conv_grad = device_of(model).type == "cpu"
     module = prepare(model, config, inference=False)
     if config.rewrite:  # decision-only forward passes (Square's queries, predictions) take the strided pools
         from smoothguard.models.rewrite import grad_aware_max_pools

@@ -142,7 +142,7 @@ class AttackOptions:
     target_model: str | None = None
     data: DataSelection = field(default_factory=DataSelection)
     channels_last: bool | None = None
-    conv_grad: bool = False
+    conv_grad: bool | None = None  # None: the runtime's rule (on for CPU)
     out: str | None = None
     overwrite: bool = False
     seed: int = 0
@@ -209,7 +209,7 @@ def attack(opts: AttackOptions) -> int:
     from smoothguard.cli._smoothing_run import run_rows
 
     model, meta = load_model_arg(opts.model, opts.device, opts.model_factory, opts.weights)
-    model, _ = runtime.for_gradients(model, opts.channels_last, opts.conv_grad)  # the library's one speed rule
+    model, speed = runtime.for_gradients(model, opts.channels_last, opts.conv_grad)  # the library's one speed rule
     data = opts.data.load()
     check_shape(meta, data, "--model")
     target = None
@@ -231,7 +231,7 @@ def attack(opts: AttackOptions) -> int:
         "attack": opts.attack, "norm": opts.norm, "eps": opts.eps, "steps": opts.steps,
         "restarts": opts.restarts, "step_size": opts.step_size, "loss": opts.loss, "queries": opts.queries,
         "eot": opts.eot, "seed": opts.seed, "batch": opts.batch, "device": str(opts.device),
-        "conv_grad": opts.conv_grad,  # opt-in, not bit-exact: a resumed file must keep it
+        "conv_grad": speed.conv_grad,  # as the rule resolved it; not bit-exact: a resumed file must keep it
         "attack_repr": repr(atk.source_attack if target is not None else atk),
     }
     def compute(x, y, idx):

@@ -145,11 +145,12 @@ def add_attack_speed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="run the model's convolutions in channels_last memory format (faster on CPUs with "
                         "oneDNN; same results up to float rounding). Default: on for CPU")
-    p.add_argument("--conv-grad", action="store_true",
-                   help="opt-in speed option: take the input gradient of first convolutions (<= 3 input "
-                        "channels) by GEMM + shifted sums (LeNet's forward+backward ~0.8x the time on an "
-                        "AVX2 CPU); gradients equal up to float rounding, so l_2 norms can move in their "
-                        "last float32 digit. Recorded as conv_grad in the sidecar. Default: off")
+    p.add_argument("--conv-grad", action=argparse.BooleanOptionalAction, default=None,
+                   help="take the input gradient of the first convolutions (<= 3 input channels) by GEMM + "
+                        "shifted sums (LeNet's forward+backward 0.73x the time on an AVX-512 CPU, ~0.83x on "
+                        "AVX2); gradients equal up to float rounding, so l_2 norms can move in their last "
+                        "float32 digit; --no-conv-grad gives oneDNN's own backward. Recorded as conv_grad in "
+                        "the sidecar. Default: on for CPU")
 
 
 def parse_floats(text: str, name: str) -> list[float]:

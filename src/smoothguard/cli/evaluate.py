@@ -198,7 +198,7 @@ class EvaluateOptions:
     masking_tolerance: float = 0.005
     batch: int = ATTACK_BATCH["cpu"]
     channels_last: bool | None = None
-    conv_grad: bool = False
+    conv_grad: bool | None = None  # None: the runtime's rule (on for CPU)
     curves: bool = False
     eps_grid_linf: tuple[float, ...] = field(default_factory=lambda: tuple(_robustness().DEFAULT_EPS_GRID["linf"]))
     eps_grid_l2: tuple[float, ...] = field(default_factory=lambda: tuple(_robustness().DEFAULT_EPS_GRID["l2"]))

@@ -15,7 +15,7 @@ On the embedded Fashion-MNIST LeNet, sigma 0.25, alpha 0.001, the 500 test image
 * **adaptive**: ``certify_sequential`` (``--sequential cs``, default) or ``certify_adaptive``
   (``--sequential bonferroni``) with radii 0.25,0.5,0.75 and n_max = 100,000 on every image
   (images packed into shared batches, the library path behind ``certify --radii``);
-* **straightforward fixed n**: ALGORITHMS.md section 1 written the obvious way
+* **straightforward fixed n**: Cohen et al.'s CERTIFY written the obvious way
   (``benchmarks/bench_certify.py: straightforward_certify``: per image ``x.repeat(400)`` +
   noise, argmax, bincount; fp32, NCHW, batch 400) with n0 = 100, n = 100,000, timed on
   every ``--every``-th image and scaled to all images by its mean time per image;

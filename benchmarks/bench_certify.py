@@ -1,5 +1,5 @@
 """Certify speed, side by side in one run: our SmoothedClassifier vs the straightforward
-implementation of ALGORITHMS.md section 1, and the bare forward pass.
+implementation of Cohen et al.'s CERTIFY, and the bare forward pass.
 
     python benchmarks/bench_certify.py [--images 20] [--n 10000] [--threads 2] [--retain-memory]
     python benchmarks/bench_certify.py --defaults [--rounds 3] [--images 20] [--n 10000] [--threads 2]
@@ -54,7 +54,8 @@ SIGMA, ALPHA, N0 = 0.25, 0.001, 100
 
 
 def straightforward_certify(model, x, n0, n, alpha, sigma, batch=400):
-    """ALGORITHMS.md section 1, written the obvious way (the reference for speed)."""
+    """Cohen et al.'s CERTIFY (n0 selection samples, then n estimation samples), written
+    the obvious way (the reference for speed)."""
 
     def sample(num):
         counts = torch.zeros(10, dtype=torch.long, device=x.device)

@@ -163,3 +163,14 @@ def test_for_gradients_freezes_the_weights_and_conv_grad_is_the_cpu_default(arch
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))  # nothing to wrap: recorded as not applied
     assert not runtime.for_gradients(mlp)[1].conv_grad
     assert not runtime.for_gradients(mlp, conv_grad=True)[1].conv_grad
+
+
+def test_for_gradients_conv_grad_rule_is_off_off_the_cpu():
+    """The GEMM path is written for the CPU (InputGradConv2d runs it there only): a model on
+    another device (here torch's shape-only 'meta' device) is not wrapped by the rule, and
+    the config says so; asking explicitly still wraps (the wrapper falls back to the
+    convolution off the CPU)."""
+    model = get_model("lenet", 10, (1, 28, 28), (0.3,), (0.35,)).to("meta")
+    module, config = runtime.for_gradients(model)
+    assert not config.conv_grad and not any(isinstance(m, InputGradConv2d) for m in module.modules())
+    assert runtime.for_gradients(model, conv_grad=True)[1].conv_grad

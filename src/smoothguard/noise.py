@@ -30,7 +30,6 @@ import math
 
 import numpy as np
 import torch
-from scipy.stats import norm as _normal
 
 from smoothguard.contract import ContractError, check_choice, check_sigma
 
@@ -107,10 +106,14 @@ class Gaussian(Noise):
         return self.sigma * torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
 
     def _radius(self, p):
-        return self.sigma * _normal.ppf(p)
+        from scipy.stats import norm  # imported here: scipy.stats costs ~1 s at every command's start-up
+
+        return self.sigma * norm.ppf(p)
 
     def p_needed(self, radius):
-        return _normal.cdf(np.asarray(radius, dtype=np.float64) / self.sigma)
+        from scipy.stats import norm
+
+        return norm.cdf(np.asarray(radius, dtype=np.float64) / self.sigma)
 
 
 class Uniform(Noise):

@@ -75,7 +75,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy.stats import beta as _beta
 
 from smoothguard.contract import check_alpha, check_int
 from smoothguard import ABSTAIN
@@ -126,10 +125,12 @@ def grid_schedule(n_max: int, thresholds: Sequence[float], alpha: float, first: 
 
 def upper_confidence_bound(n_a, n, alpha: float):
     """One-sided (1 - alpha) Clopper-Pearson upper bound (1 when n_a = n)."""
+    from scipy.stats import beta  # imported here, as in smoothguard.smoothing.stats (start-up time)
+
     n_a = np.asarray(n_a, dtype=np.float64)
     n = np.asarray(n, dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        bound = _beta.ppf(1.0 - alpha, n_a + 1.0, np.maximum(n - n_a, 1.0))
+        bound = beta.ppf(1.0 - alpha, n_a + 1.0, np.maximum(n - n_a, 1.0))
     return np.where(n_a >= n, 1.0, bound)
 
 

@@ -232,3 +232,16 @@ def test_the_layout_parser_follows_folders(tmp_path, monkeypatch):
                     "  c.py   back up\n```\n")
     monkeypatch.setattr(sys.modules[__name__], "README", fake)
     assert readme_layout() == {"smoothguard/a.py": "top", "smoothguard/pkg/b.py": "inner", "smoothguard/c.py": "back up"}
+
+
+def test_the_command_line_starts_without_scipy_stats():
+    """scipy.stats takes about a second to import; the functions that need it import it
+    themselves, so building the parser and resolving a command (what every ``smoothguard``
+    invocation does before its work) must not pull it in."""
+    import subprocess
+
+    code = ("import sys\nfrom smoothguard.cli import build_parser\n"
+            "build_parser().parse_args(['evaluate', '--max', '2', '--out-dir', 'unused'])\n"
+            "print('scipy.stats' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
